@@ -1,0 +1,159 @@
+"""Command line: a thin layer over the library. `python -m benchmark --help`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported: its C++ log lines are noise here
+
+from benchmark.errors import BenchmarkError  # noqa: E402
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def unfreeze_depth(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'must be a layer count >= 0 or "all", got {text!r}') from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be a layer count >= 0 or "all", got {text}')
+    return value
+
+
+def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", default="ci", help="experiment name in experiments/ or a .toml path (default: ci)")
+    parser.add_argument("--backbone", required=True, help="registry name, e.g. vgg16 (see `backbones`)")
+    parser.add_argument("--strategy", help="strategy name from the spec (default: its first)")
+    parser.add_argument("--data-dir", help="CIFAR-100 in the official cifar-100-python layout (overrides the spec)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines (for CI logs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sweep = commands.add_parser("sweep", help="Optuna search of learning rate and unfreeze depth, tracked in MLflow")
+    add_trial_arguments(sweep)
+    sweep.add_argument("--trials", type=positive_int, help="target number of finished trials in the study")
+    sweep.add_argument("--timeout", type=positive_float, help="stop starting trials after this many seconds")
+    sweep.add_argument("--storage", help="Optuna storage URL (default: $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.db)")
+    sweep.set_defaults(handler=command_sweep)
+
+    run = commands.add_parser("run", help="train and measure one configuration, tracked in MLflow")
+    add_trial_arguments(run)
+    run.add_argument("--lr", type=positive_float, help="learning rate (default: the spec's)")
+    run.add_argument("--unfreeze", type=unfreeze_depth, help='top N weighted layers to train, 0 or "all"')
+    run.set_defaults(handler=command_run)
+
+    backbones = commands.add_parser("backbones", help="list the supported backbones")
+    backbones.add_argument("--fast", action="store_true", help="skip building each model (no parameter counts)")
+    backbones.set_defaults(handler=command_backbones)
+    return parser
+
+
+def command_run(args) -> int:
+    from benchmark import spec as specs, track, trial
+
+    experiment = specs.load_experiment(args.experiment)
+    spec = experiment.resolve(args.backbone, args.strategy, args.data_dir)
+    unfreeze = args.unfreeze
+    if unfreeze is None and spec.strategy.unfreeze == "search":
+        unfreeze = experiment.search_space(spec.backbone.name).unfreeze.low
+        print(f"strategy '{spec.strategy_name}' searches its depth; using unfreeze={unfreeze} (set --unfreeze N)")
+    spec = with_values(spec, learning_rate=args.lr, unfreeze=unfreeze)
+    track.configure()
+    prepared = trial.prepare(spec)  # rejects bad data or depth before a run is recorded
+    name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}"
+    with track.trial_run(spec, "run", prepared.data.origin, run_name=name) as run:
+        result = trial.execute(prepared, callbacks=[track.EpochLogger(run.info.run_id)], verbose=0 if args.quiet else 2)
+        track.log_result(result)
+    print(format_metrics(result.metrics))
+    print(f"logged to MLflow run {run.info.run_id} at {track.tracking_uri()}")
+    return 0
+
+
+def with_values(spec, **values):
+    from pydantic import ValidationError
+
+    try:
+        return spec.with_values(**values)
+    except ValidationError as e:
+        from benchmark.spec import describe_error
+
+        raise BenchmarkError("; ".join(describe_error(err) for err in e.errors())) from None
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    lines = []
+    for key, value in metrics.items():
+        shown = f"{value:.4f}" if "top" in key else f"{value:,.0f}" if key.startswith("params") else f"{value:.2f}"
+        lines.append(f"  {key:<22} {shown}")
+    return "\n".join(lines)
+
+
+def command_sweep(args) -> int:
+    from benchmark import spec as specs, sweep
+
+    experiment = specs.load_experiment(args.experiment)
+    result = sweep.run_sweep(
+        experiment,
+        args.backbone,
+        strategy=args.strategy,
+        trials=args.trials,
+        timeout_s=args.timeout,
+        storage=args.storage,
+        data_dir=args.data_dir,
+        verbose=0 if args.quiet else 2,
+    )
+    counts = ", ".join(f"{v} {k}" for k, v in result.counts.items())
+    print(f"study {result.study.study_name}: {counts}; MLflow parent run {result.parent_run_id}")
+    best = result.best_trial
+    if best is None:
+        print("no trial completed; see the FAILED runs' 'error' tag in MLflow")
+        return 1
+    params = " ".join(f"{k}={v}" for k, v in best.params.items())
+    print(
+        f"best trial #{best.number}: {params} best_val_top1={best.value:.4f} "
+        f"test_top1={best.user_attrs.get('test_top1', float('nan')):.4f}"
+    )
+    return 0
+
+
+def command_backbones(args) -> int:
+    from benchmark import registry
+
+    table = registry.describe_backbones(with_params=not args.fast)
+    print(table.to_string(index=False))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except BenchmarkError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; finished trials are kept: rerun the same command to resume", file=sys.stderr)
+        return 130

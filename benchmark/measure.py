@@ -1,0 +1,67 @@
+"""Measurements of a trained model: accuracy, size, throughput."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+
+def top_k_predictions(logits: np.ndarray, k: int = 5) -> np.ndarray:
+    """Class indices of the k largest logits per row, best first (ties: lower index first)."""
+    k = min(k, logits.shape[1])
+    return np.argsort(-logits, axis=1, kind="stable")[:, :k]
+
+
+def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    hits = (top_k_predictions(logits, k) == np.asarray(labels).reshape(-1, 1)).any(axis=1)
+    return float(hits.mean()) if len(hits) else float("nan")
+
+
+def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict:
+    """Top-1/top-5 and the per-example top-5 predictions (kept for bootstrap intervals)."""
+    logits = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
+    return {
+        "top1": top_k_accuracy(logits, labels, 1),
+        "top5": top_k_accuracy(logits, labels, 5),
+        "predictions": top_k_predictions(logits, 5),
+    }
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    return model.count_params(), trainable
+
+
+def save_for_inference(model: keras.Model, path: Path) -> float:
+    """Save the model as a .keras file without optimizer state; returns its size in MB (10^6 bytes).
+
+    An uncompiled Model over the same graph shares the weights but carries no optimizer slots,
+    which would otherwise triple the file of a fine-tuned model."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keras.Model(model.inputs, model.outputs, name=model.name).save(path)
+    return path.stat().st_size / 1e6
+
+
+def inference_throughput(model: keras.Model, batch_size: int = 64, warmup: int = 3, steps: int = 10) -> float:
+    """Images/s like timm's infer_samples_per_sec: synthetic input, warm-up, median of timed batches."""
+    shape = (batch_size, *model.input_shape[1:])
+    batch = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    for _ in range(warmup):
+        model.predict_on_batch(batch)
+    timings = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        np.asarray(model.predict_on_batch(batch))  # materialise: async backends return early
+        timings.append(time.perf_counter() - start)
+    return batch_size / statistics.median(timings)
+
+
+def training_throughput(train_seconds: list[float], images_per_epoch: int) -> float:
+    """Images/s over training epochs, the first (tracing, warm-up) excluded when there are more."""
+    timed = train_seconds[1:] or train_seconds
+    return images_per_epoch / statistics.median(timed) if timed else float("nan")

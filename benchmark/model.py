@@ -1,0 +1,70 @@
+"""Model: uint8 32x32 images in; resize, augmentation and the backbone's preprocessing inside
+the model (so they run on the accelerator, on every Keras backend); then backbone; then head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+
+from benchmark import registry
+from benchmark.spec import TrialSpec
+
+CIFAR_SIZE = 32
+
+
+@dataclass
+class BuiltModel:
+    model: keras.Model
+    base: keras.Model
+    depth: int  # the backbone's weighted layers: the largest unfreeze depth
+
+
+def build_model(spec: TrialSpec, num_classes: int) -> BuiltModel:
+    backbone = registry.get_backbone(spec.backbone.name)
+    base = registry.build_base(backbone, spec.backbone.image_size, spec.backbone.weights)
+
+    inputs = keras.Input((CIFAR_SIZE, CIFAR_SIZE, 3), dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1.0, name="to_float")(inputs)
+    for layer in augmentation_layers(spec):
+        x = layer(x)
+    if spec.backbone.image_size != CIFAR_SIZE:
+        x = keras.layers.Resizing(spec.backbone.image_size, spec.backbone.image_size, name="resize")(x)
+    for layer in registry.preprocessing_layers(backbone):
+        x = layer(x)
+    # training=False keeps BatchNorm in inference mode even where layers are unfrozen.
+    x = base(x, training=None if spec.strategy.train_batchnorm else False)
+    outputs = head(x, spec, num_classes)
+    model = keras.Model(inputs, outputs, name=f"{backbone.name}_{spec.strategy_name}")
+    return BuiltModel(model=model, base=base, depth=registry.depth(base))
+
+
+def augmentation_layers(spec: TrialSpec) -> list[keras.layers.Layer]:
+    """Random flip and shift at 32 px; active only while training."""
+    augment = spec.data.augment
+    seed = spec.training.seed
+    layers = []
+    if augment.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, name="flip"))
+    if augment.crop_padding:
+        shift = augment.crop_padding / CIFAR_SIZE
+        layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed, name="shift"))
+    return layers
+
+
+def head(features, spec: TrialSpec, num_classes: int):
+    pool = keras.layers.GlobalAveragePooling2D if spec.head.pooling == "avg" else keras.layers.GlobalMaxPooling2D
+    x = pool(name="pool")(features)
+    if spec.head.normalize:
+        x = keras.layers.LayerNormalization(center=False, scale=False, name="normalize")(x)
+    if spec.head.dense_units:
+        x = keras.layers.Dense(spec.head.dense_units, activation="relu", name="hidden")(x)
+    if spec.head.dropout:
+        x = keras.layers.Dropout(spec.head.dropout, seed=spec.training.seed, name="dropout")(x)
+    # Logits stay float32 under mixed precision so the loss is computed stably.
+    return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+
+
+def set_trainable(built: BuiltModel, unfreeze: int | str, train_batchnorm: bool, backbone_name: str) -> None:
+    """Freeze the backbone but for its top `unfreeze` weighted layers; the head always trains."""
+    registry.apply_unfreeze(built.base, unfreeze, train_batchnorm=train_batchnorm, backbone_name=backbone_name)

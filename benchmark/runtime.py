@@ -1,0 +1,75 @@
+"""Where we run: device, accelerator defaults, seeds, versions. The only backend-specific code."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import keras
+
+
+@functools.cache
+def accelerator() -> str:
+    """'gpu' or 'cpu' for the active Keras backend."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return "gpu" if jax.devices()[0].platform == "gpu" else "cpu"
+    if backend == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    import tensorflow as tf
+
+    return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+def device_description() -> str:
+    return f"{keras.backend.backend()}:{accelerator()}"
+
+
+def mixed_precision_policy(setting: str) -> str:
+    """The Keras dtype policy for a spec's mixed_precision ('auto' = bf16 on GPU, off on CPU)."""
+    if setting == "auto":
+        setting = "bf16" if accelerator() == "gpu" else "off"
+    return {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[setting]
+
+
+def use_jit(setting: str) -> bool:
+    """XLA for a spec's jit_compile ('auto' = on for GPU; it is 2-12x slower on our CPUs)."""
+    return accelerator() == "gpu" if setting == "auto" else setting == "on"
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and backend seeds; deterministic kernels on TensorFlow."""
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+@functools.cache
+def package_versions() -> dict[str, str]:
+    versions = {"keras_backend": keras.backend.backend()}
+    for package in ("benchmark", "keras", "tensorflow", "tensorflow-cpu", "jax", "torch", "mlflow", "optuna", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+@functools.cache
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+

@@ -1,0 +1,417 @@
+"""Experiment specs: pydantic models, read from TOML files in experiments/.
+
+An ExperimentSpec covers several backbones and strategies; `resolve()` turns it into one
+TrialSpec (one backbone, one strategy, concrete values), which is all a trial needs.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from benchmark import registry
+from benchmark.errors import BenchmarkError, SpecError
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+class SubsetSpec(Strict):
+    """Stratified subset sizes per split (None = the whole split)."""
+
+    train: PositiveInt | None = None
+    validation: PositiveInt | None = None
+    test: PositiveInt | None = None
+
+
+class SyntheticSpec(Strict):
+    """Sizes of the synthetic data set (source = "synthetic"): official-shaped, learnable."""
+
+    train_size: PositiveInt = 2000
+    test_size: PositiveInt = 500
+
+
+class AugmentSpec(Strict):
+    flip: bool = True
+    crop_padding: Annotated[int, Field(ge=0, le=16)] = 4  # random shifts of up to this many px (at 32 px)
+
+
+class DataSpec(Strict):
+    source: Literal["keras", "dir", "synthetic"] = "keras"
+    dir: Path | None = None
+    label_mode: Literal["fine", "coarse"] = "fine"
+    validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    subset: SubsetSpec = SubsetSpec()
+    synthetic: SyntheticSpec = SyntheticSpec()
+    seed: int = 0
+    augment: AugmentSpec = AugmentSpec()
+
+    @model_validator(mode="after")
+    def _dir_matches_source(self) -> DataSpec:
+        if self.source == "dir" and self.dir is None:
+            raise ValueError('source = "dir" needs dir = "/path/to/cifar-100-python" (or --data-dir PATH)')
+        return self
+
+
+# ---------------------------------------------------------------- model
+
+
+Weights = str  # "imagenet", "none", or a path to an .h5 file
+
+
+class BackboneOptions(Strict):
+    weights: Weights = "imagenet"
+    image_size: Annotated[int, Field(ge=1, le=1024)] = 32
+
+
+class BackboneOverride(Strict):
+    weights: Weights | None = None
+    image_size: Annotated[int, Field(ge=1, le=1024)] | None = None
+
+
+class BackboneSpec(BackboneOptions):
+    name: str
+
+
+class HeadSpec(Strict):
+    pooling: Literal["avg", "max"] = "avg"
+    # Scale-free pooled features (LayerNorm without affine, as in MAE's linear probe): one learning
+    # rate range then fits backbones whose feature scales differ by orders of magnitude.
+    normalize: bool = False
+    dense_units: Annotated[int, Field(ge=0)] = 0  # 0: no hidden layer, the classifier sits on the pooled features
+    dropout: Probability = 0.0
+
+
+Unfreeze = Union[Annotated[int, Field(ge=0)], Literal["all", "search"]]
+
+
+class StrategySpec(Strict):
+    """What trains. unfreeze counts weighted layers from the top (see registry.py).
+
+    0 = frozen features, N = top N weighted layers, "all" = full fine-tuning,
+    "search" = the sweep searches the depth in search.unfreeze (`run` takes --unfreeze).
+    two_phase: head_epochs with the backbone frozen, then `training.epochs` more with
+    the unfrozen layers at learning_rate * finetune_lr_scale (recompiled).
+    """
+
+    unfreeze: Unfreeze = 0
+    schedule: Literal["one_phase", "two_phase"] = "one_phase"
+    head_epochs: Annotated[int, Field(ge=0)] = 0
+    finetune_lr_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    train_batchnorm: bool = False
+
+    @model_validator(mode="after")
+    def _two_phase_is_complete(self) -> StrategySpec:
+        if self.schedule == "two_phase":
+            if self.head_epochs < 1:
+                raise ValueError("two_phase needs head_epochs >= 1 (epochs of head-only training)")
+            if self.unfreeze == 0:
+                raise ValueError('two_phase needs unfreeze > 0, "all" or "search" (phase 2 must unfreeze something)')
+        return self
+
+
+# ---------------------------------------------------------------- training
+
+
+class TrainingSpec(Strict):
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only
+    batch_size: PositiveInt = 64
+    epochs: PositiveInt = 10
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 0  # 0 = off
+    reduce_lr_patience: Annotated[int, Field(ge=0)] = 0  # 0 = off
+    reduce_lr_factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    label_smoothing: Probability = 0.0
+    mixed_precision: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, off on CPU
+    jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on for GPU, off on CPU (XLA is slower there)
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- search
+
+
+class FloatRange(Strict):
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"empty range: low ({self.low}) must be < high ({self.high})")
+        return self
+
+
+class PositiveFloatRange(FloatRange):
+    @model_validator(mode="after")
+    def _positive(self) -> PositiveFloatRange:
+        if self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        return self
+
+
+class IntRange(Strict):
+    low: Annotated[int, Field(ge=0)]
+    high: Annotated[int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"empty range: low ({self.low}) must be <= high ({self.high})")
+        return self
+
+
+class SearchSpace(Strict):
+    """What the sweep searches. None = not searched (the spec's fixed value is used)."""
+
+    learning_rate: PositiveFloatRange = PositiveFloatRange(low=1e-4, high=1e-2)
+    unfreeze: IntRange = IntRange(low=0, high=10)  # used by strategies with unfreeze = "search"
+    dropout: FloatRange | None = None
+    dense_units: list[Annotated[int, Field(ge=0)]] | None = None
+    finetune_lr_scale: PositiveFloatRange | None = None
+
+
+class SearchSpaceOverride(Strict):
+    learning_rate: PositiveFloatRange | None = None
+    unfreeze: IntRange | None = None
+    dropout: FloatRange | None = None
+    dense_units: list[Annotated[int, Field(ge=0)]] | None = None
+    finetune_lr_scale: PositiveFloatRange | None = None
+
+
+class SearchSpec(Strict):
+    trials: PositiveInt = 10
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    sampler_seed: int = 0
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    pruner_warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    startup_trials: Annotated[int, Field(ge=0)] = 3  # random trials before TPE, and before the pruner judges
+    space: SearchSpace = SearchSpace()
+    per_backbone: dict[str, SearchSpaceOverride] = {}
+
+
+# ---------------------------------------------------------------- experiment
+
+
+class ExperimentSpec(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str = ""
+    backbones: Annotated[list[str], Field(min_length=1)]
+    strategies: Annotated[dict[str, StrategySpec], Field(min_length=1)]
+    data: DataSpec = DataSpec()
+    backbone: BackboneOptions = BackboneOptions()
+    backbone_overrides: dict[str, BackboneOverride] = {}
+    head: HeadSpec = HeadSpec()
+    training: TrainingSpec = TrainingSpec()
+    search: SearchSpec = SearchSpec()
+
+    @model_validator(mode="after")
+    def _backbones_exist_and_fit(self) -> ExperimentSpec:
+        problems = []
+        for name in self.backbones:
+            try:
+                backbone = registry.get_backbone(name)
+            except BenchmarkError as e:
+                problems.append(f"backbones: {e}")
+                continue
+            options = self.backbone_options(name)
+            problems += [f"backbone.image_size: {p}" for p in registry.check_image_size(backbone, options.image_size, options.weights)]
+        for section, keys in (("backbone_overrides", self.backbone_overrides), ("search.per_backbone", self.search.per_backbone)):
+            for key in keys:
+                if key not in self.backbones:
+                    problems.append(f"{section}.{key}: not one of this experiment's backbones {self.backbones}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def backbone_options(self, name: str) -> BackboneOptions:
+        override = self.backbone_overrides.get(name)
+        if override is None:
+            return self.backbone
+        return self.backbone.model_copy(update=set_fields(override))
+
+    def search_space(self, backbone: str) -> SearchSpace:
+        override = self.search.per_backbone.get(backbone)
+        if override is None:
+            return self.search.space
+        return self.search.space.model_copy(update=set_fields(override))
+
+    def resolve(self, backbone: str, strategy: str | None = None, data_dir: str | Path | None = None) -> TrialSpec:
+        """One concrete trial configuration: the experiment's defaults for one backbone and strategy."""
+        backbone = registry.get_backbone(backbone).name
+        if backbone not in self.backbones:
+            raise BenchmarkError(
+                f"backbone '{backbone}' is not in experiment '{self.name}' (it covers {', '.join(self.backbones)}); "
+                f"add it to `backbones` in the spec or pick one of those"
+            )
+        strategy = strategy or next(iter(self.strategies))
+        if strategy not in self.strategies:
+            raise BenchmarkError(
+                f"unknown strategy '{strategy}' for experiment '{self.name}'; choose one of: {', '.join(self.strategies)}"
+            )
+        data = self.data
+        if data_dir is not None:
+            data = data.model_copy(update={"source": "dir", "dir": Path(data_dir)})
+        options = self.backbone_options(backbone)
+        return TrialSpec(
+            experiment=self.name,
+            backbone=BackboneSpec(name=backbone, **options.model_dump()),
+            strategy_name=strategy,
+            strategy=self.strategies[strategy],
+            data=data,
+            head=self.head,
+            training=self.training,
+        )
+
+
+def set_fields(override: BaseModel) -> dict[str, Any]:
+    """The fields an override sets (not None), as model objects, for model_copy(update=...)."""
+    return {name: getattr(override, name) for name in type(override).model_fields if getattr(override, name) is not None}
+
+
+class TrialSpec(Strict):
+    """Everything one trial needs; its flattened fields are the MLflow params."""
+
+    experiment: str
+    backbone: BackboneSpec
+    strategy_name: str
+    strategy: StrategySpec
+    data: DataSpec
+    head: HeadSpec
+    training: TrainingSpec
+
+    def with_values(
+        self,
+        learning_rate: float | None = None,
+        unfreeze: int | str | None = None,
+        dropout: float | None = None,
+        dense_units: int | None = None,
+        finetune_lr_scale: float | None = None,
+    ) -> TrialSpec:
+        """A copy with the values a sweep (or the command line) chose; None keeps the spec's."""
+
+        def updated(model: BaseModel, **values: Any) -> BaseModel:
+            values = {k: v for k, v in values.items() if v is not None}
+            return model.model_validate({**model.model_dump(), **values}) if values else model
+
+        return self.model_copy(
+            update={
+                "training": updated(self.training, learning_rate=learning_rate),
+                "strategy": updated(self.strategy, unfreeze=unfreeze, finetune_lr_scale=finetune_lr_scale),
+                "head": updated(self.head, dropout=dropout, dense_units=dense_units),
+            }
+        )
+
+    def params(self) -> dict[str, str]:
+        """The spec as flat, dotted MLflow params: the same names in every run."""
+        flat: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, item)
+            else:
+                flat[prefix] = "" if value is None else str(value)
+
+        walk("", self.model_dump(mode="json"))
+        return flat
+
+
+# ---------------------------------------------------------------- loading
+
+
+def find_experiment(name_or_path: str | Path) -> Path:
+    """A path to a spec file, or an experiment name looked up in ./experiments then the repo's."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise BenchmarkError(f"experiment file {path} does not exist; pass an existing .toml file or an experiment name")
+        return path
+    search_dirs = [Path(os.environ.get("BENCHMARK_EXPERIMENTS", "experiments")), EXPERIMENTS_DIR]
+    for directory in search_dirs:
+        candidate = directory / f"{name_or_path}.toml"
+        if candidate.is_file():
+            return candidate
+    known = sorted({p.stem for d in search_dirs if d.is_dir() for p in d.glob("*.toml")})
+    raise BenchmarkError(
+        f"unknown experiment '{name_or_path}'; choose one of: {', '.join(known) or '(none found)'} "
+        f"or pass a path to a .toml spec file"
+    )
+
+
+def load_experiment(name_or_path: str | Path) -> ExperimentSpec:
+    """Read and validate a spec file; every problem is reported at once (SpecError)."""
+    path = find_experiment(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(str(path), [f"not valid TOML: {e}; fix the syntax at that line"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BenchmarkError(f"cannot read experiment file {path}: {e}") from None
+    return parse_experiment(raw, source=str(path))
+
+
+def parse_experiment(raw: dict[str, Any], source: str = "<spec>") -> ExperimentSpec:
+    try:
+        return ExperimentSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(source, [describe_error(err) for err in e.errors()]) from None
+
+
+def describe_error(err: dict[str, Any]) -> str:
+    """One pydantic error as 'field.path: what is wrong; what is allowed'."""
+    location = ".".join(str(part) for part in err["loc"] if not _is_union_tag(part)) or "(top level)"
+    kind, message = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return f"{location}: unknown field; allowed fields here: {', '.join(_allowed_fields(err['loc']))}"
+    if kind == "missing":
+        return f"{location}: required field is missing"
+    message = message.removeprefix("Value error, ")
+    got = err.get("input")
+    if kind not in ("value_error",) and not isinstance(got, (dict, list)):
+        message += f" (got {got!r})"
+    return f"{location}: {message}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part in {"int", "str", "float", "literal"} or part.startswith("function-"))
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = ExperimentSpec
+    for part in loc[:-1]:
+        if isinstance(part, int) or _is_union_tag(part):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            # a dict's key (strategy name, backbone name): the value type is the next model
+            continue
+        annotation = _model_in(field.annotation)
+        if annotation is None:
+            break
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

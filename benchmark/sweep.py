@@ -1,0 +1,397 @@
+"""Sweep: one Optuna study per (experiment, backbone, strategy); one MLflow parent run per study
+with a nested child run per trial.
+
+Resuming: `trials` is the study's target number of finished (COMPLETE or PRUNED) trials, so
+rerunning the same command only runs what is missing. A failed trial does not count toward the
+target and is replaced, but one invocation makes at most ATTEMPTS_PER_MISSING_TRIAL attempts per
+missing trial, so a recipe that always fails stops.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+import mlflow
+import numpy as np
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+from optuna_integration import KerasPruningCallback
+
+from benchmark import registry, runtime, track
+from benchmark.data import Dataset, load_dataset
+from benchmark.errors import BenchmarkError
+from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
+from benchmark.train import MONITOR
+from benchmark.trial import execute, prepare
+
+# We rely on the RDB heartbeat on purpose; our own per-trial line replaces Optuna's.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+STORAGE_ENV = "BENCHMARK_OPTUNA_STORAGE"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_S = 15  # a worker that stops beating for GRACE_S is dead: its trial is failed (and retried)
+GRACE_S = 60
+OBJECTIVE = "best_val_top1"
+REQUIREMENTS = ("keras", "tensorflow", "tensorflow-cpu", "jax", "numpy", "benchmark")
+ATTEMPTS_PER_MISSING_TRIAL = 2
+
+
+@dataclass
+class SweepResult:
+    study: optuna.Study
+    parent_run_id: str
+    counts: dict[str, int]
+
+    @property
+    def best_trial(self) -> optuna.trial.FrozenTrial | None:
+        return best_with_model(self.study)
+
+
+def best_with_model(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best completed trial that saved its model (on ties, the lowest number). Trials save their
+    model when they match or beat the best so far, so this is the study's best value."""
+    saved = [t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs.get("model_saved")]
+    return max(saved, key=lambda t: (t.value, -t.number)) if saved else None
+
+
+# ---------------------------------------------------------------- storage
+
+
+def default_storage() -> str:
+    """SQLite next to the MLflow store: a URL optuna.load_study and optuna-dashboard open,
+    shared safely by a few processes on one machine (use PostgreSQL across machines)."""
+    return os.environ.get(STORAGE_ENV) or f"sqlite:///{track.store_dir() / 'optuna.db'}"
+
+
+def redact(url: str) -> str:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("sqlite:///"):
+        track.ensure_writable(Path(url.removeprefix("sqlite:///")).parent)
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+    except Exception as e:  # SQLAlchemy raises many types for bad URLs and dead servers
+        cause = redact(str(e).splitlines()[0])[:200]
+        raise BenchmarkError(
+            f"cannot open the Optuna storage {redact(url)} ({cause}); check the URL and that the database is up, "
+            f"or leave --storage/{STORAGE_ENV} unset for the local SQLite file"
+        ) from None
+
+
+def study_name(spec: TrialSpec) -> str:
+    return f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}"
+
+
+def make_sampler(search: SearchSpec, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE seeded from the spec; each further worker on the study gets the next seed, or
+    concurrent workers would sample the very same configurations."""
+    return optuna.samplers.TPESampler(seed=search.sampler_seed + worker, n_startup_trials=search.startup_trials)
+
+
+def register_worker(study: optuna.Study) -> int:
+    """0 for the study's first worker (so a fresh single-worker sweep is reproducible), then 1, 2, ..."""
+    worker = int(study.user_attrs.get("workers_started", 0))
+    study.set_user_attr("workers_started", worker + 1)
+    return worker
+
+
+def make_pruner(search: SearchSpec) -> optuna.pruners.BasePruner:
+    if search.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=search.startup_trials, n_warmup_steps=search.pruner_warmup_epochs
+        )
+    if search.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, search.pruner_warmup_epochs))
+    if search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, search.pruner_warmup_epochs))
+    return optuna.pruners.NopPruner()
+
+
+# ---------------------------------------------------------------- search space
+
+
+def suggest(trial: optuna.Trial, spec: TrialSpec, space: SearchSpace) -> dict:
+    """Values for TrialSpec.with_values, sampled from the spec's search space."""
+    values = {
+        "learning_rate": trial.suggest_float("learning_rate", space.learning_rate.low, space.learning_rate.high, log=True)
+    }
+    if spec.strategy.unfreeze == "search":
+        values["unfreeze"] = trial.suggest_int("unfreeze", space.unfreeze.low, space.unfreeze.high)
+    if space.dropout is not None:
+        values["dropout"] = trial.suggest_float("dropout", space.dropout.low, space.dropout.high)
+    if space.dense_units:
+        values["dense_units"] = trial.suggest_categorical("dense_units", space.dense_units)
+    if space.finetune_lr_scale is not None and spec.strategy.schedule == "two_phase":
+        values["finetune_lr_scale"] = trial.suggest_float(
+            "finetune_lr_scale", space.finetune_lr_scale.low, space.finetune_lr_scale.high, log=True
+        )
+    return values
+
+
+def check_unfreeze_fits(spec: TrialSpec, space: SearchSpace) -> None:
+    """Reject an unfreeze depth (fixed or searched) deeper than the backbone, before any trial."""
+    backbone = registry.get_backbone(spec.backbone.name)
+    depth = registry.depth(registry.build_base(backbone, spec.backbone.image_size, "none"))
+    keras.backend.clear_session()
+    unfreeze = spec.strategy.unfreeze
+    if unfreeze == "search" and space.unfreeze.high > depth:
+        raise BenchmarkError(
+            f"search.unfreeze.high = {space.unfreeze.high} is beyond {backbone.name}'s {depth} weighted layers; "
+            f"set [search.per_backbone.{backbone.name}] unfreeze = {{ low = {min(space.unfreeze.low, depth)}, high = {depth} }}"
+        )
+    if isinstance(unfreeze, int) and unfreeze > depth:
+        raise BenchmarkError(
+            f"strategy '{spec.strategy_name}' unfreezes {unfreeze} layers, beyond {backbone.name}'s {depth} weighted "
+            f'layers; use 0..{depth} or "all"'
+        )
+
+
+# ---------------------------------------------------------------- MLflow parent run
+
+
+def parent_run_id(spec: TrialSpec, name: str) -> str:
+    """The study's parent run: found by tag, created once. If two workers create one at the same
+    moment, the later deletes its own and both use the earliest."""
+    experiment_id = track.experiment_id(spec.experiment)
+
+    def parents():
+        return mlflow.search_runs(
+            [experiment_id],
+            filter_string=f"tags.study_name = '{name}' and tags.role = 'sweep'",
+            order_by=["attributes.start_time ASC"],
+            output_format="list",
+        )
+
+    found = parents()
+    if found:
+        return found[0].info.run_id
+    tags = {**track.trial_tags(spec, role="sweep", data_origin=""), "study_name": name}
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    mine = run.info.run_id
+    for key, value in spec.params().items():
+        client.log_param(mine, key, value)
+    earliest = parents()[0].info.run_id
+    if earliest != mine:
+        client.delete_run(mine)
+    return earliest
+
+
+def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str) -> int:
+    """Child runs left RUNNING by a killed worker whose Optuna trial is over: mark them KILLED."""
+    states = {t.number: t.state for t in study.trials}
+    orphans = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.study_name = '{name}' and tags.role = 'trial' and attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    client = mlflow.MlflowClient()
+    closed = 0
+    for run in orphans:
+        number = int(run.data.tags.get("trial_number", -1))
+        if states.get(number, TrialState.FAIL) != TrialState.RUNNING:
+            client.set_tag(run.info.run_id, "trial_state", states.get(number, TrialState.FAIL).name)
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed += 1
+    return closed
+
+
+def summarize_parent(result: SweepResult) -> None:
+    """Best trial's params and metrics, trial counts, and the best model in MLflow's Keras flavour."""
+    client = mlflow.MlflowClient()
+    run_id = result.parent_run_id
+    for key, count in result.counts.items():
+        client.log_metric(run_id, f"trials_{key}", count)
+    best = result.best_trial
+    if best is None:
+        return
+    child_id = best.user_attrs["mlflow_run_id"]
+    child = client.get_run(child_id)
+    metrics = {k: v for k, v in child.data.metrics.items() if k in track.FINAL_METRICS}
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({f"best_{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))})
+        mlflow.set_tags({"best_trial_number": str(best.number), "best_run_id": child_id,
+                         **{f"best.{k}": str(v) for k, v in best.params.items()}})
+        if client.get_run(run_id).data.tags.get("best_model_trial") != str(best.number):
+            mlflow.set_tags({"best_model_uri": log_best_model(child_id), "best_model_trial": str(best.number)})
+
+
+def log_best_model(child_run_id: str) -> str:
+    """Re-log the best trial's saved model in MLflow's Keras flavour; returns its model URI."""
+    registry.register_custom_layers()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=child_run_id, artifact_path="model/model.keras", dst_path=tmp)
+        model = keras.saving.load_model(path)
+        example = np.zeros((1, *model.input_shape[1:]), dtype=np.uint8)
+        signature = mlflow.models.infer_signature(example, np.asarray(model.predict(example, verbose=0)))
+        requirements = [f"{k}=={v}" for k, v in runtime.package_versions().items() if k in REQUIREMENTS]
+        return mlflow.keras.log_model(model, name="best_model", signature=signature, pip_requirements=requirements).model_uri
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    counts = {"complete": 0, "pruned": 0, "failed": 0}
+    for t in study.trials:
+        key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(t.state)
+        if key:
+            counts[key] += 1
+    return counts
+
+
+def run_sweep(
+    experiment: ExperimentSpec,
+    backbone: str,
+    strategy: str | None = None,
+    trials: int | None = None,
+    timeout_s: float | None = None,
+    storage: str | None = None,
+    data_dir: str | Path | None = None,
+    verbose: int = 2,
+    say: Callable[[str], None] = print,
+) -> SweepResult:
+    spec = experiment.resolve(backbone, strategy, data_dir)
+    space = experiment.search_space(spec.backbone.name)
+    target = trials or experiment.search.trials
+    timeout_s = timeout_s or experiment.search.timeout_s
+    name = study_name(spec)
+
+    # Everything that can reject bad input happens before anything is recorded.
+    check_unfreeze_fits(spec, space)
+    data = load_dataset(spec.data)
+    track.configure()
+    storage_url = storage or default_storage()
+    with track.store_lock():
+        study = optuna.create_study(
+            study_name=name,
+            storage=open_storage(storage_url),
+            pruner=make_pruner(experiment.search),
+            direction="maximize",
+            load_if_exists=True,
+        )
+        study.sampler = make_sampler(experiment.search, worker=register_worker(study))
+    optuna.storages.fail_stale_trials(study)
+    experiment_id = track.experiment_id(spec.experiment)
+    parent = parent_run_id(spec, name)
+    closed = close_orphan_runs(study, name, experiment_id)
+    remaining = target - sum(trial_counts(study)[k] for k in ("complete", "pruned"))
+    say(
+        f"study {name} on {redact(storage_url)}: {target - remaining} of {target} trials finished"
+        + (f", {closed} interrupted run(s) marked KILLED" if closed else "")
+        + (f"; running {remaining} more" if remaining > 0 else "; nothing to do")
+    )
+    if remaining > 0:
+        objective = Objective(spec, space, data, name, experiment.search.pruner != "none", verbose)
+        progress = Progress(target, say)
+        with mlflow.start_run(run_id=parent):
+            study.optimize(
+                objective,
+                n_trials=remaining * ATTEMPTS_PER_MISSING_TRIAL,
+                timeout=timeout_s,
+                callbacks=[MaxTrialsCallback(target, states=FINISHED), progress],
+                catch=(Exception,),
+                gc_after_trial=True,
+            )
+    result = SweepResult(study=study, parent_run_id=parent, counts=trial_counts(study))
+    summarize_parent(result)
+    return result
+
+
+class Objective:
+    """Maximises validation top-1 at the best epoch (the test set is never looked at here)."""
+
+    def __init__(self, spec: TrialSpec, space: SearchSpace, data: Dataset, name: str, prune: bool, verbose: int):
+        self.spec, self.space, self.data = spec, space, data
+        self.name, self.prune, self.verbose = name, prune, verbose
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        spec = self.spec.with_values(**suggest(trial, self.spec, self.space))
+        tags = {"study_name": self.name, "trial_number": str(trial.number), "trial_state": "RUNNING"}
+        pruned = None
+        with track.trial_run(spec, "trial", self.data.origin, f"{self.name}-t{trial.number:03d}", tags) as run:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            try:
+                value = self.train_and_log(trial, spec, run.info.run_id)
+            except optuna.TrialPruned as e:
+                pruned = e
+                reported = trial.storage.get_trial(trial._trial_id).intermediate_values.values()
+                mlflow.log_metric(OBJECTIVE, max(reported, default=float("nan")))
+                mlflow.set_tag("trial_state", "PRUNED")
+            except BaseException:
+                mlflow.set_tag("trial_state", "FAIL")
+                raise
+        if pruned is not None:
+            raise pruned
+        return value
+
+    def train_and_log(self, trial: optuna.Trial, spec: TrialSpec, run_id: str) -> float:
+        prepared = prepare(spec, self.data)
+        callbacks = [track.EpochLogger(run_id)]
+        if self.prune:
+            callbacks.append(KerasPruningCallback(trial, MONITOR))
+        result = execute(prepared, callbacks=callbacks, verbose=self.verbose)
+        track.log_result(result)
+        value = result.metrics[OBJECTIVE]
+        if matches_best(trial.study, value):
+            mlflow.log_artifact(str(result.model_path), "model")  # the parent re-logs the winner as a Keras model
+            trial.set_user_attr("model_saved", True)
+        mlflow.set_tag("trial_state", "COMPLETE")
+        trial.set_user_attr("test_top1", result.metrics["test_top1"])
+        return value
+
+
+def matches_best(study: optuna.Study, value: float) -> bool:
+    try:
+        return value >= study.best_value
+    except ValueError:  # no completed trial yet
+        return True
+
+
+class Progress:
+    """One line per trial: i/N, state, params, val top-1, best so far, time left."""
+
+    def __init__(self, target: int, say: Callable[[str], None]):
+        self.target, self.say, self.started = target, say, time.perf_counter()
+        self.durations: list[float] = []
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        finished = sum(t.state in FINISHED for t in study.trials)
+        if trial.duration:
+            self.durations.append(trial.duration.total_seconds())
+        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        value = f"val_top1={trial.value:.4f}" if trial.value is not None else ""
+        if trial.state == TrialState.PRUNED and trial.intermediate_values:
+            value = f"val_top1={max(trial.intermediate_values.values()):.4f} (at prune)"
+        try:
+            best = f"best={study.best_value:.4f} (#{study.best_trial.number})"
+        except ValueError:  # nothing completed yet
+            best = "best=-"
+        mean = sum(self.durations) / len(self.durations) if self.durations else 0.0
+        left = max(0, self.target - finished) * mean
+        self.say(
+            f"trial {finished}/{self.target} #{trial.number} {trial.state.name} {params} {value} {best} "
+            f"{self.durations[-1] if self.durations else 0:.1f}s, ~{left:.0f}s left"
+        )

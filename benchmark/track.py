@@ -1,0 +1,188 @@
+"""MLflow tracking: where runs go, and the fixed names of every param, metric and tag.
+
+The sweep, the leaderboard and the regression checks read these names; change them here only.
+  params   the flattened TrialSpec: data.*, backbone.*, strategy.*, head.*, training.* (+ experiment)
+  metrics  per epoch (step = epoch, 0-based): EPOCH_METRICS
+           once per run: FINAL_METRICS (accuracies are fractions in [0, 1])
+  tags     TAGS, plus versions.<package>
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import keras
+import mlflow
+import numpy as np
+
+from benchmark import runtime
+from benchmark.errors import BenchmarkError
+from benchmark.spec import TrialSpec
+
+EPOCH_METRICS = ("loss", "top1", "top5", "val_loss", "val_top1", "val_top5", "learning_rate")
+FINAL_METRICS = (
+    "best_val_top1",  # validation top-1 at the best epoch: the sweep's objective
+    "best_val_top5",
+    "best_epoch",
+    "last_val_top1",
+    "last_val_top5",
+    "test_top1",  # measured on the model of the best validation epoch
+    "test_top5",
+    "params_total",
+    "params_trainable",
+    "model_size_mb",  # the saved .keras file
+    "infer_images_per_sec",
+    "train_images_per_sec",
+    "wall_time_s",
+    "epochs_run",
+    "backbone_depth",
+)
+TAGS = ("backbone", "strategy", "experiment", "role", "git_commit", "device", "data_origin")
+EXPERIMENT_PREFIX = "benchmark/"
+STORE_ENV = "BENCHMARK_STORE"
+
+
+def store_dir() -> Path:
+    """The local store (SQLite database and artifacts): ./mlruns unless BENCHMARK_STORE says otherwise."""
+    return Path(os.environ.get(STORE_ENV, "mlruns")).resolve()
+
+
+def local_uri() -> str:
+    return f"sqlite:///{store_dir() / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_uri()
+
+
+def uses_local_store() -> bool:
+    # Compared, not tested for presence: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI itself.
+    return tracking_uri() == local_uri()
+
+
+def configure() -> str:
+    """Point MLflow at our store, failing early (before anything trains) if it cannot be written."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uses_local_store():
+        ensure_writable(store_dir())
+        with store_lock():
+            mlflow.search_experiments(max_results=1)  # creates the database, once, under the lock
+    return uri
+
+
+@contextmanager
+def store_lock() -> Iterator[None]:
+    """Serialises creating the SQLite stores: two processes migrating one new database collide."""
+    with open(store_dir() / ".init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure_writable(directory: Path) -> None:
+    fix = f"fix its permissions, or set {STORE_ENV}=/writable/dir or MLFLOW_TRACKING_URI"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise BenchmarkError(f"the MLflow store {directory} is not writable ({e.strerror}); {fix}") from None
+    database = directory / "mlflow.db"
+    if database.exists() and not os.access(database, os.W_OK):
+        raise BenchmarkError(f"the MLflow database {database} is read-only; {fix}")
+
+
+def experiment_id(experiment: str) -> str:
+    name = EXPERIMENT_PREFIX + experiment
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    artifacts = (store_dir() / "artifacts").as_uri() if uses_local_store() else None
+    return mlflow.create_experiment(name, artifact_location=artifacts)
+
+
+def trial_tags(spec: TrialSpec, role: str, data_origin: str) -> dict[str, str]:
+    tags = {
+        "backbone": spec.backbone.name,
+        "strategy": spec.strategy_name,
+        "experiment": spec.experiment,
+        "role": role,
+        "git_commit": runtime.git_commit(),
+        "device": runtime.device_description(),
+        "data_origin": data_origin,
+    }
+    tags.update({f"versions.{k}": v for k, v in runtime.package_versions().items()})
+    return tags
+
+
+@contextmanager
+def trial_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_tags: dict | None = None) -> Iterator:
+    """A run (nested under the active one, if any) with the spec as params and the standard tags.
+    An exception marks it FAILED with the error recorded, and propagates."""
+    tags = {**trial_tags(spec, role, data_origin), **(extra_tags or {})}
+    with mlflow.start_run(
+        experiment_id=experiment_id(spec.experiment), run_name=run_name, nested=mlflow.active_run() is not None, tags=tags
+    ) as run:
+        mlflow.log_params(spec.params())
+        try:
+            yield run
+        except BaseException as e:
+            mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+            raise
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs the per-epoch curves to the active run as they happen (visible live in the UI)."""
+
+    def __init__(self, run_id: str):
+        super().__init__()
+        self.run_id = run_id
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        metrics = {k: float(logs[k]) for k in EPOCH_METRICS if k in logs and np.isfinite(float(logs[k]))}
+        mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
+
+
+def log_result(result) -> None:
+    """Final metrics and artifacts of a finished trial (benchmark.trial.TrialResult) to the active run."""
+    mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        plot_learning_curves(result.history, tmp / "learning_curves.png", title=result.title)
+        np.savez_compressed(tmp / "test_predictions.npz", labels=result.test_labels, top5=result.test_predictions)
+        (tmp / "history.json").write_text(json.dumps(result.history.epochs, indent=1))
+        mlflow.log_artifacts(str(tmp))
+
+
+def plot_learning_curves(history, path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(e["epoch"]) + 1 for e in history.epochs]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in ("loss", "val_loss"):
+        loss_ax.plot(epochs, history.series(name), marker="o", label=name)
+    for name in ("top1", "val_top1", "val_top5"):
+        acc_ax.plot(epochs, history.series(name), marker="o", label=name)
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

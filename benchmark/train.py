@@ -1,0 +1,166 @@
+"""Training: compile and fit one model under its strategy (one phase, or head-then-unfreeze)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from benchmark import runtime
+from benchmark.data import Dataset
+from benchmark.model import BuiltModel, set_trainable
+from benchmark.spec import TrainingSpec, TrialSpec
+
+MONITOR = "val_top1"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the trial fails, the sweep goes on."""
+
+
+@dataclass
+class History:
+    """Per-epoch logs across all phases, and how long each epoch's training part took."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: list[float] = field(default_factory=list)
+
+    def series(self, name: str) -> list[float]:
+        return [logs[name] for logs in self.epochs if name in logs]
+
+    @property
+    def best_epoch(self) -> int:
+        """0-based index of the epoch with the highest validation top-1 (first one on ties)."""
+        return int(np.argmax(self.series(MONITOR)))
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Records logs, the learning rate and the training time of each epoch (validation excluded)."""
+
+    def __init__(self, history: History):
+        super().__init__()
+        self.history = history
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._train_end = None
+
+    def on_test_begin(self, logs=None):
+        if getattr(self, "_train_end", None) is None and hasattr(self, "_start"):
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        end = self._train_end or time.perf_counter()
+        self.history.train_seconds.append(end - self._start)
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["epoch"] = epoch
+        self.history.epochs.append({k: float(v) for k, v in logs.items()})
+        if not math.isfinite(logs.get("loss", 0.0)):
+            raise TrainingDiverged(
+                f"loss became {logs['loss']} in epoch {epoch + 1}; lower the learning rate or enable label smoothing"
+            )
+
+
+class KeepBestWeights(keras.callbacks.Callback):
+    """Holds the weights of the best validation epoch and restores them when training ends,
+    so test metrics are measured on the model that validation selected."""
+
+    def __init__(self):
+        super().__init__()
+        self.best = -math.inf
+        self.weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = (logs or {}).get(MONITOR)
+        if score is not None and score > self.best:
+            self.best, self.weights = score, self.model.get_weights()
+
+    def restore(self, model: keras.Model) -> None:
+        if self.weights is not None:
+            model.set_weights(self.weights)
+
+
+def make_optimizer(training: TrainingSpec, learning_rate: float) -> keras.optimizers.Optimizer:
+    if training.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=training.momentum, nesterov=True)
+    if training.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=training.weight_decay)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def compile_model(model: keras.Model, spec: TrialSpec, learning_rate: float) -> None:
+    model.compile(
+        optimizer=make_optimizer(spec.training, learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=spec.training.label_smoothing),
+        metrics=[
+            keras.metrics.CategoricalAccuracy(name="top1"),
+            keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
+        ],
+        jit_compile=runtime.use_jit(spec.training.jit_compile),
+    )
+
+
+def schedule_callbacks(training: TrainingSpec) -> list[keras.callbacks.Callback]:
+    callbacks = []
+    if training.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max", patience=training.early_stopping_patience)
+        )
+    if training.reduce_lr_patience:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=MONITOR, mode="max", patience=training.reduce_lr_patience, factor=training.reduce_lr_factor
+            )
+        )
+    return callbacks
+
+
+def phases(spec: TrialSpec) -> list[tuple[int | str, float, int]]:
+    """(unfreeze depth, learning rate, epochs) for each phase of the strategy."""
+    strategy, training = spec.strategy, spec.training
+    if strategy.schedule == "two_phase":
+        return [
+            (0, training.learning_rate, strategy.head_epochs),
+            (strategy.unfreeze, training.learning_rate * strategy.finetune_lr_scale, training.epochs),
+        ]
+    return [(strategy.unfreeze, training.learning_rate, training.epochs)]
+
+
+def train(
+    built: BuiltModel,
+    spec: TrialSpec,
+    data: Dataset,
+    callbacks: list[keras.callbacks.Callback] = (),
+    verbose: int = 0,
+) -> History:
+    """Fit through every phase; epochs are numbered continuously across phases (for pruning).
+    On return the model holds the weights of its best validation epoch."""
+    if spec.strategy.unfreeze == "search":
+        raise ValueError("resolve unfreeze = 'search' to a depth before training (TrialSpec.with_values)")
+    history = History()
+    best = KeepBestWeights()
+    y_train = keras.utils.to_categorical(data.y_train, data.num_classes)
+    y_val = keras.utils.to_categorical(data.y_val, data.num_classes)
+    epoch = 0
+    for unfreeze, learning_rate, epochs in phases(spec):
+        set_trainable(built, unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
+        compile_model(built.model, spec, learning_rate)  # trainable weights are fixed at compile time
+        before = len(history.epochs)
+        built.model.fit(
+            data.x_train,
+            y_train,
+            validation_data=(data.x_val, y_val),
+            batch_size=spec.training.batch_size,
+            initial_epoch=epoch,
+            epochs=epoch + epochs,
+            shuffle=True,
+            verbose=verbose,
+            callbacks=[EpochRecorder(history), best, *schedule_callbacks(spec.training), *callbacks],
+        )
+        epoch += len(history.epochs) - before
+    best.restore(built.model)
+    return history

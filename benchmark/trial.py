@@ -1,0 +1,94 @@
+"""One trial: spec -> data -> model -> train -> measure. Tracking is the caller's (see track.py).
+
+`prepare` does everything that can reject bad input (data, model, unfreeze depth) before any
+training starts or any run is recorded; `execute` trains and measures.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from benchmark import measure, runtime
+from benchmark.data import Dataset, load_dataset
+from benchmark.model import BuiltModel, build_model, set_trainable
+from benchmark.spec import TrialSpec
+from benchmark.train import History, train
+
+
+@dataclass
+class Prepared:
+    spec: TrialSpec
+    data: Dataset
+    built: BuiltModel
+    started: float
+
+
+@dataclass
+class TrialResult:
+    spec: TrialSpec
+    metrics: dict[str, float]
+    history: History
+    test_labels: np.ndarray
+    test_predictions: np.ndarray  # top-5 class indices per test image
+    model_path: Path
+
+    @property
+    def title(self) -> str:
+        return f"{self.spec.backbone.name} / {self.spec.strategy_name}"
+
+
+def prepare(spec: TrialSpec, data: Dataset | None = None) -> Prepared:
+    started = time.perf_counter()
+    keras.backend.clear_session()
+    runtime.seed_everything(spec.training.seed)
+    keras.config.set_dtype_policy(runtime.mixed_precision_policy(spec.training.mixed_precision))
+    data = data if data is not None else load_dataset(spec.data)
+    built = build_model(spec, data.num_classes)
+    # Checks the final depth now, not after a two-phase trial's first phase has trained.
+    set_trainable(built, spec.strategy.unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
+    return Prepared(spec=spec, data=data, built=built, started=started)
+
+
+def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | None = None) -> TrialResult:
+    spec, data, model = prepared.spec, prepared.data, prepared.built.model
+    history = train(prepared.built, spec, data, callbacks=list(callbacks), verbose=verbose)
+    best, last = history.epochs[history.best_epoch], history.epochs[-1]
+    test = measure.evaluate(model, data.x_test, data.y_test, spec.training.batch_size)
+    total, trainable = measure.count_params(model)
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="benchmark-trial-"))
+    model_path = workdir / "model.keras"
+    metrics = {
+        "best_val_top1": best["val_top1"],
+        "best_val_top5": best["val_top5"],
+        "best_epoch": float(history.best_epoch),
+        "last_val_top1": last["val_top1"],
+        "last_val_top5": last["val_top5"],
+        "test_top1": test["top1"],
+        "test_top5": test["top5"],
+        "params_total": float(total),
+        "params_trainable": float(trainable),
+        "model_size_mb": measure.save_for_inference(model, model_path),
+        "infer_images_per_sec": measure.inference_throughput(model, spec.training.batch_size),
+        "train_images_per_sec": measure.training_throughput(history.train_seconds, len(data.x_train)),
+        "epochs_run": float(len(history.epochs)),
+        "backbone_depth": float(prepared.built.depth),
+    }
+    metrics["wall_time_s"] = time.perf_counter() - prepared.started
+    return TrialResult(
+        spec=spec,
+        metrics=metrics,
+        history=history,
+        test_labels=data.y_test,
+        test_predictions=test["predictions"],
+        model_path=model_path,
+    )
+
+
+def run_trial(spec: TrialSpec, data: Dataset | None = None, callbacks=(), verbose: int = 0) -> TrialResult:
+    return execute(prepare(spec, data), callbacks=callbacks, verbose=verbose)

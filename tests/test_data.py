@@ -1,0 +1,486 @@
+import io
+import os
+import pickle
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark import data
+from benchmark.data import load_dataset, read_official_dir, stratified_split, stratified_subset
+from benchmark.errors import BenchmarkError
+from benchmark.spec import DataSpec, SubsetSpec, SyntheticSpec
+
+REPO = Path(__file__).resolve().parent.parent
+FIX_HINTS = ("re-stage", "--data-dir")
+
+
+def write_official(folder: Path, train_size: int = 30, test_size: int = 20, protocol: int = 2, seed: int = 0) -> dict:
+    """A small train/test/meta in the official layout (bytes keys, N x 3072 uint8 rows)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, size in (("train", train_size), ("test", test_size)):
+        content = {
+            b"batch_label": f"{name} batch".encode(),
+            b"data": rng.integers(0, 256, size=(size, 3072), dtype=np.uint8),
+            b"fine_labels": [int(v) for v in np.arange(size) % 100],
+            b"coarse_labels": [int(v) for v in np.arange(size) % 20],
+            b"filenames": [f"img_{i}.png".encode() for i in range(size)],
+        }
+        (folder / name).write_bytes(pickle.dumps(content, protocol=protocol))
+        written[name] = content
+    meta = {
+        b"fine_label_names": [f"fine_{i}".encode() for i in range(100)],
+        b"coarse_label_names": [f"coarse_{i}".encode() for i in range(20)],
+    }
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=protocol))
+    return written
+
+
+class Py2StylePickler(pickle._Pickler):
+    """Writes bytes the way Python 2 wrote str (SHORT_BINSTRING/BINSTRING), as in the official files."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_bytes_as_py2_str(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes_as_py2_str
+
+
+def py2_style_dumps(obj) -> bytes:
+    buffer = io.BytesIO()
+    Py2StylePickler(buffer, protocol=2).dump(obj)
+    # GLOBAL is a text opcode, so renaming numpy 2's module to the official numpy 1 name is a plain replace
+    return buffer.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def assert_one_line_with_fix(error: BenchmarkError, *names: str) -> None:
+    message = str(error)
+    assert "\n" not in message
+    for name in names:
+        assert name in message
+    assert any(hint in message for hint in FIX_HINTS), message
+
+
+# ---------------------------------------------------------------- the real sample
+
+
+def test_sample_has_the_documented_sizes_shapes_and_names(cifar_sample_dir):
+    (x_train, y_train), (x_test, y_test), names = read_official_dir(cifar_sample_dir, "fine")
+    assert x_train.shape == (1117, 32, 32, 3) and x_train.dtype == np.uint8
+    assert x_test.shape == (916, 32, 32, 3) and x_test.dtype == np.uint8
+    assert y_train.shape == (1117,) and y_train.dtype == np.int64
+    assert y_test.shape == (916,)
+    assert set(y_train.tolist()) == set(range(100))
+    assert len(names) == 100 and names[0] == "apple" and names[99] == "worm"
+    assert y_train[:5].tolist() == [19, 29, 0, 11, 1]  # the official file's first labels
+
+
+def test_sample_coarse_labels_have_20_classes(cifar_sample_dir):
+    (_, y_train), (_, y_test), names = read_official_dir(cifar_sample_dir, "coarse")
+    assert set(y_train.tolist()) == set(range(20))
+    assert y_test.max() == 19
+    assert names[:2] == ["aquatic_mammals", "fish"] and len(names) == 20
+
+
+def test_rows_are_converted_from_channel_first_to_channels_last(cifar_sample_dir):
+    with open(cifar_sample_dir / "train", "rb") as handle:
+        raw = pickle.load(handle, encoding="bytes")[b"data"]  # the trusted sample, read plainly
+    (x_train, _), _, _ = read_official_dir(cifar_sample_dir, "fine")
+    i = 7
+    row = raw[i]
+    for channel in range(3):
+        np.testing.assert_array_equal(x_train[i, :, :, channel], row[channel * 1024 : (channel + 1) * 1024].reshape(32, 32))
+    # one pixel by hand: row 5, column 9, blue
+    assert x_train[i, 5, 9, 2] == row[2 * 1024 + 5 * 32 + 9]
+    assert x_train.flags["C_CONTIGUOUS"]
+
+
+def test_dir_source_accepts_the_parent_folder(cifar_sample_dir):
+    dataset = load_dataset(DataSpec(source="dir", dir=cifar_sample_dir.parent))
+    assert dataset.origin == f"dir:{cifar_sample_dir.resolve()}"
+    assert dataset.class_names[0] == "apple"
+
+
+def test_load_dataset_carves_validation_from_train_and_keeps_test_whole(cifar_sample_dir):
+    dataset = load_dataset(DataSpec(source="dir", dir=cifar_sample_dir, validation_fraction=0.1, seed=0))
+    assert dataset.sizes() == {"train": 1005, "validation": 112, "test": 916}  # 112 = round(1117 * 0.1)
+    assert dataset.num_classes == 100
+    (x_train, y_train), (x_test, y_test), _ = read_official_dir(cifar_sample_dir, "fine")
+    np.testing.assert_array_equal(dataset.x_test, x_test)
+    np.testing.assert_array_equal(dataset.y_test, y_test)
+    keep, held = stratified_split(y_train, 0.1, seed=0)
+    np.testing.assert_array_equal(dataset.x_val, x_train[held])
+    np.testing.assert_array_equal(dataset.y_train, y_train[keep])
+
+
+def test_split_of_the_sample_is_stratified_disjoint_and_complete(cifar_sample_dir):
+    (_, labels), _, _ = read_official_dir(cifar_sample_dir, "fine")
+    keep, held = stratified_split(labels, 0.1, seed=0)
+    assert len(held) == 112
+    assert len(np.intersect1d(keep, held)) == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([keep, held])), np.arange(len(labels)))
+    counts = np.bincount(labels, minlength=100)
+    held_counts = np.bincount(labels[held], minlength=100)
+    kept_counts = np.bincount(labels[keep], minlength=100)
+    assert (kept_counts[counts >= 2] >= 1).all()
+    assert (held_counts[counts >= 2] >= 1).all()  # 112 held >= 100 classes, so every class gets one
+    assert np.abs(held_counts - counts * 0.1).max() <= 1
+
+
+def test_split_is_deterministic_for_a_seed_and_changes_with_it(cifar_sample_dir):
+    (_, labels), _, _ = read_official_dir(cifar_sample_dir, "fine")
+    first = stratified_split(labels, 0.1, seed=3)
+    again = stratified_split(labels, 0.1, seed=3)
+    other = stratified_split(labels, 0.1, seed=4)
+    np.testing.assert_array_equal(first[1], again[1])
+    np.testing.assert_array_equal(first[0], again[0])
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_split_keeps_one_per_class_when_few_can_be_held():
+    labels = np.repeat(np.arange(10), 3)  # 30 examples, 3 held: not every class can give one
+    keep, held = stratified_split(labels, 0.1, seed=0)
+    assert len(held) == 3
+    assert set(labels[keep].tolist()) == set(range(10))
+    assert np.bincount(labels[held], minlength=10).max() == 1
+
+
+def test_split_total_is_exact_with_singleton_classes():
+    labels = np.array([0, 1, 2, 2, 2, 2, 3, 3])
+    keep, held = stratified_split(labels, 0.5, seed=1)
+    assert len(held) == 4 and len(keep) == 4
+    kept, held_labels = set(labels[keep].tolist()), set(labels[held].tolist())
+    assert {2, 3} <= kept and {2, 3} <= held_labels
+
+
+# ---------------------------------------------------------------- subsets
+
+
+def test_subset_has_the_exact_size_and_class_proportions():
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    idx = stratified_subset(labels, 10, seed=0)
+    assert len(idx) == 10 and len(set(idx.tolist())) == 10
+    assert np.bincount(labels[idx]).tolist() == [5, 3, 2]
+    assert (np.diff(idx) > 0).all()  # sorted
+    np.testing.assert_array_equal(idx, stratified_subset(labels, 10, seed=0))
+
+
+def test_subset_of_the_sample_is_proportional(cifar_sample_dir):
+    (_, labels), _, _ = read_official_dir(cifar_sample_dir, "fine")
+    idx = stratified_subset(labels, 500, seed=0)
+    assert len(idx) == 500
+    quota = np.bincount(labels, minlength=100) * 500 / len(labels)
+    assert np.abs(np.bincount(labels[idx], minlength=100) - quota).max() < 1
+
+
+def test_load_dataset_applies_subsets_after_the_split(cifar_sample_dir):
+    spec = DataSpec(source="dir", dir=cifar_sample_dir, subset=SubsetSpec(train=300, validation=50, test=200))
+    dataset = load_dataset(spec)
+    assert dataset.sizes() == {"train": 300, "validation": 50, "test": 200}
+    assert len(np.unique(dataset.y_train)) == 100  # 300 of 1005 still reaches every class (>= 4 each)
+
+
+def test_subset_larger_than_its_split_names_the_split_size(cifar_sample_dir):
+    spec = DataSpec(source="dir", dir=cifar_sample_dir, subset=SubsetSpec(validation=200))
+    with pytest.raises(BenchmarkError) as caught:
+        load_dataset(spec)
+    message = str(caught.value)
+    assert "data.subset.validation = 200" in message and "112" in message
+
+
+# ---------------------------------------------------------------- the restricted unpickler
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"echo pwned > {self.marker}",)
+
+
+def test_pickle_that_runs_a_command_is_refused(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    write_official(folder)
+    marker = tmp_path / "pwned.txt"
+    (folder / "train").write_bytes(pickle.dumps({b"data": _Exploit(marker)}, protocol=2))
+    with pytest.raises(BenchmarkError) as caught:
+        read_official_dir(folder, "fine")
+    message = str(caught.value)
+    assert f"refusing to load {folder / 'train'}" in message
+    assert ".system" in message and "re-download the official files" in message
+    assert not marker.exists()
+
+
+def test_the_refused_pickle_really_would_run_the_command(tmp_path):
+    # shows the previous test guards against a working exploit, not a malformed file
+    marker = tmp_path / "control.txt"
+    pickle.loads(pickle.dumps(_Exploit(marker), protocol=2))
+    assert marker.read_text().strip() == "pwned"
+
+
+@pytest.mark.parametrize("protocol", [2, 4, pickle.DEFAULT_PROTOCOL])
+def test_official_style_pickles_load(tmp_path, protocol):
+    folder = tmp_path / "cifar-100-python"
+    written = write_official(folder, train_size=30, test_size=20, protocol=protocol)
+    (x_train, y_train), (x_test, y_test), names = read_official_dir(folder, "fine")
+    assert x_train.shape == (30, 32, 32, 3) and x_test.shape == (20, 32, 32, 3)
+    np.testing.assert_array_equal(x_train.transpose(0, 3, 1, 2).reshape(30, 3072), written["train"][b"data"])
+    assert y_test.tolist() == written["test"][b"fine_labels"]
+    assert names[0] == "fine_0" and len(names) == 100
+    if protocol == 2:  # Python 3 writes bytes at protocol 2 through _codecs.encode: it must be admitted
+        assert b"_codecs" in (folder / "train").read_bytes()
+
+
+def test_python2_protocol2_pickles_like_the_official_release_load(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    written = write_official(folder, train_size=12, test_size=8)
+    for name in ("train", "test"):
+        (folder / name).write_bytes(py2_style_dumps(written[name]))
+    blob = (folder / "train").read_bytes()
+    assert b"cnumpy.core.multiarray\n_reconstruct" in blob and b"_codecs" not in blob
+    (x_train, y_train), (x_test, _), _ = read_official_dir(folder, "coarse")
+    np.testing.assert_array_equal(x_train.transpose(0, 3, 1, 2).reshape(12, 3072), written["train"][b"data"])
+    assert y_train.tolist() == written["train"][b"coarse_labels"] and len(x_test) == 8
+
+
+# ---------------------------------------------------------------- errors name the file and the fix
+
+
+def test_missing_dir_is_reported(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(BenchmarkError) as caught:
+        read_official_dir(missing, "fine")
+    assert_one_line_with_fix(caught.value, str(missing), "does not exist")
+
+
+def test_empty_dir_lists_the_missing_files(tmp_path):
+    with pytest.raises(BenchmarkError) as caught:
+        load_dataset(DataSpec(source="dir", dir=tmp_path))
+    assert_one_line_with_fix(caught.value, str(tmp_path), "train, test, meta")
+
+
+def test_empty_file_is_reported(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    write_official(folder)
+    (folder / "test").write_bytes(b"")
+    with pytest.raises(BenchmarkError) as caught:
+        read_official_dir(folder, "fine")
+    assert_one_line_with_fix(caught.value, str(folder / "test"), "empty or truncated")
+
+
+def test_truncated_file_is_reported(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    write_official(folder)
+    full = (folder / "train").read_bytes()
+    (folder / "train").write_bytes(full[: len(full) // 2])
+    with pytest.raises(BenchmarkError) as caught:
+        read_official_dir(folder, "fine")
+    assert_one_line_with_fix(caught.value, str(folder / "train"), "truncated")
+
+
+def test_wrong_image_shape_is_reported(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    write_official(folder)
+    content = {b"data": np.zeros((30, 3000), np.uint8), b"fine_labels": [0] * 30, b"coarse_labels": [0] * 30}
+    (folder / "train").write_bytes(pickle.dumps(content, protocol=2))
+    with pytest.raises(BenchmarkError) as caught:
+        read_official_dir(folder, "fine")
+    assert_one_line_with_fix(caught.value, str(folder / "train"), "(30, 3000)", "3072")
+
+
+def test_wrong_keys_are_reported(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    write_official(folder)
+    (folder / "test").write_bytes(pickle.dumps({b"images": np.zeros((2, 3072), np.uint8)}, protocol=2))
+    with pytest.raises(BenchmarkError) as caught:
+        read_official_dir(folder, "fine")
+    assert_one_line_with_fix(caught.value, str(folder / "test"), "lacks data, fine_labels", "found: images")
+
+
+def test_labels_out_of_range_are_reported(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    write_official(folder)
+    content = {b"data": np.zeros((3, 3072), np.uint8), b"fine_labels": [0, 5, 100]}
+    (folder / "train").write_bytes(pickle.dumps(content, protocol=2))
+    with pytest.raises(BenchmarkError) as caught:
+        read_official_dir(folder, "fine")
+    assert_one_line_with_fix(caught.value, str(folder / "train"), "0..100", "outside 0..99")
+
+
+def test_label_count_must_match_images(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    write_official(folder)
+    content = {b"data": np.zeros((3, 3072), np.uint8), b"fine_labels": [0, 1]}
+    (folder / "train").write_bytes(pickle.dumps(content, protocol=2))
+    with pytest.raises(BenchmarkError) as caught:
+        read_official_dir(folder, "fine")
+    assert_one_line_with_fix(caught.value, str(folder / "train"), "not 3 integers")
+
+
+def test_empty_validation_split_is_an_error():
+    spec = DataSpec(source="synthetic", synthetic=SyntheticSpec(train_size=4, test_size=4), validation_fraction=0.1)
+    with pytest.raises(BenchmarkError, match="empty validation split"):
+        load_dataset(spec)
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def test_synthetic_has_official_shapes_and_balanced_labels():
+    dataset = load_dataset(DataSpec(source="synthetic", synthetic=SyntheticSpec(train_size=1000, test_size=300)))
+    assert dataset.sizes() == {"train": 900, "validation": 100, "test": 300}
+    assert dataset.x_train.shape == (900, 32, 32, 3) and dataset.x_train.dtype == np.uint8
+    assert dataset.y_train.dtype == np.int64
+    assert dataset.origin == "synthetic" and dataset.class_names[0] == "synthetic_00" and dataset.num_classes == 100
+    assert np.bincount(dataset.y_test, minlength=100).tolist() == [3] * 100
+    train_counts = np.bincount(np.concatenate([dataset.y_train, dataset.y_val]), minlength=100)
+    assert train_counts.tolist() == [10] * 100
+    assert 20 < dataset.x_train.std() and dataset.x_train.min() < 30 and dataset.x_train.max() > 225
+
+
+def test_synthetic_is_deterministic_for_a_seed():
+    first = data.make_synthetic(200, 100, "fine", seed=5)
+    again = data.make_synthetic(200, 100, "fine", seed=5)
+    other = data.make_synthetic(200, 100, "fine", seed=6)
+    for (x1, y1), (x2, y2) in zip(first[:2], again[:2]):
+        assert x1.tobytes() == x2.tobytes() and y1.tobytes() == y2.tobytes()
+    assert first[0][0].tobytes() != other[0][0].tobytes()
+
+
+def test_synthetic_test_set_does_not_depend_on_train_size():
+    _, test_small, _ = data.make_synthetic(100, 50, "fine", seed=0)
+    _, test_large, _ = data.make_synthetic(900, 50, "fine", seed=0)
+    assert test_small[0].tobytes() == test_large[0].tobytes()
+
+
+def test_synthetic_coarse_has_20_classes():
+    (_, y_train), (_, y_test), names = data.make_synthetic(200, 40, "coarse", seed=0)
+    assert np.bincount(y_train).tolist() == [10] * 20 and len(names) == 20
+
+
+def nearest_class_mean_accuracy(train, test, num_classes):
+    (x_train, y_train), (x_test, y_test) = train, test
+    flat_train = x_train.reshape(len(x_train), -1).astype(np.float32)
+    flat_test = x_test.reshape(len(x_test), -1).astype(np.float32)
+    means = np.stack([flat_train[y_train == c].mean(axis=0) for c in range(num_classes)])
+    distances = (flat_test**2).sum(1)[:, None] - 2 * flat_test @ means.T + (means**2).sum(1)[None, :]
+    return float((distances.argmin(axis=1) == y_test).mean())
+
+
+def test_synthetic_is_learnable_from_pixels():
+    train, test, _ = data.make_synthetic(1000, 500, "fine", seed=0)
+    assert nearest_class_mean_accuracy(train, test, 100) > 0.5  # chance is 0.01
+
+
+# ---------------------------------------------------------------- module hygiene
+
+
+def test_importing_data_does_not_import_keras_or_tensorflow():
+    code = "import sys, benchmark.data; print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- source "keras" (offline)
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras cache dir. KERAS_HOME is read once at keras import, so patch what it set."""
+    keras = pytest.importorskip("keras")
+    from keras.src.backend import config
+
+    home = tmp_path / "keras_home"
+    home.mkdir()
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.setattr(config, "_KERAS_DIR", str(home))
+    assert keras.src.backend.config.keras_home() == str(home)
+    return home
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Name resolution fails at once, as on this project's offline machines: never download here."""
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+
+
+def test_keras_source_fails_fast_offline_with_staging_advice(keras_home, no_network):
+    started = time.monotonic()
+    with pytest.raises(BenchmarkError) as caught:
+        load_dataset(DataSpec(source="keras"))
+    elapsed = time.monotonic() - started
+    message = str(caught.value)
+    archive = keras_home / "datasets" / "cifar-100-python-target_archive"
+    assert message.startswith("CIFAR-100 could not be downloaded (")
+    assert f"copy the official cifar-100-python.tar.gz to {archive}" in message
+    assert "--data-dir /path/to/cifar-100-python" in message and "\n" not in message
+    assert "Name or service not known" in message
+    assert elapsed < 5, f"offline failure took {elapsed:.1f}s"
+
+
+def test_keras_source_rejects_a_staged_archive_with_the_wrong_hash(keras_home, no_network, cifar_sample_dir):
+    archive = keras_home / "datasets" / "cifar-100-python-target_archive"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(cifar_sample_dir, arcname="cifar-100-python")
+    with pytest.raises(BenchmarkError) as caught:
+        load_dataset(DataSpec(source="keras"))
+    message = str(caught.value)
+    assert "hash did not match" in message and str(archive) in message
+    assert not archive.exists()  # Keras deleted it before trying to download
+
+
+def _fake_keras_load_data(calls: list):
+    def load_data(label_mode="fine"):
+        calls.append((label_mode, socket.getdefaulttimeout()))
+        rng = np.random.default_rng(0)
+        images = lambda n: rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)  # noqa: E731
+        labels = lambda n: (np.arange(n) % 100).astype(np.uint8).reshape(n, 1)  # noqa: E731
+        return (images(200), labels(200)), (images(100), labels(100))
+
+    return load_data
+
+
+def test_keras_source_reads_class_names_from_the_extracted_meta(keras_home, monkeypatch, cifar_sample_dir):
+    import keras
+
+    calls = []
+    monkeypatch.setattr(keras.datasets.cifar100, "load_data", _fake_keras_load_data(calls))
+    extracted = keras_home / "datasets" / "cifar-100-python-target" / "cifar-100-python"
+    extracted.mkdir(parents=True)
+    shutil.copy(cifar_sample_dir / "meta", extracted / "meta")
+    dataset = load_dataset(DataSpec(source="keras"))
+    assert dataset.origin == "keras"
+    assert dataset.class_names[0] == "apple"
+    assert dataset.sizes() == {"train": 180, "validation": 20, "test": 100}
+    assert dataset.y_train.shape == (180,) and dataset.y_train.dtype == np.int64
+    assert calls == [("fine", data.DOWNLOAD_SOCKET_TIMEOUT_S)]
+    assert socket.getdefaulttimeout() is None  # restored after the download
+
+
+def test_keras_source_falls_back_to_generic_names(keras_home, monkeypatch):
+    import keras
+
+    monkeypatch.setattr(keras.datasets.cifar100, "load_data", _fake_keras_load_data([]))
+    dataset = load_dataset(DataSpec(source="keras"))
+    assert dataset.class_names[:2] == ["class_00", "class_01"] and dataset.num_classes == 100

@@ -1,0 +1,134 @@
+"""Specs: the shipped experiments validate; every kind of bad spec is reported, all at once."""
+
+import copy
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from benchmark.errors import BenchmarkError, SpecError
+from benchmark.spec import EXPERIMENTS_DIR, load_experiment, parse_experiment
+
+SHIPPED = ["ci", "quick", "paper"]
+
+
+def ci_raw() -> dict:
+    return tomllib.loads((EXPERIMENTS_DIR / "ci.toml").read_text())
+
+
+def problems_of(raw: dict, tmp_path: Path) -> list[str]:
+    import tomllib  # noqa: F401  (raw is already parsed; write it back through a file to test the loader)
+
+    with pytest.raises(SpecError) as caught:
+        parse_experiment(raw, source=str(tmp_path / "bad.toml"))
+    return caught.value.problems
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_experiments_validate(name):
+    spec = load_experiment(name)
+    assert spec.name == name
+    for backbone in spec.backbones:
+        for strategy in spec.strategies:
+            trial = spec.resolve(backbone, strategy)
+            assert trial.backbone.name == backbone
+
+
+def test_ci_is_tiny_and_offline():
+    spec = load_experiment("ci")
+    assert spec.data.source == "synthetic" and spec.backbone.weights == "none"
+    assert spec.backbone.image_size == 32 and spec.training.epochs <= 3
+
+
+def test_paper_is_the_published_setting():
+    spec = load_experiment("paper")
+    assert spec.backbone.image_size == 224 and spec.backbone.weights == "imagenet"
+    assert set(spec.backbones) == {"vgg16", "resnet50", "mobilenetv2", "densenet201", "efficientnetv2l"}
+    assert spec.data.subset.train is None  # the full data set
+
+
+def test_every_problem_is_listed_at_once_with_file_and_field(tmp_path):
+    raw = ci_raw()
+    raw["training"]["epochs"] = -1
+    raw["training"]["optimiser"] = "adam"  # misspelt
+    raw["search"]["space"]["learning_rate"] = {"low": 1e-2, "high": 1e-4}
+    raw["head"]["dropout"] = "lots"
+    problems = problems_of(raw, tmp_path)
+    assert len(problems) == 4, problems
+    text = "\n".join(problems)
+    assert "training.epochs" in text and "greater than or equal to 1" in text
+    assert "training.optimiser: unknown field" in text and "optimizer" in text  # lists the allowed fields
+    assert "search.space.learning_rate" in text and "empty range" in text
+    assert "head.dropout" in text
+    error = SpecError(str(tmp_path / "bad.toml"), problems)
+    assert all(line.startswith(str(tmp_path / "bad.toml")) for line in str(error).splitlines())
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda r: r.update(backbones=["resnet5"]), ["unknown backbone 'resnet5'", "resnet50"]),
+        (lambda r: r.update(backbones=["xception"]), ["image_size", "71"]),
+        (lambda r: r["data"].update(source="ftp"), ["data.source", "'keras'"]),
+        (lambda r: r["data"].update(validation_fraction=1.5), ["data.validation_fraction", "less than 1"]),
+        (lambda r: r["search"]["space"].update(unfreeze={"low": 5, "high": 2}), ["search.space.unfreeze", "empty range"]),
+        (lambda r: r["search"]["space"].update(learning_rate={"low": 0, "high": 1e-3}), ["learning_rate", "low > 0"]),
+        (lambda r: r["strategies"]["top"].update(schedule="two_phase"), ["strategies.top", "head_epochs"]),
+        (lambda r: r["strategies"]["frozen"].update(unfreeze="some"), ["strategies.frozen.unfreeze"]),
+        (lambda r: r.update(strategies={}), ["strategies", "at least 1"]),
+        (lambda r: r.pop("name"), ["name: required field is missing"]),
+        (lambda r: r.update(backbone_overrides={"resnet50": {"image_size": 64}}), ["backbone_overrides.resnet50", "not one of"]),
+        (lambda r: r["data"].update(source="dir"), ["data", "dir"]),
+    ],
+)
+def test_each_kind_of_spec_error(tmp_path, mutate, expected):
+    raw = copy.deepcopy(ci_raw())
+    mutate(raw)
+    text = "\n".join(problems_of(raw, tmp_path))
+    for fragment in expected:
+        assert fragment in text, text
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "broken.toml"
+    bad.write_text('name = "x"\nbackbones = ["vgg16"\n')
+    with pytest.raises(SpecError) as caught:
+        load_experiment(bad)
+    assert str(bad) in str(caught.value) and "line" in str(caught.value)
+
+
+def test_unknown_experiment_lists_the_known_ones():
+    with pytest.raises(BenchmarkError) as caught:
+        load_experiment("qick")
+    assert "unknown experiment 'qick'" in str(caught.value) and "quick" in str(caught.value)
+
+
+def test_resolve_applies_overrides_and_data_dir(tmp_path):
+    quick = load_experiment("quick")
+    assert quick.resolve("mobilenetv2").backbone.image_size == 96
+    assert quick.resolve("resnet50").backbone.image_size == 64
+    assert quick.search_space("vgg16").unfreeze.high == 13
+    trial = load_experiment("ci").resolve("vgg16", "frozen", data_dir=tmp_path)
+    assert trial.data.source == "dir" and trial.data.dir == tmp_path
+    with pytest.raises(BenchmarkError, match="unknown strategy 'nope'.*frozen, top"):
+        load_experiment("ci").resolve("vgg16", "nope")
+    with pytest.raises(BenchmarkError, match="not in experiment 'ci'"):
+        load_experiment("ci").resolve("resnet50")
+
+
+def test_params_are_flat_stable_names():
+    trial = load_experiment("ci").resolve("vgg16", "top").with_values(learning_rate=0.002, unfreeze=3)
+    params = trial.params()
+    assert params["training.learning_rate"] == "0.002"
+    assert params["strategy.unfreeze"] == "3"
+    assert params["backbone.name"] == "vgg16" and params["strategy_name"] == "top"
+    assert {"data.source", "head.dropout", "training.batch_size", "data.subset.test"} <= set(params)
+    assert all(isinstance(v, str) for v in params.values())
+
+
+def test_with_values_validates():
+    trial = load_experiment("ci").resolve("vgg16", "frozen")
+    assert trial.with_values(dropout=0.3).head.dropout == 0.3
+    assert trial.with_values().training.learning_rate == trial.training.learning_rate
+    with pytest.raises(Exception):
+        trial.with_values(learning_rate=-1.0)

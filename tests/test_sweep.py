@@ -1,0 +1,139 @@
+"""The sweep: Optuna trials and MLflow child runs match one to one; failures, pruning, resume,
+several processes, and the best model reloads."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+
+from benchmark import registry, sweep, track
+from benchmark.spec import load_experiment
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ci(**search):
+    experiment = load_experiment("ci")
+    if search:
+        experiment = experiment.model_copy(update={"search": experiment.search.model_copy(update=search)})
+    return experiment
+
+
+def fixed_learning_rates(by_trial: dict[int, float], default: float):
+    """A stand-in for sweep.suggest that still records the value through Optuna."""
+
+    def suggest(trial, spec, space):
+        value = by_trial.get(trial.number, default)
+        return {"learning_rate": trial.suggest_float("learning_rate", value, value)}
+
+    return suggest
+
+
+def child_runs(result: sweep.SweepResult):
+    mlflow.set_tracking_uri(track.tracking_uri())
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+        output_format="list",
+    )
+    return {int(r.data.tags["trial_number"]): r for r in runs}
+
+
+def assert_optuna_matches_mlflow(result: sweep.SweepResult):
+    children = child_runs(result)
+    trials = {t.number: t for t in result.study.trials}
+    assert sorted(children) == sorted(trials), "one child run per trial, same numbers"
+    for number, trial in trials.items():
+        run = children[number]
+        assert run.data.tags["trial_state"] == trial.state.name
+        assert run.info.run_id == trial.user_attrs["mlflow_run_id"]
+        expected_status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}[trial.state.name]
+        assert run.info.status == expected_status
+        if trial.state.name == "COMPLETE":
+            assert run.data.metrics["best_val_top1"] == pytest.approx(trial.value)
+            assert float(run.data.params["training.learning_rate"]) == pytest.approx(trial.params["learning_rate"])
+
+
+def test_ci_sweep_tracks_every_trial_and_the_best_model_reloads(store):
+    result = sweep.run_sweep(ci(), "vgg16", strategy="top", trials=3, verbose=0)
+    assert result.counts["complete"] + result.counts["pruned"] == 3
+    assert_optuna_matches_mlflow(result)
+
+    parent = mlflow.get_run(result.parent_run_id)
+    best = result.best_trial
+    assert parent.data.tags["best_trial_number"] == str(best.number)
+    assert parent.data.metrics["best_val_top1"] == pytest.approx(best.value)
+    assert parent.data.metrics["trials_complete"] == result.counts["complete"]
+
+    registry.register_custom_layers()
+    model = mlflow.keras.load_model(parent.data.tags["best_model_uri"])
+    child = best.user_attrs["mlflow_run_id"]
+    saved = np.load(mlflow.artifacts.download_artifacts(run_id=child, artifact_path="test_predictions.npz"))
+    data = sweep.load_dataset(ci().resolve("vgg16", "top").data)
+    predicted = np.argmax(model.predict(data.x_test, verbose=0), axis=1)
+    assert (predicted == saved["top5"][:, 0]).mean() > 0.99
+
+
+def test_rerun_resumes_to_the_target_without_exceeding_it(store):
+    first = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="frozen", trials=2, verbose=0)
+    assert len(first.study.trials) == 2
+    again = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="frozen", trials=3, verbose=0)
+    assert len(again.study.trials) == 3 and again.parent_run_id == first.parent_run_id
+    done = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="frozen", trials=3, verbose=0)
+    assert len(done.study.trials) == 3
+    assert_optuna_matches_mlflow(done)
+
+
+def test_a_nan_trial_fails_and_the_sweep_goes_on(store, monkeypatch):
+    # Trial 1 gets a learning rate at which the logits overflow float32: the loss becomes inf/NaN.
+    monkeypatch.setattr(sweep, "suggest", fixed_learning_rates({1: 1e35}, default=3e-3))
+    result = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="frozen", trials=2, verbose=0)
+    states = {t.number: t.state.name for t in result.study.trials}
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE"}  # the failed trial is replaced
+    assert_optuna_matches_mlflow(result)
+    failed = child_runs(result)[1]
+    assert "loss became" in failed.data.tags["error"]
+
+
+def test_the_pruner_prunes_a_trial_that_learns_nothing(store, monkeypatch):
+    monkeypatch.setattr(sweep, "suggest", fixed_learning_rates({1: 1e-9}, default=3e-3))
+    experiment = ci(pruner="median", startup_trials=1, pruner_warmup_epochs=0)
+    result = sweep.run_sweep(experiment, "vgg16", strategy="frozen", trials=2, verbose=0)
+    states = [t.state.name for t in result.study.trials]
+    assert states == ["COMPLETE", "PRUNED"]
+    assert_optuna_matches_mlflow(result)
+
+
+def test_the_real_sample_sweeps(store, cifar_sample_dir):
+    result = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="frozen", trials=1, data_dir=cifar_sample_dir, verbose=0)
+    assert result.counts["complete"] == 1
+    run = child_runs(result)[0]
+    assert run.data.tags["data_origin"].startswith("dir:")
+    assert run.data.params["data.source"] == "dir"
+
+
+def test_two_processes_share_the_embedded_storage(store):
+    env = {**os.environ, "BENCHMARK_STORE": str(store)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "benchmark", "sweep", "--experiment", "ci", "--backbone", "vgg16",
+               "--strategy", "frozen", "--trials", "4", "--quiet"]
+    workers = [subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    study = optuna.load_study(study_name="ci-vgg16-frozen", storage=sweep.default_storage())
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert 4 <= len(finished) <= 5  # a worker may finish the trial it had started when the target was reached
+    mlflow.set_tracking_uri(track.tracking_uri())
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'trial'", output_format="list")
+    assert sorted(int(r.data.tags["trial_number"]) for r in runs) == sorted(numbers)
+    parents = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'sweep'", output_format="list")
+    assert len(parents) == 1
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}

@@ -1,0 +1,79 @@
+"""One trial: strategies train what they say, training learns, metrics land in MLflow by name."""
+
+import mlflow
+import numpy as np
+import pytest
+
+from benchmark import registry, track
+from benchmark.spec import BackboneSpec, load_experiment
+from benchmark.train import phases
+from benchmark.trial import execute, prepare, run_trial
+
+
+def ci_trial(backbone="vgg16", strategy="frozen", **values):
+    return load_experiment("ci").resolve(backbone, strategy).with_values(**values)
+
+
+def trainable_weights_after_prepare(spec) -> list:
+    return list(prepare(spec).built.model.trainable_weights)
+
+
+@pytest.mark.parametrize("unfreeze, expected", [(0, 2), (2, 2 + 2 * 2), (13, 2 + 13 * 2), ("all", 2 + 13 * 2)])
+def test_vgg16_trainable_variables_per_strategy(unfreeze, expected):
+    # VGG16 has 13 conv layers (kernel + bias each); the head is one Dense (kernel + bias).
+    assert len(trainable_weights_after_prepare(ci_trial("vgg16", "top", unfreeze=unfreeze))) == expected
+
+
+def test_batchnorm_stays_frozen_when_fine_tuning_everything():
+    mobilenet = BackboneSpec(name="mobilenetv2", weights="none", image_size=32)  # has BatchNorm; VGG16 has none
+    spec = ci_trial("vgg16", "top", unfreeze="all").model_copy(update={"backbone": mobilenet})
+    built = prepare(spec).built
+    names = [w.path for w in built.model.trainable_weights]
+    assert not any("gamma" in n or "beta" in n or "moving" in n for n in names)
+    per_layer = sum(len(layer.weights) for layer in registry.weighted_layers(built.base))
+    assert len(names) == per_layer + 2
+
+
+def test_two_phase_trains_head_first_then_unfreezes_at_lower_lr():
+    spec = ci_trial("vgg16", "top", unfreeze=3, learning_rate=1e-3)
+    spec = spec.model_copy(
+        update={"strategy": spec.strategy.model_copy(update={"schedule": "two_phase", "head_epochs": 1})}
+    )
+    assert phases(spec) == [(0, 1e-3, 1), (3, pytest.approx(1e-4), spec.training.epochs)]
+    prepared = prepare(spec)
+    result = execute(prepared)
+    assert len(prepared.built.model.trainable_weights) == 2 + 3 * 2
+    rates = result.history.series("learning_rate")
+    assert rates[0] == pytest.approx(1e-3) and rates[1:] == pytest.approx([1e-4] * spec.training.epochs)
+    assert [int(e["epoch"]) for e in result.history.epochs] == list(range(1 + spec.training.epochs))
+
+
+def test_short_training_on_synthetic_data_learns():
+    result = run_trial(ci_trial("vgg16", "frozen", learning_rate=3e-3))
+    chance = 1 / 100
+    assert result.metrics["best_val_top1"] > 15 * chance, result.metrics
+    assert result.metrics["test_top1"] > 15 * chance, result.metrics
+    assert result.metrics["params_trainable"] < result.metrics["params_total"]
+    assert result.metrics["infer_images_per_sec"] > 0 and result.metrics["train_images_per_sec"] > 0
+    assert result.metrics["model_size_mb"] == pytest.approx(result.model_path.stat().st_size / 1e6)
+
+
+def test_trial_metrics_land_in_mlflow_under_documented_names(store, capsys):
+    from benchmark.cli import main
+
+    assert main(["run", "--experiment", "ci", "--backbone", "vgg16", "--quiet"]) == 0
+    mlflow.set_tracking_uri(track.tracking_uri())
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    for name in track.FINAL_METRICS:
+        assert np.isfinite(run[f"metrics.{name}"]), name
+    for name in ("val_top1", "val_top5", "loss", "learning_rate"):
+        history = mlflow.MlflowClient().get_metric_history(run.run_id, name)
+        assert [m.step for m in history] == [0, 1, 2], name
+    assert run["params.backbone.name"] == "vgg16" and run["params.training.learning_rate"] == str(load_experiment("ci").training.learning_rate)
+    assert run["tags.backbone"] == "vgg16" and run["tags.strategy"] == "frozen" and run["tags.role"] == "run"
+    assert run["tags.versions.keras"] and run["tags.device"].endswith("cpu")
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.run_id)}
+    assert {"learning_curves.png", "test_predictions.npz", "history.json"} <= artifacts
+    assert "best_val_top1" in capsys.readouterr().out
