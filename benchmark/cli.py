@@ -38,7 +38,7 @@ def unfreeze_depth(text: str) -> int | str:
 
 
 def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", default="ci", help="experiment name in experiments/ or a .toml path (default: ci)")
+    parser.add_argument("--experiment", default="quick", help="experiment name in experiments/ or a .toml path (default: quick)")
     parser.add_argument("--backbone", required=True, help="registry name, e.g. vgg16 (see `backbones`)")
     parser.add_argument("--strategy", help="strategy name from the spec (default: its first)")
     parser.add_argument("--data-dir", help="CIFAR-100 in the official cifar-100-python layout (overrides the spec)")
@@ -79,8 +79,8 @@ def command_run(args) -> int:
         unfreeze = experiment.search_space(spec.backbone.name).unfreeze.low
         print(f"strategy '{spec.strategy_name}' searches its depth; using unfreeze={unfreeze} (set --unfreeze N)")
     spec = with_values(spec, learning_rate=args.lr, unfreeze=unfreeze)
+    prepared = trial.prepare(spec)  # rejects bad data or depth before anything is recorded
     track.configure()
-    prepared = trial.prepare(spec)  # rejects bad data or depth before a run is recorded
     name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}"
     with track.trial_run(spec, "run", prepared.data.origin, run_name=name) as run:
         result = trial.execute(prepared, callbacks=[track.EpochLogger(run.info.run_id)], verbose=0 if args.quiet else 2)

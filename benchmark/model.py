@@ -68,3 +68,18 @@ def head(features, spec: TrialSpec, num_classes: int):
 def set_trainable(built: BuiltModel, unfreeze: int | str, train_batchnorm: bool, backbone_name: str) -> None:
     """Freeze the backbone but for its top `unfreeze` weighted layers; the head always trains."""
     registry.apply_unfreeze(built.base, unfreeze, train_batchnorm=train_batchnorm, backbone_name=backbone_name)
+
+
+def set_batchnorm_momentum(built: BuiltModel, momentum: float | None) -> None:
+    if momentum is None:
+        return
+    for layer in nested_layers(built.base):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
+def nested_layers(model: keras.Model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from nested_layers(layer)

@@ -112,6 +112,9 @@ class StrategySpec(Strict):
     head_epochs: Annotated[int, Field(ge=0)] = 0
     finetune_lr_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     train_batchnorm: bool = False
+    # For training BatchNorm from scratch on few steps: the backbones' own momentum (0.99-0.999)
+    # leaves the moving statistics, which validation uses, far from converged. None keeps it.
+    batchnorm_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
 
     @model_validator(mode="after")
     def _two_phase_is_complete(self) -> StrategySpec:
@@ -362,7 +365,10 @@ def load_experiment(name_or_path: str | Path) -> ExperimentSpec:
         raise SpecError(str(path), [f"not valid TOML: {e}; fix the syntax at that line"]) from None
     except (OSError, UnicodeDecodeError) as e:
         raise BenchmarkError(f"cannot read experiment file {path}: {e}") from None
-    return parse_experiment(raw, source=str(path))
+    spec = parse_experiment(raw, source=str(path))
+    if spec.data.dir is not None and not spec.data.dir.is_absolute():
+        spec.data.dir = (path.parent / spec.data.dir).resolve()  # relative to the spec file, not the cwd
+    return spec
 
 
 def parse_experiment(raw: dict[str, Any], source: str = "<spec>") -> ExperimentSpec:

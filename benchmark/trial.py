@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmark import measure, runtime
 from benchmark.data import Dataset, load_dataset
-from benchmark.model import BuiltModel, build_model, set_trainable
+from benchmark.model import BuiltModel, build_model, set_batchnorm_momentum, set_trainable
 from benchmark.spec import TrialSpec
 from benchmark.train import History, train
 
@@ -52,6 +52,7 @@ def prepare(spec: TrialSpec, data: Dataset | None = None) -> Prepared:
     built = build_model(spec, data.num_classes)
     # Checks the final depth now, not after a two-phase trial's first phase has trained.
     set_trainable(built, spec.strategy.unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
+    set_batchnorm_momentum(built, spec.strategy.batchnorm_momentum)
     return Prepared(spec=spec, data=data, built=built, started=started)
 
 

@@ -9,7 +9,7 @@ import pytest
 from benchmark.errors import BenchmarkError, SpecError
 from benchmark.spec import EXPERIMENTS_DIR, load_experiment, parse_experiment
 
-SHIPPED = ["ci", "quick", "paper"]
+SHIPPED = ["ci", "quick", "paper", "sample"]
 
 
 def ci_raw() -> dict:
@@ -38,6 +38,11 @@ def test_ci_is_tiny_and_offline():
     spec = load_experiment("ci")
     assert spec.data.source == "synthetic" and spec.backbone.weights == "none"
     assert spec.backbone.image_size == 32 and spec.training.epochs <= 3
+
+
+def test_relative_data_dir_is_relative_to_the_spec_file():
+    spec = load_experiment("sample")
+    assert spec.data.dir == (EXPERIMENTS_DIR / "../../shared/data/cifar-100-sample/cifar-100-python").resolve()
 
 
 def test_paper_is_the_published_setting():
@@ -77,7 +82,7 @@ def test_every_problem_is_listed_at_once_with_file_and_field(tmp_path):
         (lambda r: r["strategies"]["frozen"].update(unfreeze="some"), ["strategies.frozen.unfreeze"]),
         (lambda r: r.update(strategies={}), ["strategies", "at least 1"]),
         (lambda r: r.pop("name"), ["name: required field is missing"]),
-        (lambda r: r.update(backbone_overrides={"resnet50": {"image_size": 64}}), ["backbone_overrides.resnet50", "not one of"]),
+        (lambda r: r.update(backbone_overrides={"densenet121": {"image_size": 64}}), ["backbone_overrides.densenet121", "not one of"]),
         (lambda r: r["data"].update(source="dir"), ["data", "dir"]),
     ],
 )
@@ -113,7 +118,7 @@ def test_resolve_applies_overrides_and_data_dir(tmp_path):
     with pytest.raises(BenchmarkError, match="unknown strategy 'nope'.*frozen, top"):
         load_experiment("ci").resolve("vgg16", "nope")
     with pytest.raises(BenchmarkError, match="not in experiment 'ci'"):
-        load_experiment("ci").resolve("resnet50")
+        load_experiment("ci").resolve("densenet121")
 
 
 def test_params_are_flat_stable_names():

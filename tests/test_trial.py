@@ -77,3 +77,13 @@ def test_trial_metrics_land_in_mlflow_under_documented_names(store, capsys):
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.run_id)}
     assert {"learning_curves.png", "test_predictions.npz", "history.json"} <= artifacts
     assert "best_val_top1" in capsys.readouterr().out
+
+
+def test_batchnorm_momentum_is_set_on_every_batchnorm_layer():
+    mobilenet = BackboneSpec(name="mobilenetv2", weights="none", image_size=32)
+    spec = ci_trial("vgg16", "top", unfreeze="all").model_copy(update={"backbone": mobilenet})
+    spec = spec.model_copy(update={"strategy": spec.strategy.model_copy(update={"batchnorm_momentum": 0.9})})
+    import keras
+
+    norms = [l for l in prepare(spec).built.base.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(norms) > 30 and {l.momentum for l in norms} == {0.9}
