@@ -1,3 +1,4 @@
 from benchmark.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # trial processes are spawned and import this module too
+    raise SystemExit(main())

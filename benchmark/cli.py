@@ -84,7 +84,7 @@ def command_run(args) -> int:
     name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}"
     with track.trial_run(spec, "run", prepared.data.origin, run_name=name) as run:
         result = trial.execute(prepared, callbacks=[track.EpochLogger(run.info.run_id)], verbose=0 if args.quiet else 2)
-        track.log_result(result)
+        track.log_result(result, run.info.run_id)
     print(format_metrics(result.metrics))
     print(f"logged to MLflow run {run.info.run_id} at {track.tracking_uri()}")
     return 0
@@ -132,7 +132,7 @@ def command_sweep(args) -> int:
     params = " ".join(f"{k}={v}" for k, v in best.params.items())
     print(
         f"best trial #{best.number}: {params} best_val_top1={best.value:.4f} "
-        f"test_top1={best.user_attrs.get('test_top1', float('nan')):.4f}"
+        f"test_top1={sweep.outcome(best)['test_top1']:.4f}"
     )
     return 0
 

@@ -203,6 +203,9 @@ class SearchSpec(Strict):
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
     pruner_warmup_epochs: Annotated[int, Field(ge=0)] = 1
     startup_trials: Annotated[int, Field(ge=0)] = 3  # random trials before TPE, and before the pruner judges
+    # Trials run in a child process replaced after this many trials (memory stays bounded, a crash
+    # fails one trial); 0 runs them in the sweep's own process.
+    trials_per_process: Annotated[int, Field(ge=0)] = 10
     space: SearchSpace = SearchSpace()
     per_backbone: dict[str, SearchSpaceOverride] = {}
 

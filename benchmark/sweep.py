@@ -9,11 +9,9 @@ missing trial, so a recipe that always fails stops.
 
 from __future__ import annotations
 
-import os
-import re
+import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,26 +20,19 @@ import keras
 import mlflow
 import numpy as np
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
-from optuna_integration import KerasPruningCallback
 
 from benchmark import registry, runtime, track
-from benchmark.data import Dataset, load_dataset
+from benchmark.storage import default_storage, open_storage, redact
+from benchmark.data import load_dataset
 from benchmark.errors import BenchmarkError
 from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
-from benchmark.train import MONITOR
-from benchmark.trial import execute, prepare
+from benchmark.isolation import TrialJob, TrialRunner
 
-# We rely on the RDB heartbeat on purpose; our own per-trial line replaces Optuna's.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial line replaces Optuna's
 
-STORAGE_ENV = "BENCHMARK_OPTUNA_STORAGE"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-HEARTBEAT_S = 15  # a worker that stops beating for GRACE_S is dead: its trial is failed (and retried)
-GRACE_S = 60
 OBJECTIVE = "best_val_top1"
 REQUIREMENTS = ("keras", "tensorflow", "tensorflow-cpu", "jax", "numpy", "benchmark")
 ATTEMPTS_PER_MISSING_TRIAL = 2
@@ -58,45 +49,16 @@ class SweepResult:
         return best_with_model(self.study)
 
 
+def outcome(trial: optuna.trial.FrozenTrial) -> dict:
+    """What a finished trial recorded: test_top1, model_saved, compute_s, process_start_s."""
+    return trial.user_attrs.get("outcome", {})
+
+
 def best_with_model(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The best completed trial that saved its model (on ties, the lowest number). Trials save their
     model when they match or beat the best so far, so this is the study's best value."""
-    saved = [t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs.get("model_saved")]
+    saved = [t for t in study.trials if t.state == TrialState.COMPLETE and outcome(t).get("model_saved")]
     return max(saved, key=lambda t: (t.value, -t.number)) if saved else None
-
-
-# ---------------------------------------------------------------- storage
-
-
-def default_storage() -> str:
-    """SQLite next to the MLflow store: a URL optuna.load_study and optuna-dashboard open,
-    shared safely by a few processes on one machine (use PostgreSQL across machines)."""
-    return os.environ.get(STORAGE_ENV) or f"sqlite:///{track.store_dir() / 'optuna.db'}"
-
-
-def redact(url: str) -> str:
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    if url.startswith("sqlite:///"):
-        track.ensure_writable(Path(url.removeprefix("sqlite:///")).parent)
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
-    except Exception as e:  # SQLAlchemy raises many types for bad URLs and dead servers
-        cause = redact(str(e).splitlines()[0])[:200]
-        raise BenchmarkError(
-            f"cannot open the Optuna storage {redact(url)} ({cause}); check the URL and that the database is up, "
-            f"or leave --storage/{STORAGE_ENV} unset for the local SQLite file"
-        ) from None
 
 
 def study_name(spec: TrialSpec) -> str:
@@ -304,17 +266,21 @@ def run_sweep(
         + (f"; running {remaining} more" if remaining > 0 else "; nothing to do")
     )
     if remaining > 0:
-        objective = Objective(spec, space, data, name, experiment.search.pruner != "none", verbose)
-        progress = Progress(target, say)
-        with mlflow.start_run(run_id=parent):
-            study.optimize(
-                objective,
-                n_trials=remaining * ATTEMPTS_PER_MISSING_TRIAL,
-                timeout=timeout_s,
-                callbacks=[MaxTrialsCallback(target, states=FINISHED), progress],
-                catch=(Exception,),
-                gc_after_trial=True,
-            )
+        pruner = study.pruner if experiment.search.pruner != "none" else None
+        runner = TrialRunner(experiment.search.trials_per_process, data)
+        objective = Objective(spec, space, name, storage_url, pruner, runner, verbose)
+        try:
+            with mlflow.start_run(run_id=parent):
+                study.optimize(
+                    objective,
+                    n_trials=remaining * ATTEMPTS_PER_MISSING_TRIAL,
+                    timeout=timeout_s,
+                    callbacks=[MaxTrialsCallback(target, states=FINISHED), Progress(target, say)],
+                    catch=(Exception,),
+                    gc_after_trial=not runner.isolated,
+                )
+        finally:
+            runner.close()
     result = SweepResult(study=study, parent_run_id=parent, counts=trial_counts(study))
     summarize_parent(result)
     return result
@@ -323,18 +289,20 @@ def run_sweep(
 class Objective:
     """Maximises validation top-1 at the best epoch (the test set is never looked at here)."""
 
-    def __init__(self, spec: TrialSpec, space: SearchSpace, data: Dataset, name: str, prune: bool, verbose: int):
-        self.spec, self.space, self.data = spec, space, data
-        self.name, self.prune, self.verbose = name, prune, verbose
+    def __init__(self, spec: TrialSpec, space: SearchSpace, name: str, storage_url: str,
+                 pruner: optuna.pruners.BasePruner | None, runner: TrialRunner, verbose: int):
+        self.spec, self.space, self.name, self.storage_url = spec, space, name, storage_url
+        self.pruner, self.runner, self.verbose = pruner, runner, verbose
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec.with_values(**suggest(trial, self.spec, self.space))
         tags = {"study_name": self.name, "trial_number": str(trial.number), "trial_state": "RUNNING"}
+        data_origin = self.runner.data.origin
         pruned = None
-        with track.trial_run(spec, "trial", self.data.origin, f"{self.name}-t{trial.number:03d}", tags) as run:
+        with track.trial_run(spec, "trial", data_origin, f"{self.name}-t{trial.number:03d}", tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
-                value = self.train_and_log(trial, spec, run.info.run_id)
+                value = self.run_and_keep_model(trial, spec, run.info.run_id)
             except optuna.TrialPruned as e:
                 pruned = e
                 reported = trial.storage.get_trial(trial._trial_id).intermediate_values.values()
@@ -347,23 +315,23 @@ class Objective:
             raise pruned
         return value
 
-    def train_and_log(self, trial: optuna.Trial, spec: TrialSpec, run_id: str) -> float:
-        started = time.perf_counter()
-        epoch_logger = track.EpochLogger(run_id)
-        callbacks = [epoch_logger]
-        if self.prune:
-            callbacks.append(KerasPruningCallback(trial, MONITOR))
-        try:
-            result = execute(prepare(spec, self.data), callbacks=callbacks, verbose=self.verbose)
-        finally:  # compute time, without our logging: the bookkeeping benchmark subtracts it from wall time
-            trial.set_user_attr("compute_s", time.perf_counter() - started - epoch_logger.seconds)
-        track.log_result(result)
-        value = result.metrics[OBJECTIVE]
-        if matches_best(trial.study, value):
-            mlflow.log_artifact(str(result.model_path), "model")  # the parent re-logs the winner as a Keras model
-            trial.set_user_attr("model_saved", True)
+    def run_and_keep_model(self, trial: optuna.Trial, spec: TrialSpec, run_id: str) -> float:
+        job = TrialJob(
+            spec=spec, run_id=run_id, tracking_uri=track.tracking_uri(), storage_url=self.storage_url,
+            study_name=self.name, trial_id=trial._trial_id, pruner=self.pruner, verbose=self.verbose,
+        )
+        outcome = self.runner.run(job)
+        value = outcome.metrics[OBJECTIVE]
+        model_saved = matches_best(trial.study, value)
+        if model_saved:
+            mlflow.log_artifact(outcome.model_path, "model")  # the parent re-logs the winner as a Keras model
+        shutil.rmtree(Path(outcome.model_path).parent, ignore_errors=True)
+        # One write: each user attribute is a storage transaction (~30 ms on SQLite).
+        trial.set_user_attr("outcome", {
+            "test_top1": outcome.metrics["test_top1"], "model_saved": model_saved,
+            "compute_s": outcome.compute_s, "process_start_s": outcome.process_start_s,
+        })
         mlflow.set_tag("trial_state", "COMPLETE")
-        trial.set_user_attr("test_top1", result.metrics["test_top1"])
         return value
 
 

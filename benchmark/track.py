@@ -81,6 +81,7 @@ def configure() -> str:
 @contextmanager
 def store_lock() -> Iterator[None]:
     """Serialises creating the SQLite stores: two processes migrating one new database collide."""
+    store_dir().mkdir(parents=True, exist_ok=True)
     with open(store_dir() / ".init.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -158,15 +159,19 @@ class EpochLogger(keras.callbacks.Callback):
         self.seconds += time.perf_counter() - start
 
 
-def log_result(result) -> None:
-    """Final metrics and artifacts of a finished trial (benchmark.trial.TrialResult) to the active run."""
-    mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
+def log_result(result, run_id: str) -> None:
+    """Final metrics and artifacts of a finished trial (benchmark.trial.TrialResult). By run id, not
+    the active run: trial processes log into a run their parent process owns."""
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    metrics = [mlflow.entities.Metric(k, v, now, 0) for k, v in result.metrics.items() if np.isfinite(v)]
+    client.log_batch(run_id, metrics=metrics)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         plot_learning_curves(result.history, tmp / "learning_curves.png", title=result.title)
         np.savez_compressed(tmp / "test_predictions.npz", labels=result.test_labels, top5=result.test_predictions)
         (tmp / "history.json").write_text(json.dumps(result.history.epochs, indent=1))
-        mlflow.log_artifacts(str(tmp))
+        client.log_artifacts(run_id, str(tmp))
 
 
 def plot_learning_curves(history, path: Path, title: str = "") -> None:
@@ -177,6 +182,7 @@ def plot_learning_curves(history, path: Path, title: str = "") -> None:
 
     epochs = [int(e["epoch"]) + 1 for e in history.epochs]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.85, wspace=0.2)  # tight_layout draws twice
     for name in ("loss", "val_loss"):
         loss_ax.plot(epochs, history.series(name), marker="o", label=name)
     for name in ("top1", "val_top1", "val_top5"):
@@ -187,6 +193,5 @@ def plot_learning_curves(history, path: Path, title: str = "") -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

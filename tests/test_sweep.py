@@ -80,11 +80,12 @@ def test_ci_sweep_tracks_every_trial_and_the_best_model_reloads(store):
 
 
 def test_rerun_resumes_to_the_target_without_exceeding_it(store):
-    first = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="frozen", trials=2, verbose=0)
+    in_process = ci(pruner="none", trials_per_process=0)  # the other sweep tests run trials in a child process
+    first = sweep.run_sweep(in_process, "vgg16", strategy="frozen", trials=2, verbose=0)
     assert len(first.study.trials) == 2
-    again = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="frozen", trials=3, verbose=0)
+    again = sweep.run_sweep(in_process, "vgg16", strategy="frozen", trials=3, verbose=0)
     assert len(again.study.trials) == 3 and again.parent_run_id == first.parent_run_id
-    done = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="frozen", trials=3, verbose=0)
+    done = sweep.run_sweep(in_process, "vgg16", strategy="frozen", trials=3, verbose=0)
     assert len(done.study.trials) == 3
     assert_optuna_matches_mlflow(done)
 

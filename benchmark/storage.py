@@ -1,0 +1,56 @@
+"""Optuna storage: where studies live, and how URLs are shown (never with a password)."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from benchmark import track
+from benchmark.errors import BenchmarkError
+
+# We rely on the RDB heartbeat on purpose.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+STORAGE_ENV = "BENCHMARK_OPTUNA_STORAGE"
+HEARTBEAT_S = 15  # a worker that stops beating for GRACE_S is dead: its trial is failed (and retried)
+GRACE_S = 60
+
+
+def default_storage() -> str:
+    """SQLite next to the MLflow store: a URL optuna.load_study and optuna-dashboard open,
+    shared safely by a few processes on one machine (use PostgreSQL across machines)."""
+    return os.environ.get(STORAGE_ENV) or f"sqlite:///{track.store_dir() / 'optuna.db'}"
+
+
+def redact(url: str) -> str:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage:
+    """The study's storage. The sweep's process beats the heartbeat; trial processes do not."""
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("sqlite:///"):
+        track.ensure_writable(Path(url.removeprefix("sqlite:///")).parent)
+    beat = (
+        dict(
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+        if heartbeat
+        else {}
+    )
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+    except Exception as e:  # SQLAlchemy raises many types for bad URLs and dead servers
+        cause = redact(str(e).splitlines()[0])[:200]
+        raise BenchmarkError(
+            f"cannot open the Optuna storage {redact(url)} ({cause}); check the URL and that the database is up, "
+            f"or leave --storage/{STORAGE_ENV} unset for the local SQLite file"
+        ) from None
