@@ -24,11 +24,11 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from benchmark import registry, runtime, track
-from benchmark.storage import default_storage, open_storage, redact
 from benchmark.data import load_dataset
 from benchmark.errors import BenchmarkError
-from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
 from benchmark.isolation import TrialJob, TrialRunner
+from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
+from benchmark.storage import default_storage, open_storage, redact
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial line replaces Optuna's
 
@@ -99,7 +99,8 @@ def suggest(trial: optuna.Trial, spec: TrialSpec, space: SearchSpace) -> dict:
         "learning_rate": trial.suggest_float("learning_rate", space.learning_rate.low, space.learning_rate.high, log=True)
     }
     if spec.strategy.unfreeze == "search":
-        values["unfreeze"] = trial.suggest_int("unfreeze", space.unfreeze.low, space.unfreeze.high)
+        low = max(space.unfreeze.low, 1) if spec.strategy.schedule == "two_phase" else space.unfreeze.low  # phase 2 unfreezes
+        values["unfreeze"] = trial.suggest_int("unfreeze", low, max(low, space.unfreeze.high))
     if space.dropout is not None:
         values["dropout"] = trial.suggest_float("dropout", space.dropout.low, space.dropout.high)
     if space.dense_units:

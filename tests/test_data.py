@@ -293,43 +293,27 @@ def test_truncated_file_is_reported(tmp_path):
     assert_one_line_with_fix(caught.value, str(folder / "train"), "truncated")
 
 
-def test_wrong_image_shape_is_reported(tmp_path):
+@pytest.mark.parametrize(
+    "file, content, fragments",
+    [
+        (
+            "train",
+            {b"data": np.zeros((30, 3000), np.uint8), b"fine_labels": [0] * 30, b"coarse_labels": [0] * 30},
+            ("(30, 3000)", "3072"),
+        ),
+        ("test", {b"images": np.zeros((2, 3072), np.uint8)}, ("lacks data, fine_labels", "found: images")),
+        ("train", {b"data": np.zeros((3, 3072), np.uint8), b"fine_labels": [0, 5, 100]}, ("0..100", "outside 0..99")),
+        ("train", {b"data": np.zeros((3, 3072), np.uint8), b"fine_labels": [0, 1]}, ("not 3 integers",)),
+    ],
+    ids=["wrong image shape", "wrong keys", "labels out of range", "label count differs from images"],
+)
+def test_malformed_official_files_are_reported(tmp_path, file, content, fragments):
     folder = tmp_path / "cifar-100-python"
     write_official(folder)
-    content = {b"data": np.zeros((30, 3000), np.uint8), b"fine_labels": [0] * 30, b"coarse_labels": [0] * 30}
-    (folder / "train").write_bytes(pickle.dumps(content, protocol=2))
+    (folder / file).write_bytes(pickle.dumps(content, protocol=2))
     with pytest.raises(BenchmarkError) as caught:
         read_official_dir(folder, "fine")
-    assert_one_line_with_fix(caught.value, str(folder / "train"), "(30, 3000)", "3072")
-
-
-def test_wrong_keys_are_reported(tmp_path):
-    folder = tmp_path / "cifar-100-python"
-    write_official(folder)
-    (folder / "test").write_bytes(pickle.dumps({b"images": np.zeros((2, 3072), np.uint8)}, protocol=2))
-    with pytest.raises(BenchmarkError) as caught:
-        read_official_dir(folder, "fine")
-    assert_one_line_with_fix(caught.value, str(folder / "test"), "lacks data, fine_labels", "found: images")
-
-
-def test_labels_out_of_range_are_reported(tmp_path):
-    folder = tmp_path / "cifar-100-python"
-    write_official(folder)
-    content = {b"data": np.zeros((3, 3072), np.uint8), b"fine_labels": [0, 5, 100]}
-    (folder / "train").write_bytes(pickle.dumps(content, protocol=2))
-    with pytest.raises(BenchmarkError) as caught:
-        read_official_dir(folder, "fine")
-    assert_one_line_with_fix(caught.value, str(folder / "train"), "0..100", "outside 0..99")
-
-
-def test_label_count_must_match_images(tmp_path):
-    folder = tmp_path / "cifar-100-python"
-    write_official(folder)
-    content = {b"data": np.zeros((3, 3072), np.uint8), b"fine_labels": [0, 1]}
-    (folder / "train").write_bytes(pickle.dumps(content, protocol=2))
-    with pytest.raises(BenchmarkError) as caught:
-        read_official_dir(folder, "fine")
-    assert_one_line_with_fix(caught.value, str(folder / "train"), "not 3 integers")
+    assert_one_line_with_fix(caught.value, str(folder / file), *fragments)
 
 
 def test_empty_validation_split_is_an_error():

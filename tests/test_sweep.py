@@ -138,3 +138,14 @@ def test_two_processes_share_the_embedded_storage(store):
     parents = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'sweep'", output_format="list")
     assert len(parents) == 1
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
+
+
+def test_a_two_phase_search_never_samples_a_frozen_phase_two():
+    experiment = ci()
+    spec = experiment.resolve("vgg16", "top")
+    spec = spec.model_copy(update={"strategy": spec.strategy.model_copy(update={"schedule": "two_phase", "head_epochs": 1})})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = experiment.search_space("vgg16")
+    assert space.unfreeze.low == 0
+    depths = [sweep.suggest(study.ask(), spec, space)["unfreeze"] for _ in range(30)]
+    assert min(depths) == 1 and max(depths) <= space.unfreeze.high
