@@ -111,8 +111,9 @@ def test_the_pruner_prunes_a_trial_that_learns_nothing(store, monkeypatch):
 
 
 def test_the_real_sample_sweeps(store, cifar_sample_dir):
-    result = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="frozen", trials=1, data_dir=cifar_sample_dir, verbose=0)
-    assert result.counts["complete"] == 1
+    result = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="frozen", trials=2, data_dir=cifar_sample_dir, verbose=0)
+    assert result.counts["complete"] == 2
+    assert_optuna_matches_mlflow(result)
     run = child_runs(result)[0]
     assert run.data.tags["data_origin"].startswith("dir:")
     assert run.data.params["data.source"] == "dir"
