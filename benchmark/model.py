@@ -73,13 +73,6 @@ def set_trainable(built: BuiltModel, unfreeze: int | str, train_batchnorm: bool,
 def set_batchnorm_momentum(built: BuiltModel, momentum: float | None) -> None:
     if momentum is None:
         return
-    for layer in nested_layers(built.base):
+    for layer in registry.leaf_layers(built.base):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
-
-
-def nested_layers(model: keras.Model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from nested_layers(layer)

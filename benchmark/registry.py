@@ -319,12 +319,13 @@ def preprocessing_layers(backbone: Backbone) -> list["keras.layers.Layer"]:
 # ---------------------------------------------------------------- unfreezing
 
 
-def _leaf_layers(model: "keras.Model") -> list["keras.layers.Layer"]:
+def leaf_layers(model: "keras.Model") -> list["keras.layers.Layer"]:
+    """Every layer, with nested sub-models (ConvNeXt's stages, say) flattened into their layers."""
     import keras
 
     leaves = []
     for layer in model.layers:
-        leaves.extend(_leaf_layers(layer) if isinstance(layer, keras.Model) else [layer])
+        leaves.extend(leaf_layers(layer) if isinstance(layer, keras.Model) else [layer])
     return leaves
 
 
@@ -341,7 +342,7 @@ def _owns_trainable_weights(layer: "keras.layers.Layer") -> bool:
 
 
 def weighted_layers(base: "keras.Model") -> list["keras.layers.Layer"]:
-    return [layer for layer in _leaf_layers(base) if _owns_trainable_weights(layer) and not _is_normalization(layer)]
+    return [layer for layer in leaf_layers(base) if _owns_trainable_weights(layer) and not _is_normalization(layer)]
 
 
 def depth(base: "keras.Model") -> int:
@@ -372,7 +373,7 @@ def apply_unfreeze(
     base: "keras.Model", unfreeze: int | str, train_batchnorm: bool = False, backbone_name: str | None = None
 ) -> None:
     """Set per-layer `trainable` flags; see the module docstring. Recompile afterwards."""
-    leaves = _leaf_layers(base)
+    leaves = leaf_layers(base)
     weighted = weighted_layers(base)
     count = _unfrozen_count(unfreeze, len(weighted), backbone_name or base.name)
 
