@@ -83,7 +83,8 @@ def command_run(args) -> int:
     track.configure()
     name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}"
     with track.trial_run(spec, "run", prepared.data.origin, run_name=name) as run:
-        result = trial.execute(prepared, callbacks=[track.EpochLogger(run.info.run_id)], verbose=0 if args.quiet else 2)
+        logger = track.EpochLogger(run.info.run_id).callback()
+        result = trial.execute(prepared, callbacks=[logger], verbose=0 if args.quiet else 2)
         track.log_result(result, run.info.run_id)
     print(format_metrics(result.metrics))
     print(f"logged to MLflow run {run.info.run_id} at {track.tracking_uri()}")

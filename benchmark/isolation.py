@@ -72,7 +72,7 @@ def run_job(job: TrialJob, data: Dataset | None = None) -> TrialOutcome:
     started_at = time.time()
     mlflow.set_tracking_uri(job.tracking_uri)
     epoch_logger = track.EpochLogger(job.run_id)
-    callbacks = [epoch_logger]
+    callbacks = [epoch_logger.callback()]
     if job.pruner is not None:
         study = optuna.load_study(
             study_name=job.study_name, storage=open_storage(job.storage_url, heartbeat=False), pruner=job.pruner

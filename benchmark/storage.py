@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from benchmark import track
 from benchmark.errors import BenchmarkError
+from benchmark.track import redact
 
 # We rely on the RDB heartbeat on purpose.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -25,11 +25,6 @@ def default_storage() -> str:
     """SQLite next to the MLflow store: a URL optuna.load_study and optuna-dashboard open,
     shared safely by a few processes on one machine (use PostgreSQL across machines)."""
     return os.environ.get(STORAGE_ENV) or f"sqlite:///{track.store_dir() / 'optuna.db'}"
-
-
-def redact(url: str) -> str:
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage:

@@ -12,17 +12,16 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import keras
 import mlflow
 import numpy as np
 
-from benchmark import runtime
 from benchmark.errors import BenchmarkError
 from benchmark.spec import TrialSpec
 
@@ -62,6 +61,16 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or local_uri()
 
 
+def redact(url: str) -> str:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+def display_uri() -> str:
+    """The tracking URI as it may be shown or logged: never with a password."""
+    return redact(tracking_uri())
+
+
 def uses_local_store() -> bool:
     # Compared, not tested for presence: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI itself.
     return tracking_uri() == local_uri()
@@ -75,6 +84,18 @@ def configure() -> str:
         ensure_writable(store_dir())
         with store_lock():
             mlflow.search_experiments(max_results=1)  # creates the database, once, under the lock
+    return uri
+
+
+def configure_for_reading() -> str:
+    """Point MLflow at our store without creating one: reading an empty place is an error."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uses_local_store() and not (store_dir() / "mlflow.db").is_file():
+        raise BenchmarkError(
+            f"no MLflow store at {store_dir()} (no mlflow.db); run a sweep first, or set {STORE_ENV}=DIR or "
+            f"MLFLOW_TRACKING_URI to the store that holds the results"
+        )
     return uri
 
 
@@ -113,6 +134,8 @@ def experiment_id(experiment: str) -> str:
 
 
 def trial_tags(spec: TrialSpec, role: str, data_origin: str) -> dict[str, str]:
+    from benchmark import runtime  # imports Keras
+
     tags = {
         "backbone": spec.backbone.name,
         "strategy": spec.strategy_name,
@@ -142,21 +165,25 @@ def trial_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra
             raise
 
 
-class EpochLogger(keras.callbacks.Callback):
-    """Logs the per-epoch curves to the active run as they happen (visible live in the UI)."""
+class EpochLogger:
+    """Logs the per-epoch curves to a run as they happen (visible live in the UI). By run id: trial
+    processes log into a run their parent process owns. `.callback()` is the Keras callback."""
 
     def __init__(self, run_id: str):
-        super().__init__()
         self.run_id = run_id
         self.seconds = 0.0  # time spent logging, for the bookkeeping benchmark
 
-    def on_epoch_end(self, epoch, logs=None):
+    def __call__(self, epoch: int, logs: dict | None = None) -> None:
         start = time.perf_counter()
-        logs = dict(logs or {})
-        logs.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        logs = logs or {}
         metrics = {k: float(logs[k]) for k in EPOCH_METRICS if k in logs and np.isfinite(float(logs[k]))}
         mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
         self.seconds += time.perf_counter() - start
+
+    def callback(self):
+        import keras  # here, not at the top: reading the store (leaderboard, check) should not load TensorFlow
+
+        return keras.callbacks.LambdaCallback(on_epoch_end=self)
 
 
 def log_result(result, run_id: str) -> None:
@@ -171,6 +198,7 @@ def log_result(result, run_id: str) -> None:
         plot_learning_curves(result.history, tmp / "learning_curves.png", title=result.title)
         np.savez_compressed(tmp / "test_predictions.npz", labels=result.test_labels, top5=result.test_predictions)
         (tmp / "history.json").write_text(json.dumps(result.history.epochs, indent=1))
+        (tmp / "trial_spec.json").write_text(result.spec.model_dump_json(indent=1))  # reports reload its data
         client.log_artifacts(run_id, str(tmp))
 
 

@@ -55,10 +55,11 @@ class EpochRecorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         end = self._train_end or time.perf_counter()
         self.history.train_seconds.append(end - self._start)
-        logs = dict(logs or {})
+        if logs is None:
+            logs = {}
+        # In place: Keras hands the same dict to the callbacks after this one (the MLflow logger).
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        logs["epoch"] = epoch
-        self.history.epochs.append({k: float(v) for k, v in logs.items()})
+        self.history.epochs.append({**{k: float(v) for k, v in logs.items()}, "epoch": float(epoch)})
         if not math.isfinite(logs.get("loss", 0.0)):
             raise TrainingDiverged(
                 f"loss became {logs['loss']} in epoch {epoch + 1}; lower the learning rate or enable label smoothing"
