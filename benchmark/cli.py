@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported: its C++ log lines are noise here
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per artifact read buries the output
 
 from benchmark.errors import BenchmarkError  # noqa: E402
 
@@ -63,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--unfreeze", type=unfreeze_depth, help='top N weighted layers to train, 0 or "all"')
     run.set_defaults(handler=command_run)
 
+    board = commands.add_parser("leaderboard", help="best trial per backbone x strategy, with plots and an HTML report")
+    board.add_argument("--experiment", default="quick", help="experiment name (default: quick)")
+    board.add_argument("--format", default="table", choices=("table", "markdown", "csv", "json", "html"),
+                       help="table (terminal), markdown, csv, json, or html (one self-contained page)")
+    board.add_argument("--output", type=Path, help="write here instead of stdout; plots go in PATH's folder too")
+    board.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
+                       help="draw the plots and log them to MLflow (default: with --output or --format html)")
+    board.add_argument("--storage", help="Optuna storage of the studies (default: $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.db)")
+    board.set_defaults(handler=command_leaderboard)
+
     backbones = commands.add_parser("backbones", help="list the supported backbones")
     backbones.add_argument("--fast", action="store_true", help="skip building each model (no parameter counts)")
     backbones.set_defaults(handler=command_backbones)
@@ -70,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_run(args) -> int:
-    from benchmark import spec as specs, track, trial
+    from benchmark import spec as specs
+    from benchmark import track, trial
 
     experiment = specs.load_experiment(args.experiment)
     spec = experiment.resolve(args.backbone, args.strategy, args.data_dir)
@@ -111,7 +124,8 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def command_sweep(args) -> int:
-    from benchmark import spec as specs, sweep
+    from benchmark import spec as specs
+    from benchmark import sweep
 
     experiment = specs.load_experiment(args.experiment)
     result = sweep.run_sweep(
@@ -135,6 +149,34 @@ def command_sweep(args) -> int:
         f"best trial #{best.number}: {params} best_val_top1={best.value:.4f} "
         f"test_top1={sweep.outcome(best)['test_top1']:.4f}"
     )
+    return 0
+
+
+def command_leaderboard(args) -> int:
+    import tempfile
+
+    from benchmark import leaderboard, track
+
+    track.configure_for_reading()
+    board = leaderboard.leaderboard(args.experiment)
+    plots = args.plots if args.plots is not None else (args.output is not None or args.format == "html")
+    if not plots:
+        leaderboard.write(leaderboard.render(board, args.format), args.output)
+        return 0
+    from benchmark import report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.output.parent / f"{args.output.stem}_plots" if args.output else Path(tmp)
+        built = report.build_report(args.experiment, board, folder, storage=args.storage)
+        text = report.html_page(args.experiment, built) if args.format == "html" else leaderboard.render(board, args.format)
+        tables = {"leaderboard.csv": leaderboard.render(board, "csv"), "leaderboard.md": leaderboard.render(board, "markdown"),
+                  "leaderboard.html": text if args.format == "html" else report.html_page(args.experiment, built)}
+        run_id = report.log_report(args.experiment, built, tables)
+        leaderboard.write(text, args.output)
+    where = f"; plots in {folder}" if args.output else ""
+    print(f"{len(built.figures)} plots logged to MLflow run {run_id}{where}", file=sys.stderr)
+    for note in built.notes:
+        print(f"not drawn: {note}", file=sys.stderr)
     return 0
 
 

@@ -20,6 +20,7 @@ import keras
 import mlflow
 import numpy as np
 import optuna
+from mlflow.entities import Metric, RunTag
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
@@ -54,10 +55,11 @@ def outcome(trial: optuna.trial.FrozenTrial) -> dict:
     return trial.user_attrs.get("outcome", {})
 
 
-def best_with_model(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+def best_with_model(study: optuna.Study, trials: list | None = None) -> optuna.trial.FrozenTrial | None:
     """The best completed trial that saved its model (on ties, the lowest number). Trials save their
     model when they match or beat the best so far, so this is the study's best value."""
-    saved = [t for t in study.trials if t.state == TrialState.COMPLETE and outcome(t).get("model_saved")]
+    trials = study.trials if trials is None else trials
+    saved = [t for t in trials if t.state == TrialState.COMPLETE and outcome(t).get("model_saved")]
     return max(saved, key=lambda t: (t.value, -t.number)) if saved else None
 
 
@@ -180,12 +182,28 @@ def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str) -> int
     return closed
 
 
+def record_progress(study: optuna.Study, parent_run_id: str) -> None:
+    """The parent run's running summary, rewritten after every trial in one batch: trial counts,
+    the compute all trials took (trials_compute_s), and which child run is best (best_run_id).
+    The leaderboard reads these instead of loading every child run."""
+    trials = study.trials
+    now = int(time.time() * 1000)
+    spent = sum((t.datetime_complete - t.datetime_start).total_seconds()
+                for t in trials if t.datetime_start and t.datetime_complete)
+    metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in trial_counts(study, trials).items()]
+    metrics.append(Metric("trials_compute_s", spent, now, 0))
+    best = best_with_model(study, trials)
+    tags = []
+    if best is not None:
+        tags = [RunTag("best_run_id", best.user_attrs["mlflow_run_id"]), RunTag("best_trial_number", str(best.number))]
+    mlflow.MlflowClient().log_batch(parent_run_id, metrics=metrics, tags=tags)
+
+
 def summarize_parent(result: SweepResult) -> None:
-    """Best trial's params and metrics, trial counts, and the best model in MLflow's Keras flavour."""
+    """Trial counts, the best trial's params and metrics, and the best model in MLflow's Keras flavour."""
     client = mlflow.MlflowClient()
     run_id = result.parent_run_id
-    for key, count in result.counts.items():
-        client.log_metric(run_id, f"trials_{key}", count)
+    record_progress(result.study, run_id)
     best = result.best_trial
     if best is None:
         return
@@ -195,8 +213,7 @@ def summarize_parent(result: SweepResult) -> None:
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
         mlflow.log_metrics({f"best_{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))})
-        mlflow.set_tags({"best_trial_number": str(best.number), "best_run_id": child_id,
-                         **{f"best.{k}": str(v) for k, v in best.params.items()}})
+        mlflow.set_tags({f"best.{k}": str(v) for k, v in best.params.items()})
         if client.get_run(run_id).data.tags.get("best_model_trial") != str(best.number):
             mlflow.set_tags({"best_model_uri": log_best_model(child_id), "best_model_trial": str(best.number)})
 
@@ -216,9 +233,9 @@ def log_best_model(child_run_id: str) -> str:
 # ---------------------------------------------------------------- the sweep
 
 
-def trial_counts(study: optuna.Study) -> dict[str, int]:
+def trial_counts(study: optuna.Study, trials: list | None = None) -> dict[str, int]:
     counts = {"complete": 0, "pruned": 0, "failed": 0}
-    for t in study.trials:
+    for t in study.trials if trials is None else trials:
         key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(t.state)
         if key:
             counts[key] += 1
@@ -276,7 +293,11 @@ def run_sweep(
                     objective,
                     n_trials=remaining * ATTEMPTS_PER_MISSING_TRIAL,
                     timeout=timeout_s,
-                    callbacks=[MaxTrialsCallback(target, states=FINISHED), Progress(target, say)],
+                    callbacks=[
+                        MaxTrialsCallback(target, states=FINISHED),
+                        lambda study, trial: record_progress(study, parent),
+                        Progress(target, say),
+                    ],
                     catch=(Exception,),
                     gc_after_trial=not runner.isolated,
                 )

@@ -27,3 +27,58 @@ def store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("BENCHMARK_OPTUNA_STORAGE", raising=False)
     return path
+
+
+CI_SWEEPS = {("vgg16", "frozen"): 3, ("resnet50", "frozen"): 2}
+
+
+@pytest.fixture(scope="session")
+def ci_store(tmp_path_factory):
+    """A store filled by a real `ci` sweep of two backbones (CI_SWEEPS; trials in-process to save
+    the spawns), shared read-only by the leaderboard and check tests."""
+    from benchmark import sweep
+    from benchmark.spec import load_experiment
+
+    path = tmp_path_factory.mktemp("ci-store") / "mlruns"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("BENCHMARK_STORE", str(path))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        env.delenv("BENCHMARK_OPTUNA_STORAGE", raising=False)
+        experiment = load_experiment("ci")
+        search = experiment.search.model_copy(update={"trials_per_process": 0})
+        experiment = experiment.model_copy(update={"search": search})
+        for (backbone, strategy), trials in CI_SWEEPS.items():
+            sweep.run_sweep(experiment, backbone, strategy=strategy, trials=trials, verbose=0, say=lambda _: None)
+    return path
+
+
+@pytest.fixture
+def in_ci_store(ci_store, monkeypatch):
+    """Point this test at the shared ci_store (read it; copy it before writing)."""
+    import mlflow
+
+    from benchmark import track
+
+    monkeypatch.setenv("BENCHMARK_STORE", str(ci_store))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("BENCHMARK_OPTUNA_STORAGE", raising=False)
+    mlflow.set_tracking_uri(track.local_uri())
+    return ci_store
+
+
+@pytest.fixture
+def ci_store_copy(ci_store, tmp_path, monkeypatch):
+    """A private copy of the ci_store for a test that writes (artifacts stay shared: their URIs are absolute)."""
+    import shutil
+
+    import mlflow
+
+    from benchmark import track
+
+    copy = tmp_path / "ci-store-copy"
+    shutil.copytree(ci_store, copy)
+    monkeypatch.setenv("BENCHMARK_STORE", str(copy))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("BENCHMARK_OPTUNA_STORAGE", raising=False)
+    mlflow.set_tracking_uri(track.local_uri())
+    return copy

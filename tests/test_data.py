@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 
 from benchmark import data
-from benchmark.data import load_dataset, read_official_dir, stratified_split, stratified_subset
+from benchmark.data import (
+    load_dataset,
+    read_official_dir,
+    stratified_split,
+    stratified_subset,
+)
 from benchmark.errors import BenchmarkError
 from benchmark.spec import DataSpec, SubsetSpec, SyntheticSpec
 
@@ -94,6 +99,15 @@ def test_sample_coarse_labels_have_20_classes(cifar_sample_dir):
     assert set(y_train.tolist()) == set(range(20))
     assert y_test.max() == 19
     assert names[:2] == ["aquatic_mammals", "fish"] and len(names) == 20
+
+
+def test_the_superclass_table_matches_the_official_labels(cifar_sample_dir):
+    (_, fine), (_, fine_test), _ = read_official_dir(cifar_sample_dir, "fine")
+    (_, coarse), (_, coarse_test), coarse_names = read_official_dir(cifar_sample_dir, "coarse")
+    table = np.asarray(data.CIFAR100_COARSE_OF_FINE)
+    assert np.array_equal(table[fine], coarse) and np.array_equal(table[fine_test], coarse_test)
+    assert len(np.unique(fine)) == 100  # the sample covers every fine class, so every entry was checked
+    assert list(data.CIFAR100_COARSE_LABEL_NAMES) == coarse_names
 
 
 def test_rows_are_converted_from_channel_first_to_channels_last(cifar_sample_dir):

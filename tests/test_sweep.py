@@ -15,6 +15,7 @@ from benchmark import registry, sweep, track
 from benchmark.spec import load_experiment
 
 REPO = Path(__file__).resolve().parent.parent
+from conftest import CI_SWEEPS  # noqa: E402  (what the shared ci_store fixture ran)
 
 
 def ci(**search):
@@ -59,24 +60,46 @@ def assert_optuna_matches_mlflow(result: sweep.SweepResult):
             assert float(run.data.params["training.learning_rate"]) == pytest.approx(trial.params["learning_rate"])
 
 
-def test_ci_sweep_tracks_every_trial_and_the_best_model_reloads(store):
-    result = sweep.run_sweep(ci(), "vgg16", strategy="top", trials=3, verbose=0)
-    assert result.counts["complete"] + result.counts["pruned"] == 3
-    assert_optuna_matches_mlflow(result)
+def test_ci_sweeps_track_every_trial_and_the_best_model_reloads(in_ci_store):
+    """On the shared store of real ci sweeps (conftest.ci_store: two backbones)."""
+    for (backbone, strategy), trials in CI_SWEEPS.items():
+        name = f"ci-{backbone}-{strategy}"
+        study = optuna.load_study(study_name=name, storage=sweep.default_storage())
+        parents = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                     filter_string=f"tags.role = 'sweep' and tags.study_name = '{name}'")
+        assert len(parents) == 1
+        result = sweep.SweepResult(study=study, parent_run_id=parents[0].info.run_id, counts=sweep.trial_counts(study))
+        assert result.counts["complete"] + result.counts["pruned"] == trials
+        assert_optuna_matches_mlflow(result)
 
-    parent = mlflow.get_run(result.parent_run_id)
-    best = result.best_trial
-    assert parent.data.tags["best_trial_number"] == str(best.number)
-    assert parent.data.metrics["best_val_top1"] == pytest.approx(best.value)
-    assert parent.data.metrics["trials_complete"] == result.counts["complete"]
+        parent = mlflow.get_run(result.parent_run_id)
+        best = result.best_trial
+        assert parent.data.tags["best_trial_number"] == str(best.number)
+        assert parent.data.tags["best_run_id"] == best.user_attrs["mlflow_run_id"]
+        assert parent.data.metrics["best_val_top1"] == pytest.approx(best.value)
+        assert parent.data.metrics["trials_complete"] == result.counts["complete"]
+        assert parent.data.metrics["trials_pruned"] == result.counts["pruned"]
 
     registry.register_custom_layers()
     model = mlflow.keras.load_model(parent.data.tags["best_model_uri"])
     child = best.user_attrs["mlflow_run_id"]
     saved = np.load(mlflow.artifacts.download_artifacts(run_id=child, artifact_path="test_predictions.npz"))
-    data = sweep.load_dataset(ci().resolve("vgg16", "top").data)
+    data = sweep.load_dataset(ci().resolve(backbone, strategy).data)
     predicted = np.argmax(model.predict(data.x_test, verbose=0), axis=1)
     assert (predicted == saved["top5"][:, 0]).mean() > 0.99
+
+
+def test_a_sweep_of_a_searched_depth_runs_its_trials_in_a_child_process(store):
+    result = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="top", trials=1, verbose=0)
+    assert result.counts["complete"] == 1
+    assert_optuna_matches_mlflow(result)
+    trial = result.study.trials[0]
+    assert 0 <= trial.params["unfreeze"] <= 4
+    run = child_runs(result)[0]
+    assert run.data.params["strategy.unfreeze"] == str(trial.params["unfreeze"])
+    head = 512 * 100 + 100  # VGG16's pooled features -> 100 logits
+    assert (run.data.metrics["params_trainable"] > head) == (trial.params["unfreeze"] > 0)
+    assert sweep.outcome(trial)["process_start_s"] > 0  # it ran in a spawned trial process
 
 
 def test_rerun_resumes_to_the_target_without_exceeding_it(store):

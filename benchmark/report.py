@@ -1,0 +1,346 @@
+"""Report: the pictures behind a leaderboard, and one self-contained HTML page with all of it.
+
+Plots (matplotlib PNGs): accuracy vs throughput with the Pareto front, the learning curves of each
+row's best trial, confusion matrices of the overall best trial (100 fine classes and the 20 coarse
+superclasses), a grid of its test images with true and predicted labels, and Optuna's optimization
+history and parameter importances for each study. They are written to a folder and logged to one
+MLflow run per experiment (tag role=report), replaced on every report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from benchmark import leaderboard, track  # noqa: E402
+from benchmark.data import (  # noqa: E402
+    CIFAR100_COARSE_LABEL_NAMES,
+    CIFAR100_COARSE_OF_FINE,
+    load_dataset,
+)
+from benchmark.spec import TrialSpec  # noqa: E402
+from benchmark.storage import default_storage, open_storage, redact  # noqa: E402
+
+SAMPLE_GRID = (4, 8)  # rows x columns of test images
+
+
+@dataclass
+class Figure:
+    name: str  # file name, e.g. pareto.png
+    title: str
+    path: Path
+
+
+@dataclass
+class Report:
+    board: pd.DataFrame
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be drawn, and why
+
+
+def build_report(experiment: str, board: pd.DataFrame, folder: Path, storage: str | None = None) -> Report:
+    """Draw every plot for `board` into `folder`. A plot that cannot be drawn (a study with one
+    trial, predictions from an older run) becomes a note instead of an error."""
+    folder.mkdir(parents=True, exist_ok=True)
+    report = Report(board=board)
+
+    def add(name: str, title: str, draw, *args) -> None:
+        path = folder / name
+        try:
+            draw(*args, path)
+        except SkippedPlot as e:
+            report.notes.append(f"{title}: {e}")
+            return
+        report.figures.append(Figure(name, title, path))
+
+    add("pareto.png", "Accuracy vs inference throughput", plot_pareto, board)
+    add("learning_curves.png", "Learning curves of each row's best trial", plot_learning_curves, board)
+    best = board.iloc[0]
+    label = f"{best['backbone']} / {best['strategy']}"
+    predictions = best_predictions(best["run_id"])
+    if predictions is None:
+        report.notes.append(f"confusion matrices and test images: run {best['run_id']} kept no test predictions")
+    else:
+        labels, predicted = predictions["labels"], predictions["top5"][:, 0]
+        add("confusion_fine.png", f"Confusion matrix, {label}", plot_confusion, labels, predicted, None, label)
+        if mlflow.get_run(best["run_id"]).data.params.get("data.label_mode") == "fine":
+            coarse = np.asarray(CIFAR100_COARSE_OF_FINE)
+            add("confusion_coarse.png", f"Confusion matrix by superclass, {label}", plot_confusion,
+                coarse[labels], coarse[predicted], CIFAR100_COARSE_LABEL_NAMES, label)
+        add("test_images.png", f"Test images, {label}", plot_test_images, best["run_id"], labels, predicted, label)
+    for name in study_names(experiment):
+        study = load_study(name, storage)
+        if study is None:
+            report.notes.append(f"study {name}: not in the Optuna storage {redact(storage or default_storage())}")
+            continue
+        add(f"optuna_history_{name}.png", f"Optimization history, {name}", plot_optuna, study, "history")
+        add(f"optuna_importance_{name}.png", f"Parameter importances, {name}", plot_optuna, study, "importance")
+    return report
+
+
+class SkippedPlot(Exception):
+    """A plot that the data cannot support; its message says why."""
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def best_predictions(run_id: str) -> dict[str, np.ndarray] | None:
+    try:
+        return leaderboard.test_predictions(run_id)
+    except Exception:
+        return None
+
+
+def study_names(experiment: str) -> list[str]:
+    """The Optuna studies of an experiment, as its sweeps' parent runs name them."""
+    found = mlflow.get_experiment_by_name(track.EXPERIMENT_PREFIX + experiment)
+    parents = mlflow.search_runs([found.experiment_id], filter_string="tags.role = 'sweep'", output_format="list")
+    return sorted({run.data.tags["study_name"] for run in parents if "study_name" in run.data.tags})
+
+
+def load_study(name: str, storage: str | None) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage or default_storage(), heartbeat=False))
+    except KeyError:  # no such study in this storage
+        return None
+
+
+def trial_spec(run_id: str) -> TrialSpec:
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="trial_spec.json")
+    return TrialSpec.model_validate_json(Path(path).read_text())
+
+
+# ---------------------------------------------------------------- plots
+
+
+def save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def row_label(row) -> str:
+    return f"{row['backbone']}/{row['strategy']}"
+
+
+def plot_pareto(board: pd.DataFrame, path: Path) -> None:
+    known = board[board["infer_images_per_sec"].notna() & board["val_top1"].notna()]
+    if known.empty:
+        raise SkippedPlot("no row has an inference throughput")
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.11, top=0.9)
+    params = known["params"].fillna(known["params"].max() if known["params"].notna().any() else 1.0)
+    sizes = 40 + 600 * params / max(params.max(), 1.0)
+    front = known["pareto_throughput"].astype(bool)
+    ax.scatter(known["infer_images_per_sec"], 100 * known["val_top1"], s=sizes, alpha=0.45,
+               c=np.where(front, "tab:orange", "tab:blue"), edgecolors="black", linewidths=0.6)
+    line = known[front].sort_values("infer_images_per_sec")
+    ax.step(line["infer_images_per_sec"], 100 * line["val_top1"], where="post", color="tab:orange", alpha=0.7,
+            label="Pareto front (accuracy vs throughput)")
+    for _, row in known.iterrows():
+        ax.annotate(row_label(row), (row["infer_images_per_sec"], 100 * row["val_top1"]), fontsize=8,
+                    xytext=(6, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.margins(x=0.2, y=0.12)
+    ax.set(xlabel="inference images/s (log scale)", ylabel="validation top-1 (%)",
+           title="Best trial per backbone x strategy (point area ~ parameters)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower left")
+    save(fig, path)
+
+
+def plot_learning_curves(board: pd.DataFrame, path: Path) -> None:
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.12, top=0.88, wspace=0.18)
+    drawn = 0
+    for _, row in board.iterrows():
+        try:
+            epochs = json.loads(Path(mlflow.artifacts.download_artifacts(
+                run_id=row["run_id"], artifact_path="history.json")).read_text())
+        except Exception:
+            continue
+        x = [int(e["epoch"]) + 1 for e in epochs]
+        line, = loss_ax.plot(x, [e.get("val_loss", np.nan) for e in epochs], marker="o", label=row_label(row))
+        acc_ax.plot(x, [100 * e.get("val_top1", np.nan) for e in epochs], marker="o", color=line.get_color(),
+                    label=row_label(row))
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        raise SkippedPlot("no best trial kept its history.json")
+    loss_ax.set(xlabel="epoch", ylabel="validation cross-entropy", title="validation loss")
+    acc_ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="validation top-1")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    acc_ax.legend(fontsize=8)
+    save(fig, path)
+
+
+def plot_confusion(labels: np.ndarray, predicted: np.ndarray, names: list[str] | None, title: str, path: Path) -> None:
+    """Rows: true class, normalised to 1; columns: predicted class."""
+    classes = len(names) if names else int(max(labels.max(initial=0), predicted.max(initial=0))) + 1
+    counts = np.zeros((classes, classes))
+    np.add.at(counts, (labels, predicted), 1)
+    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(9, 8) if names else (8, 7.5))
+    fig.subplots_adjust(left=0.3 if names else 0.1, right=0.88, bottom=0.3 if names else 0.1, top=0.92)
+    image = ax.imshow(rows, cmap="viridis", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if names:
+        ax.set_xticks(range(classes), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(classes), names, fontsize=7)
+    accuracy = float(np.mean(labels == predicted)) if len(labels) else np.nan
+    ax.set(xlabel="predicted", ylabel="true",
+           title=f"{title}: {classes} classes, {len(labels)} test images, top-1 {100 * accuracy:.1f}%")
+    save(fig, path)
+
+
+def plot_test_images(run_id: str, labels: np.ndarray, predicted: np.ndarray, title: str, path: Path) -> None:
+    try:
+        spec = trial_spec(run_id)
+    except Exception:
+        raise SkippedPlot(f"run {run_id} kept no trial_spec.json to reload its test images") from None
+    try:
+        data = load_dataset(spec.data)
+    except Exception as e:
+        raise SkippedPlot(f"its data could not be loaded again ({e})") from None
+    if not np.array_equal(data.y_test, labels):
+        raise SkippedPlot("its data no longer matches the saved predictions (the data set changed)")
+    rows, columns = SAMPLE_GRID
+    shown = np.random.default_rng(0).choice(len(labels), size=min(rows * columns, len(labels)), replace=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.85))
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, hspace=0.5, wspace=0.1)
+    names = data.class_names
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, shown):
+        ax.imshow(data.x_test[i])
+        right = labels[i] == predicted[i]
+        ax.set_title(f"{names[labels[i]][:14]}\n→ {names[predicted[i]][:14]}", fontsize=7,
+                     color="darkgreen" if right else "firebrick")
+    fig.suptitle(f"{title}: true → predicted (green right, red wrong)")
+    save(fig, path)
+
+
+def plot_optuna(study: optuna.Study, kind: str, path: Path) -> None:
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if kind == "importance" and len(complete) < 2:
+        raise SkippedPlot(f"parameter importances need 2 completed trials, the study has {len(complete)}")
+    if not complete:
+        raise SkippedPlot("the study has no completed trial")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        logging.getLogger("optuna").setLevel(logging.ERROR)
+        if kind == "history":
+            ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name="validation top-1")
+        else:
+            ax = optuna.visualization.matplotlib.plot_param_importances(study)
+    fig = ax.figure
+    fig.set_size_inches(8, 4.5)
+    title = ax.get_title(loc="left") or ax.get_title()  # Optuna puts some titles on the left
+    ax.set_title("")
+    ax.set_title(f"{title}: {study.study_name}", loc="left")
+    fig.subplots_adjust(left=0.17 if kind == "importance" else 0.1, right=0.97 if kind == "importance" else 0.74,
+                        bottom=0.13, top=0.9)  # the history legend sits right of the axes
+    save(fig, path)
+
+
+# ---------------------------------------------------------------- MLflow and HTML
+
+
+def log_report(experiment: str, report: Report, tables: dict[str, str]) -> str:
+    """Log the plots and tables to the experiment's report run (one per experiment, reused)."""
+    found = mlflow.get_experiment_by_name(track.EXPERIMENT_PREFIX + experiment)
+    existing = mlflow.search_runs([found.experiment_id], filter_string="tags.role = 'report'",
+                                  order_by=["attributes.start_time ASC"], output_format="list")
+    client = mlflow.MlflowClient()
+    if existing:
+        run_id = existing[0].info.run_id
+    else:
+        tags = {"role": "report", "experiment": experiment, "mlflow.runName": f"{experiment}-leaderboard"}
+        run_id = client.create_run(found.experiment_id, run_name=f"{experiment}-leaderboard", tags=tags).info.run_id
+        client.set_terminated(run_id)
+    for figure in report.figures:
+        client.log_artifact(run_id, str(figure.path), "plots")
+    for name, text in tables.items():
+        client.log_text(run_id, text, name)
+    client.set_tag(run_id, "updated", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return run_id
+
+
+def html_page(experiment: str, report: Report) -> str:
+    """One self-contained page: the table and every plot embedded, no scripts, no external files."""
+    board = report.board
+    shown = pd.DataFrame(leaderboard.display_rows(board))
+    shown.insert(0, "#", range(1, len(shown) + 1))
+    ci = [
+        f"[{leaderboard.percent(lo)}, {leaderboard.percent(hi)}]"
+        for lo, hi in zip(board["test_top1_low"], board["test_top1_high"])
+    ]
+    shown.insert(shown.columns.get_loc("test@1±CI") + 1, "test@1 95% CI", ci)
+    table = shown.to_html(index=False, classes="leaderboard", border=0, escape=True)
+    images = "\n".join(
+        f'<figure><img alt="{html.escape(f.title)}" src="data:image/png;base64,'
+        f'{base64.b64encode(f.path.read_bytes()).decode()}"><figcaption>{html.escape(f.title)}</figcaption></figure>'
+        for f in report.figures
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.notes)
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return PAGE.format(
+        title=html.escape(f"Leaderboard: {experiment}"),
+        meta=html.escape(f"{len(board)} rows from {track.display_uri()}, generated {generated}"),
+        legend=html.escape(leaderboard.LEGEND),
+        table=table,
+        images=images,
+        notes=f"<h2>Not drawn</h2><ul>{notes}</ul>" if notes else "",
+        data=html.escape(json.dumps(leaderboard.to_records(board), indent=1)),
+    )
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table.leaderboard {{ border-collapse: collapse; font-size: 0.9rem; }}
+table.leaderboard th, table.leaderboard td {{ padding: 0.25rem 0.6rem; border-bottom: 1px solid #ddd; text-align: right; }}
+table.leaderboard tr:first-child td {{ font-weight: bold; }}
+table.leaderboard td:nth-child(2), table.leaderboard td:nth-child(3), table.leaderboard th:nth-child(2),
+table.leaderboard th:nth-child(3) {{ text-align: left; }}
+figure {{ display: inline-block; margin: 1rem 1rem 1rem 0; vertical-align: top; }}
+figure img {{ max-width: 100%; border: 1px solid #eee; }}
+figcaption, .meta {{ color: #666; font-size: 0.85rem; }}
+details pre {{ font-size: 0.75rem; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+<p class="meta">{meta}</p>
+{table}
+<p class="meta">{legend}</p>
+<h2>Plots</h2>
+{images}
+{notes}
+<details><summary>All columns (JSON)</summary><pre>{data}</pre></details>
+</body>
+</html>
+"""

@@ -1,0 +1,310 @@
+"""Leaderboard and report: the rows are the right best trials (checked against the runs and the
+Optuna studies themselves) in every format; the HTML page renders in a real browser; the MLflow
+server and Optuna's own tools read our stores."""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import matplotlib.image
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from conftest import CI_SWEEPS as SWEEPS  # what the ci_store fixture ran
+
+from benchmark import cli, leaderboard, sweep, track
+
+
+def expected_rows() -> dict[tuple[str, str], dict]:
+    """The best COMPLETE trial of each study, worked out from the Optuna studies and MLflow runs
+    directly (not through the leaderboard's pandas path)."""
+    expected = {}
+    for backbone, strategy in SWEEPS:
+        study = optuna.load_study(study_name=f"ci-{backbone}-{strategy}", storage=sweep.default_storage())
+        complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+        best = max(complete, key=lambda t: (t.value, -t.number))
+        run = mlflow.get_run(best.user_attrs["mlflow_run_id"])
+        expected[(backbone, strategy)] = {
+            "run_id": run.info.run_id,
+            "trial_number": best.number,
+            "val_top1": best.value,
+            "test_top1": run.data.metrics["test_top1"],
+            "learning_rate": best.params["learning_rate"],
+            "counts": sweep.trial_counts(study),
+            "compute_s": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials),
+        }
+    return expected
+
+
+def test_rows_are_the_best_trials(in_ci_store):
+    board = leaderboard.leaderboard("ci")
+    expected = expected_rows()
+    assert list(board.columns) == list(leaderboard.COLUMNS)
+    assert {(r.backbone, r.strategy) for r in board.itertuples()} == set(expected)
+    assert list(board["val_top1"]) == sorted(board["val_top1"], reverse=True)
+    for row in board.itertuples():
+        want = expected[(row.backbone, row.strategy)]
+        assert row.run_id == want["run_id"] and row.trial_number == want["trial_number"]
+        assert row.val_top1 == pytest.approx(want["val_top1"])
+        assert row.test_top1 == pytest.approx(want["test_top1"])
+        assert row.learning_rate == pytest.approx(want["learning_rate"])
+        counts = want["counts"]
+        assert (row.trials_complete, row.trials_pruned, row.trials_failed) == (
+            counts["complete"], counts["pruned"], counts["failed"])
+        # Each MLflow run lies inside its Optuna trial, which also samples and stores the outcome.
+        assert want["compute_s"] - 2 * sum(counts.values()) <= row.compute_s <= want["compute_s"]
+        assert row.test_top1_low < row.test_top1 < row.test_top1_high
+        assert row.test_top5_low <= row.test_top5 <= row.test_top5_high
+        assert row.params > 0 and row.model_size_mb > 0 and row.infer_images_per_sec > 0
+    assert board["pareto_throughput"].any() and board["pareto_size"].any()
+
+
+def test_single_runs_join_the_row_of_their_backbone_and_strategy(ci_store_copy):
+    """`benchmark run` runs have no sweep parent: they are counted and compete one by one."""
+    before = leaderboard.leaderboard("ci").set_index(["backbone", "strategy"]).loc[("vgg16", "frozen")]
+    template = mlflow.get_run(before["run_id"])
+    client = mlflow.MlflowClient()
+    experiment_id = template.info.experiment_id
+    tags = {k: v for k, v in template.data.tags.items() if not k.startswith("mlflow.") and k != "trial_number"}
+    singles = {}
+    for outcome, val_top1 in (("FINISHED", 0.99), ("FAILED", None)):
+        run = client.create_run(experiment_id, tags={**tags, "role": "run"}).info.run_id
+        metrics = {**template.data.metrics, "best_val_top1": val_top1} if val_top1 else {}
+        for key, value in metrics.items():
+            client.log_metric(run, key, value)
+        client.set_terminated(run, status=outcome)
+        singles[outcome] = run
+
+    after = leaderboard.leaderboard("ci")
+    row = after.set_index(["backbone", "strategy"]).loc[("vgg16", "frozen")]
+    assert row["run_id"] == singles["FINISHED"] and row["val_top1"] == pytest.approx(0.99)
+    assert row["trial_number"] == -1 and after.iloc[0]["run_id"] == singles["FINISHED"]
+    assert (row["trials_complete"], row["trials_failed"]) == (before["trials_complete"] + 1, before["trials_failed"] + 1)
+    assert row["trials_pruned"] == before["trials_pruned"]
+
+
+def test_every_format_carries_the_same_rows(in_ci_store, tmp_path, capsys):
+    board = leaderboard.leaderboard("ci")
+    outputs = {}
+    for fmt in ("csv", "json", "markdown", "table"):
+        path = tmp_path / f"board.{fmt}"
+        assert cli.main(["leaderboard", "--experiment", "ci", "--format", fmt, "--output", str(path), "--no-plots"]) == 0
+        outputs[fmt] = path.read_text()
+
+    from_csv = pd.read_csv(io.StringIO(outputs["csv"]))
+    assert list(from_csv["run_id"]) == list(board["run_id"])
+    assert np.allclose(from_csv["test_top1_low"], board["test_top1_low"])
+    records = json.loads(outputs["json"])
+    assert [r["run_id"] for r in records] == list(board["run_id"])
+    assert [r["val_top1"] for r in records] == pytest.approx(list(board["val_top1"]))
+
+    for fmt in ("markdown", "table"):
+        lines = [line for line in outputs[fmt].splitlines() if any(b in line for b in board["backbone"])]
+        assert len(lines) == len(board), fmt
+        for line, row in zip(lines, board.itertuples()):
+            assert row.backbone in line and f"{100 * row.val_top1:.1f}" in line
+    assert max(len(line) for line in outputs["table"].splitlines()) <= leaderboard.TABLE_WIDTH
+
+    assert cli.main(["leaderboard", "--experiment", "ci"]) == 0  # the default: a table on stdout
+    assert capsys.readouterr().out == outputs["table"]
+
+
+def test_bootstrap_interval_is_the_binomial_percentile_interval():
+    correct = np.r_[np.ones(300), np.zeros(700)]
+    low, high = leaderboard.bootstrap_interval(correct)
+    half_width = 1.96 * np.sqrt(0.3 * 0.7 / 1000)
+    assert low == pytest.approx(0.3 - half_width, abs=0.006) and high == pytest.approx(0.3 + half_width, abs=0.006)
+    # ...and agrees with resampling the examples themselves.
+    rng = np.random.default_rng(1)
+    means = correct[rng.integers(0, 1000, size=(2000, 1000))].mean(axis=1)
+    assert (low, high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=0.006)
+
+
+def test_pareto_front_marks_the_rows_nothing_beats_on_both():
+    accuracy = pd.Series([0.9, 0.8, 0.7, 0.85, np.nan])
+    throughput = pd.Series([100.0, 300.0, 200.0, 100.0, 1e9])
+    assert list(leaderboard.pareto_front(accuracy, throughput)) == [True, True, False, False, False]
+    # A size 0.5% smaller does not put a much less accurate model on the front; 5% smaller does.
+    sizes = pd.Series([-100.0, -99.5, -95.0])
+    assert list(leaderboard.pareto_front(pd.Series([0.6, 0.01, 0.02]), sizes)) == [True, False, True]
+
+
+def test_the_terminal_table_fits_100_columns_with_long_names():
+    row = {column: np.nan for column in leaderboard.COLUMNS}
+    row.update(backbone="efficientnetv2b0", strategy="a_very_long_strategy_name", val_top1=0.12345, test_top1=0.1,
+               test_top1_low=0.05, test_top1_high=0.15, test_top5=0.3, params=143_667_240.0, model_size_mb=1234.5,
+               infer_images_per_sec=123_456.0, train_images_per_sec=98_765.0, learning_rate=1.2345e-4, unfreeze="all",
+               trials_complete=100, trials_pruned=250, trials_failed=12, compute_s=86_400.0 * 3,
+               pareto_throughput=True, pareto_size=True)
+    text = leaderboard.terminal_table(pd.DataFrame([row], columns=list(leaderboard.COLUMNS)))
+    assert max(len(line) for line in text.splitlines()) <= leaderboard.TABLE_WIDTH
+    assert "efficientnetv2b0" in text and "12.3" in text and "TS" in text
+
+
+def test_optuna_opens_our_studies_from_the_storage_url(in_ci_store):
+    url = f"sqlite:///{in_ci_store / 'optuna.db'}"
+    assert sorted(optuna.get_all_study_names(url)) == sorted(f"ci-{b}-{s}" for b, s in SWEEPS)
+    board = leaderboard.leaderboard("ci").set_index(["backbone", "strategy"])
+    for (backbone, strategy), target in SWEEPS.items():
+        study = optuna.load_study(study_name=f"ci-{backbone}-{strategy}", storage=url)
+        finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+        assert len(finished) == target
+        assert study.best_value == pytest.approx(board.loc[(backbone, strategy), "val_top1"])
+
+
+def test_empty_store_and_unknown_experiment_fail_clearly(store, in_ci_store, monkeypatch, capsys):
+    assert cli.main(["leaderboard", "--experiment", "nosuch"]) == 2
+    assert "no experiment 'nosuch'" in capsys.readouterr().err
+    monkeypatch.setenv("BENCHMARK_STORE", str(store))  # a fresh, empty place
+    assert cli.main(["leaderboard", "--experiment", "ci"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no MLflow store at") and "run a sweep first" in err and err.count("\n") == 1
+    assert not store.exists()  # reading never creates a store
+
+
+# ---------------------------------------------------------------- the HTML report in a real browser
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--enable-logging=stderr", "--v=0")  # fmt: skip
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        message = "chromium not installed (apt-get install chromium); .ci/run installs it"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def open_in_browser(page: Path, workdir: Path) -> tuple[str, list[str], np.ndarray]:
+    """(DOM after load, console messages, screenshot pixels) from headless Chromium."""
+    common = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={workdir / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    console = re.findall(r"CONSOLE[^\]]*\] (.*)", dom.stderr)
+    shot = workdir / "screenshot.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1400,1800", page.as_uri()],
+                   capture_output=True, text=True, timeout=120, check=True)
+    return dom.stdout, console, matplotlib.image.imread(shot)
+
+
+def test_the_browser_check_catches_a_broken_page(tmp_path):
+    page = tmp_path / "broken.html"
+    page.write_text("<!DOCTYPE html><html><body><p>x</p><script>notDefined()</script></body></html>")
+    _, console, _ = open_in_browser(page, tmp_path)
+    assert any("notDefined" in line for line in console)
+
+
+def test_the_html_report_renders_in_chromium(ci_store_copy, tmp_path):
+    page = tmp_path / "report" / "leaderboard.html"
+    assert cli.main(["leaderboard", "--experiment", "ci", "--format", "html", "--output", str(page)]) == 0
+    board = leaderboard.leaderboard("ci")
+
+    dom, console, pixels = open_in_browser(page, tmp_path)
+    assert console == []
+    body = dom.split('<table class="dataframe leaderboard">')[1].split("</table>")[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", body.split("<tbody>")[1], re.S)
+    assert len(rows) == len(board)
+    for row, backbone in zip(rows, board["backbone"]):
+        assert f"<td>{backbone}</td>" in row
+    assert pixels.std() > 0.05 and len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 50  # not blank
+
+    # Self-contained: every image is embedded and decodes; nothing refers outside the page.
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', page.read_text())
+    assert not [s for s in sources if not s.startswith("data:image/png;base64,")]
+    expected = {"pareto", "learning_curves", "confusion_fine", "confusion_coarse", "test_images"}
+    assert len(sources) == len(expected) + 2 * len(SWEEPS)  # + history and importances per study
+    for source in sources:
+        image = matplotlib.image.imread(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+        assert image.shape[0] > 100 and image.std() > 0.01
+
+    # The same plots sit next to the page and in the experiment's report run.
+    written = {p.stem for p in (page.parent / "leaderboard_plots").glob("*.png")}
+    assert expected <= written and len(written) == len(sources)
+    report = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'report'", output_format="list")
+    assert len(report) == 1
+    logged = {Path(a.path).stem for a in mlflow.MlflowClient().list_artifacts(report[0].info.run_id, "plots")}
+    assert logged == written
+
+
+# ---------------------------------------------------------------- the MLflow server reads our store
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rest(base: str, endpoint: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+@pytest.fixture
+def mlflow_server(in_ci_store, tmp_path):
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", track.local_uri(),
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_the_mlflow_server_serves_our_runs(mlflow_server, monkeypatch):
+    local = leaderboard.leaderboard("ci")
+    experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=benchmark/ci")["experiment"]
+    found = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment["experiment_id"]],
+                                                "filter": "tags.role = 'trial'", "max_results": 1000})["runs"]
+    assert len(found) == sum(SWEEPS.values())
+    by_id = {run["info"]["run_id"]: run for run in found}
+    for row in local.itertuples():
+        metrics = {m["key"]: m["value"] for m in by_id[row.run_id]["data"]["metrics"]}
+        params = {p["key"]: p["value"] for p in by_id[row.run_id]["data"]["params"]}
+        assert metrics["best_val_top1"] == pytest.approx(row.val_top1)
+        assert float(params["training.learning_rate"]) == pytest.approx(row.learning_rate)
+    # The same names in every run: what the UI's parallel-coordinates and scatter views need.
+    def tags(run):
+        return {t["key"]: t["value"] for t in run["data"]["tags"]}
+
+    complete = [run for run in found if tags(run)["trial_state"] == "COMPLETE"]
+    assert len(complete) >= len(SWEEPS)
+    for run in complete:
+        assert set(track.FINAL_METRICS) <= {m["key"] for m in run["data"]["metrics"]}
+        assert {"backbone.name", "training.learning_rate", "strategy.unfreeze"} <= {p["key"] for p in run["data"]["params"]}
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    remote = leaderboard.leaderboard("ci")
+    assert list(remote["run_id"]) == list(local["run_id"])
+    assert np.allclose(remote["test_top1_low"], local["test_top1_low"])
