@@ -70,7 +70,7 @@ def run_job(job: TrialJob, data: Dataset | None = None) -> TrialOutcome:
     from benchmark.trial import execute, prepare
 
     started_at = time.time()
-    mlflow.set_tracking_uri(job.tracking_uri)
+    track.point_mlflow_at(job.tracking_uri)
     epoch_logger = track.EpochLogger(job.run_id)
     callbacks = [epoch_logger.callback()]
     if job.pruner is not None:

@@ -50,7 +50,7 @@ def search(experiment_id: str, filter_string: str) -> pd.DataFrame:
 
 
 def experiment_id_of(experiment: str) -> str:
-    mlflow.set_tracking_uri(track.tracking_uri())
+    track.point_mlflow_at(track.tracking_uri())
     found = mlflow.get_experiment_by_name(track.EXPERIMENT_PREFIX + experiment)
     if found is None:
         raise BenchmarkError(

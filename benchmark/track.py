@@ -57,8 +57,22 @@ def local_uri() -> str:
     return f"sqlite:///{store_dir() / 'mlflow.db'}"
 
 
+_exported_uri: str | None = None  # what point_mlflow_at() set (mlflow.set_tracking_uri exports it to the env)
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or local_uri()
+    """The user's MLFLOW_TRACKING_URI, else our local store. A value we exported ourselves is not
+    the user's: BENCHMARK_STORE changing in-process must still move the store."""
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
+    return exported if exported and exported != _exported_uri else local_uri()
+
+
+def point_mlflow_at(uri: str) -> None:
+    global _exported_uri
+    users = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if users != uri:  # not the user's own setting: remember that we exported it
+        _exported_uri = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def redact(url: str) -> str:
@@ -72,14 +86,13 @@ def display_uri() -> str:
 
 
 def uses_local_store() -> bool:
-    # Compared, not tested for presence: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI itself.
     return tracking_uri() == local_uri()
 
 
 def configure() -> str:
     """Point MLflow at our store, failing early (before anything trains) if it cannot be written."""
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    point_mlflow_at(uri)
     if uses_local_store():
         ensure_writable(store_dir())
         with store_lock():
@@ -90,7 +103,7 @@ def configure() -> str:
 def configure_for_reading() -> str:
     """Point MLflow at our store without creating one: reading an empty place is an error."""
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    point_mlflow_at(uri)
     if uses_local_store() and not (store_dir() / "mlflow.db").is_file():
         raise BenchmarkError(
             f"no MLflow store at {store_dir()} (no mlflow.db); run a sweep first, or set {STORE_ENV}=DIR or "

@@ -1,0 +1,28 @@
+"""Where runs go: BENCHMARK_STORE moves the local store even after MLflow has exported a URI of
+its own; a user's MLFLOW_TRACKING_URI always wins; shown URIs never carry a password."""
+
+from benchmark import track
+
+
+def test_the_store_follows_benchmark_store_after_mlflow_exported_a_uri(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("BENCHMARK_STORE", str(tmp_path / "one"))
+    track.configure()  # mlflow.set_tracking_uri() puts MLFLOW_TRACKING_URI into the environment
+    assert track.tracking_uri() == f"sqlite:///{tmp_path / 'one' / 'mlflow.db'}"
+    monkeypatch.setenv("BENCHMARK_STORE", str(tmp_path / "two"))
+    assert track.tracking_uri() == f"sqlite:///{tmp_path / 'two' / 'mlflow.db'}" and track.uses_local_store()
+
+
+def test_a_users_tracking_uri_wins_and_stays(tmp_path, monkeypatch):
+    users = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", users)
+    monkeypatch.setenv("BENCHMARK_STORE", str(tmp_path / "ignored"))
+    track.configure()
+    assert track.tracking_uri() == users and not track.uses_local_store()
+    track.point_mlflow_at(track.tracking_uri())
+    assert track.tracking_uri() == users
+
+
+def test_shown_uris_have_no_password():
+    assert track.redact("postgresql://bench:s3cret@db:5432/mlflow") == "postgresql://bench:***@db:5432/mlflow"
+    assert track.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
