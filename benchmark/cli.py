@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--storage", help="Optuna storage of the studies (default: $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.db)")
     board.set_defaults(handler=command_leaderboard)
 
+    check = commands.add_parser("check", help="compare results with the stored baseline; exit 1 on a regression")
+    check.add_argument("--experiment", default="quick", help="experiment name (default: quick)")
+    check.add_argument("--baseline", type=Path, help="baseline file (default: experiments/baselines/EXPERIMENT.json)")
+    check.add_argument("--update", action="store_true", help="rewrite the baseline from the current results")
+    check.add_argument("--format", default="table", choices=("table", "markdown"), help="the comparison table's format")
+    check.set_defaults(handler=command_check)
+
     backbones = commands.add_parser("backbones", help="list the supported backbones")
     backbones.add_argument("--fast", action="store_true", help="skip building each model (no parameter counts)")
     backbones.set_defaults(handler=command_backbones)
@@ -178,6 +185,13 @@ def command_leaderboard(args) -> int:
     for note in built.notes:
         print(f"not drawn: {note}", file=sys.stderr)
     return 0
+
+
+def command_check(args) -> int:
+    from benchmark import check, track
+
+    track.configure_for_reading()
+    return check.run_check(args.experiment, args.baseline, update=args.update, fmt=args.format)
 
 
 def command_backbones(args) -> int:

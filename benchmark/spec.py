@@ -340,6 +340,11 @@ class TrialSpec(Strict):
 # ---------------------------------------------------------------- loading
 
 
+def experiment_dirs() -> list[Path]:
+    """Where experiment names are looked up: ./experiments (or $BENCHMARK_EXPERIMENTS), then the repo's."""
+    return [Path(os.environ.get("BENCHMARK_EXPERIMENTS", "experiments")), EXPERIMENTS_DIR]
+
+
 def find_experiment(name_or_path: str | Path) -> Path:
     """A path to a spec file, or an experiment name looked up in ./experiments then the repo's."""
     path = Path(name_or_path)
@@ -347,7 +352,7 @@ def find_experiment(name_or_path: str | Path) -> Path:
         if not path.is_file():
             raise BenchmarkError(f"experiment file {path} does not exist; pass an existing .toml file or an experiment name")
         return path
-    search_dirs = [Path(os.environ.get("BENCHMARK_EXPERIMENTS", "experiments")), EXPERIMENTS_DIR]
+    search_dirs = experiment_dirs()
     for directory in search_dirs:
         candidate = directory / f"{name_or_path}.toml"
         if candidate.is_file():

@@ -1,0 +1,273 @@
+"""Regression checks: the leaderboard of an experiment against a baseline file kept in the repo.
+
+A baseline (experiments/baselines/<experiment>.json) holds, per backbone x strategy, each checked
+metric's value with its tolerance, and the environment it was recorded on. A metric holds when
+
+  direction "higher" (accuracy, throughput): now >= baseline - allowed   (above + allowed: improvement)
+  direction "equal"  (parameters, size):     |now - baseline| <= allowed
+  allowed = tolerance           for kind "absolute" (accuracy: fractions, 0.03 = 3 points)
+          = tolerance * |base|  for kind "relative" (throughput, size, parameters)
+
+Exit codes: 0 every metric holds, 1 a regression (or a checked row has no results), 2 a baseline
+that is missing or malformed, or no results to check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import mlflow
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from benchmark import leaderboard, spec
+from benchmark.errors import BenchmarkError
+
+BASELINES_DIR = "baselines"  # under experiments/
+CHECK_FAILED = 1
+
+# Defaults for metrics a baseline does not have yet (`--update` keeps the tolerances already in a file).
+DEFAULT_TOLERANCES: dict[str, tuple[str, float, str]] = {
+    "val_top1": ("absolute", 0.03, "higher"),
+    "test_top1": ("absolute", 0.03, "higher"),
+    "test_top5": ("absolute", 0.03, "higher"),
+    "params": ("relative", 0.0, "equal"),
+    "model_size_mb": ("relative", 0.01, "equal"),
+    "infer_images_per_sec": ("relative", 0.5, "higher"),
+    "train_images_per_sec": ("relative", 0.5, "higher"),
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class MetricBaseline(Strict):
+    value: float
+    tolerance: float = Field(ge=0)
+    kind: Literal["absolute", "relative"]
+    direction: Literal["higher", "equal"]
+
+
+class RowBaseline(Strict):
+    backbone: str
+    strategy: str
+    metrics: dict[str, MetricBaseline] = Field(min_length=1)
+
+
+class Baseline(Strict):
+    experiment: str
+    recorded_at: str
+    environment: dict[str, str]
+    spread: str = ""  # where the measured run-to-run spread is written down
+    rows: list[RowBaseline] = Field(min_length=1)
+
+
+def baseline_path(experiment: str, path: str | Path | None = None) -> Path:
+    """--baseline, else the first experiments/baselines/<experiment>.json found where experiment
+    names are looked up (./experiments, then the repo's); a new one goes beside the experiments."""
+    if path is not None:
+        return Path(path)
+    candidates = [d / BASELINES_DIR / f"{experiment}.json" for d in spec.experiment_dirs()]
+    existing = [c for c in candidates if c.is_file()]
+    if existing:
+        return existing[0]
+    return next((c for c in candidates if c.parent.parent.is_dir()), candidates[-1])
+
+
+def load_baseline(path: Path, experiment: str) -> Baseline:
+    if not path.is_file():
+        raise BenchmarkError(
+            f"no baseline at {path}; record one from the current results with "
+            f"`python -m benchmark check --experiment {experiment} --update` (or pass --baseline PATH)"
+        )
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BenchmarkError(f"baseline {path} is not valid JSON ({e}); fix it or rewrite it with --update") from None
+    try:
+        baseline = Baseline.model_validate(content)
+    except ValidationError as e:
+        problems = "; ".join(spec.describe_error(err) for err in e.errors())
+        raise BenchmarkError(f"baseline {path} is malformed: {problems}; fix it or rewrite it with --update") from None
+    if baseline.experiment != experiment:
+        raise BenchmarkError(
+            f"baseline {path} was recorded for experiment '{baseline.experiment}', not '{experiment}'; "
+            f"pass --experiment {baseline.experiment} or the right --baseline"
+        )
+    unknown = sorted({m for row in baseline.rows for m in row.metrics} - set(leaderboard.COLUMNS))
+    if unknown:
+        raise BenchmarkError(
+            f"baseline {path} checks unknown metrics {', '.join(unknown)}; use leaderboard columns such as "
+            f"{', '.join(DEFAULT_TOLERANCES)}"
+        )
+    return baseline
+
+
+# ---------------------------------------------------------------- comparing
+
+
+def allowed(metric: MetricBaseline) -> float:
+    return metric.tolerance if metric.kind == "absolute" else metric.tolerance * abs(metric.value)
+
+
+def verdict(metric: MetricBaseline, now: float) -> str:
+    if now is None or not math.isfinite(now):
+        return "missing"
+    delta, slack = now - metric.value, allowed(metric) + 1e-12
+    if metric.direction == "equal":
+        return "ok" if abs(delta) <= slack else "changed"
+    if delta < -slack:
+        return "regression"
+    return "improvement" if delta > slack else "ok"
+
+
+FAILING = ("regression", "changed", "missing")
+
+
+def compare(baseline: Baseline, board: pd.DataFrame) -> pd.DataFrame:
+    """One line per checked metric: row, metric, baseline, now, delta, tolerance, verdict."""
+    results = board.set_index(["backbone", "strategy"])
+    lines = []
+    for row in baseline.rows:
+        key = (row.backbone, row.strategy)
+        found = results.loc[key] if key in results.index else None
+        for name, metric in row.metrics.items():
+            now = float(found[name]) if found is not None and pd.notna(found[name]) else float("nan")
+            lines.append({
+                "row": f"{row.backbone}/{row.strategy}", "metric": name, "baseline": metric.value, "now": now,
+                "delta": now - metric.value, "tolerance": describe_tolerance(metric), "verdict": verdict(metric, now),
+            })  # fmt: skip
+    checked = {(r.backbone, r.strategy) for r in baseline.rows}
+    for backbone, strategy in results.index:
+        if (backbone, strategy) not in checked:
+            lines.append({"row": f"{backbone}/{strategy}", "metric": "-", "baseline": float("nan"), "now": float("nan"),
+                          "delta": float("nan"), "tolerance": "-", "verdict": "new (not in the baseline)"})
+    return pd.DataFrame(lines, columns=["row", "metric", "baseline", "now", "delta", "tolerance", "verdict"])
+
+
+def describe_tolerance(metric: MetricBaseline) -> str:
+    sign = "±" if metric.direction == "equal" else "-"
+    if metric.kind == "relative":
+        return f"{sign}{100 * metric.tolerance:g}%"
+    return f"{sign}{metric.tolerance:g}"
+
+
+def failed(table: pd.DataFrame) -> bool:
+    return bool(table["verdict"].isin(FAILING).any())
+
+
+def number(value: float) -> str:
+    if pd.isna(value):
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def render(table: pd.DataFrame, fmt: str = "table") -> str:
+    shown = table.assign(**{c: table[c].map(number) for c in ("baseline", "now", "delta")})
+    shown["verdict"] = shown["verdict"].map(lambda v: v.upper() if v in FAILING else v)
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+        lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in shown.itertuples(index=False)]
+        return "\n".join(lines) + "\n"
+    return shown.to_string(index=False) + "\n"
+
+
+def summary(table: pd.DataFrame) -> str:
+    counts = table["verdict"].value_counts()
+    bad = int(sum(counts.get(v, 0) for v in FAILING))
+    parts = [f"{int(n)} {v}" for v, n in counts.items()]
+    head = "FAILED" if bad else "passed"
+    return f"check {head}: {', '.join(parts)}"
+
+
+# ---------------------------------------------------------------- updating
+
+
+def environment_of(run_id: str) -> dict[str, str]:
+    tags = mlflow.get_run(run_id).data.tags
+    keep = {k: v for k, v in tags.items() if k.startswith("versions.") or k in ("device", "git_commit", "data_origin")}
+    return dict(sorted(keep.items()))
+
+
+def updated_baseline(experiment: str, board: pd.DataFrame, previous: Baseline | None, spread: str) -> Baseline:
+    """The current results as a baseline; tolerances (and the set of metrics) kept from `previous`."""
+    old_rows = {(r.backbone, r.strategy): r for r in previous.rows} if previous else {}
+    rows = []
+    for result in board.itertuples():
+        old = old_rows.get((result.backbone, result.strategy))
+        metrics = {}
+        for name in old.metrics if old else DEFAULT_TOLERANCES:
+            value = getattr(result, name)
+            if pd.isna(value):
+                continue
+            if old and name in old.metrics:
+                template = old.metrics[name]
+                kind, tolerance, direction = template.kind, template.tolerance, template.direction
+            else:
+                kind, tolerance, direction = DEFAULT_TOLERANCES[name]
+            metrics[name] = MetricBaseline(value=float(value), tolerance=tolerance, kind=kind, direction=direction)
+        rows.append(RowBaseline(backbone=result.backbone, strategy=result.strategy, metrics=metrics))
+    return Baseline(
+        experiment=experiment,
+        recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        environment=environment_of(board.iloc[0]["run_id"]),
+        spread=previous.spread if previous else spread,
+        rows=rows,
+    )
+
+
+def describe_changes(previous: Baseline | None, new: Baseline) -> list[str]:
+    if previous is None:
+        return [f"new baseline with {len(new.rows)} rows"]
+    before = {(r.backbone, r.strategy, m): v.value for r in previous.rows for m, v in r.metrics.items()}
+    after = {(r.backbone, r.strategy, m): v.value for r in new.rows for m, v in r.metrics.items()}
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        label = f"{key[0]}/{key[1]} {key[2]}"
+        if key not in after:
+            changes.append(f"{label}: removed (was {number(before[key])})")
+        elif key not in before:
+            changes.append(f"{label}: added {number(after[key])}")
+        elif before[key] != after[key]:
+            changes.append(f"{label}: {number(before[key])} -> {number(after[key])}")
+    return changes or ["no values changed"]
+
+
+def write_baseline(baseline: Baseline, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(baseline.model_dump(), indent=1) + "\n")
+
+
+def run_check(experiment: str, baseline_file: str | Path | None = None, update: bool = False,
+              fmt: str = "table", say=print) -> int:
+    """The `check` command: 0 when every metric holds, 1 on a regression, 2 (BenchmarkError) when
+    there is nothing to compare."""
+    path = baseline_path(experiment, baseline_file)
+    previous = None
+    if not update:
+        previous = load_baseline(path, experiment)
+    elif path.exists():
+        try:
+            previous = load_baseline(path, experiment)
+        except BenchmarkError as e:
+            say(f"replacing it: {e}")
+    # Sweeps whose every trial failed are a regression to report (rows MISSING), not "no results".
+    board = leaderboard.leaderboard(experiment, require_complete=update)
+    if update:
+        new = updated_baseline(experiment, board, previous, spread=f"experiments/{BASELINES_DIR}/README.md")
+        write_baseline(new, path)
+        for line in describe_changes(previous, new):
+            say(line)
+        say(f"wrote {path}")
+        return 0
+    table = compare(previous, board)
+    say(render(table, fmt), end="")
+    say(summary(table) + (f"; baseline {path} (recorded {previous.recorded_at} on {previous.environment.get('device', '?')})"))
+    return CHECK_FAILED if failed(table) else 0

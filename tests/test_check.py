@@ -1,0 +1,194 @@
+"""Regression checks: the check passes on its own results and fails where it should (accuracy
+below the baseline, a throughput drop, a missing row), reports improvements, rejects malformed
+baselines with exit 2; the GitHub workflow validates against GitHub's schema."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark import check, cli, leaderboard
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def baseline_of_current_results(path: Path) -> dict:
+    assert cli.main(["check", "--experiment", "ci", "--baseline", str(path), "--update"]) == 0
+    return json.loads(path.read_text())
+
+
+def edited(path: Path, content: dict, row: int, metric: str, factor: float = 1.0, shift: float = 0.0) -> Path:
+    content = json.loads(json.dumps(content))
+    entry = content["rows"][row]["metrics"][metric]
+    entry["value"] = entry["value"] * factor + shift
+    path.write_text(json.dumps(content))
+    return path
+
+
+def run_check(path: Path, capsys) -> tuple[int, dict[tuple[str, str], str], str]:
+    code = cli.main(["check", "--experiment", "ci", "--baseline", str(path)])
+    out = capsys.readouterr().out
+    verdicts = {}
+    for line in out.splitlines()[1:]:  # row metric baseline now delta tolerance verdict
+        parts = line.split()
+        if len(parts) == 7:
+            verdicts[(parts[0], parts[1])] = parts[6]
+    return code, verdicts, out
+
+
+def test_the_check_passes_on_the_results_it_was_recorded_from(in_ci_store, tmp_path, capsys):
+    content = baseline_of_current_results(tmp_path / "ci.json")
+    assert "new baseline with 2 rows" in capsys.readouterr().out
+    board = leaderboard.leaderboard("ci").set_index(["backbone", "strategy"])
+    for row in content["rows"]:
+        for metric, entry in row["metrics"].items():
+            assert entry["value"] == pytest.approx(board.loc[(row["backbone"], row["strategy"]), metric])
+    assert content["environment"]["versions.keras"] and content["environment"]["device"]
+    code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
+    assert code == 0, out
+    assert len(verdicts) == sum(len(r["metrics"]) for r in content["rows"])
+    assert set(verdicts.values()) == {"ok"}
+
+
+def test_a_baseline_more_accurate_than_the_results_fails(in_ci_store, tmp_path, capsys):
+    content = baseline_of_current_results(tmp_path / "ci.json")
+    row = content["rows"][0]
+    edited(tmp_path / "ci.json", content, 0, "val_top1", shift=0.031)  # just beyond the 0.03 tolerance
+    code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
+    assert code == 1
+    assert verdicts[(f"{row['backbone']}/{row['strategy']}", "val_top1")] == "REGRESSION"
+    assert "check FAILED: " in out and "1 regression" in out
+    edited(tmp_path / "ci.json", content, 0, "val_top1", shift=0.029)  # within it
+    assert run_check(tmp_path / "ci.json", capsys)[0] == 0
+
+
+def test_a_throughput_drop_beyond_tolerance_fails(in_ci_store, tmp_path, capsys):
+    content = baseline_of_current_results(tmp_path / "ci.json")
+    row = content["rows"][1]
+    edited(tmp_path / "ci.json", content, 1, "infer_images_per_sec", factor=2.2)  # now is 45% of the baseline
+    code, verdicts, _ = run_check(tmp_path / "ci.json", capsys)
+    assert code == 1
+    assert verdicts[(f"{row['backbone']}/{row['strategy']}", "infer_images_per_sec")] == "REGRESSION"
+    edited(tmp_path / "ci.json", content, 1, "infer_images_per_sec", factor=1.8)  # now is 56%: within 50%
+    assert run_check(tmp_path / "ci.json", capsys)[0] == 0
+
+
+def test_an_improvement_passes_and_is_reported(in_ci_store, tmp_path, capsys):
+    content = baseline_of_current_results(tmp_path / "ci.json")
+    row = content["rows"][0]
+    edited(tmp_path / "ci.json", content, 0, "test_top1", shift=-0.05)
+    code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
+    assert code == 0
+    assert verdicts[(f"{row['backbone']}/{row['strategy']}", "test_top1")] == "improvement"
+    assert "1 improvement" in out
+
+
+def test_a_changed_parameter_count_fails_either_way(in_ci_store, tmp_path, capsys):
+    content = baseline_of_current_results(tmp_path / "ci.json")
+    for shift in (+1, -1):
+        edited(tmp_path / "ci.json", content, 0, "params", shift=shift)
+        code, verdicts, _ = run_check(tmp_path / "ci.json", capsys)
+        assert code == 1 and "CHANGED" in verdicts.values()
+
+
+def test_a_row_missing_from_the_results_fails(in_ci_store, tmp_path, capsys):
+    content = baseline_of_current_results(tmp_path / "ci.json")
+    extra = json.loads(json.dumps(content["rows"][0]))
+    extra["backbone"] = "densenet121"
+    content["rows"].append(extra)
+    (tmp_path / "ci.json").write_text(json.dumps(content))
+    code, verdicts, _ = run_check(tmp_path / "ci.json", capsys)
+    assert code == 1
+    assert verdicts[("densenet121/frozen", "val_top1")] == "MISSING"
+
+
+def test_update_keeps_tolerances_and_says_what_changed(in_ci_store, tmp_path, capsys):
+    content = baseline_of_current_results(tmp_path / "ci.json")
+    content["rows"][0]["metrics"]["val_top1"]["tolerance"] = 0.05
+    del content["rows"][0]["metrics"]["train_images_per_sec"]  # a team that does not check it
+    edited(tmp_path / "ci.json", content, 0, "val_top1", shift=-0.1)
+    capsys.readouterr()
+    assert cli.main(["check", "--experiment", "ci", "--baseline", str(tmp_path / "ci.json"), "--update"]) == 0
+    out = capsys.readouterr().out
+    row = content["rows"][0]
+    assert f"{row['backbone']}/{row['strategy']} val_top1: " in out and "->" in out
+    rewritten = json.loads((tmp_path / "ci.json").read_text())["rows"][0]["metrics"]
+    assert rewritten["val_top1"]["tolerance"] == 0.05
+    assert "train_images_per_sec" not in rewritten
+
+
+MALFORMED = {
+    "not JSON": "{ rows: [",
+    "a required field missing": {"experiment": "ci", "recorded_at": "x", "environment": {}},
+    "a negative tolerance": {"experiment": "ci", "recorded_at": "x", "environment": {}, "rows": [
+        {"backbone": "vgg16", "strategy": "frozen",
+         "metrics": {"val_top1": {"value": 0.5, "tolerance": -1, "kind": "absolute", "direction": "higher"}}}]},
+    "an unknown metric": {"experiment": "ci", "recorded_at": "x", "environment": {}, "rows": [
+        {"backbone": "vgg16", "strategy": "frozen",
+         "metrics": {"val_acc": {"value": 0.5, "tolerance": 0.1, "kind": "absolute", "direction": "higher"}}}]},
+    "another experiment's baseline": {"experiment": "quick", "recorded_at": "x", "environment": {}, "rows": [
+        {"backbone": "vgg16", "strategy": "frozen",
+         "metrics": {"val_top1": {"value": 0.5, "tolerance": 0.1, "kind": "absolute", "direction": "higher"}}}]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_baseline_exits_2_with_one_line(in_ci_store, tmp_path, capsys, case):
+    path = tmp_path / "ci.json"
+    content = MALFORMED[case]
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    assert cli.main(["check", "--experiment", "ci", "--baseline", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: baseline {path}") and err.count("\n") == 1
+    assert path.read_text() == (content if isinstance(content, str) else json.dumps(content))  # untouched
+
+
+def test_a_missing_baseline_or_no_results_exits_2(store, in_ci_store, tmp_path, monkeypatch, capsys):
+    assert cli.main(["check", "--experiment", "ci", "--baseline", str(tmp_path / "none.json")]) == 2
+    assert "no baseline at" in capsys.readouterr().err
+    baseline_of_current_results(tmp_path / "ci.json")
+    monkeypatch.setenv("BENCHMARK_STORE", str(store))
+    assert cli.main(["check", "--experiment", "ci", "--baseline", str(tmp_path / "ci.json")]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+
+
+def test_the_shipped_baseline_is_valid_and_covers_the_ci_sweep():
+    baseline = check.load_baseline(check.baseline_path("ci"), "ci")
+    assert {(r.backbone, r.strategy) for r in baseline.rows} == {("vgg16", "frozen"), ("resnet50", "frozen")}
+    for row in baseline.rows:
+        assert row.metrics["val_top1"].kind == "absolute" and row.metrics["params"].direction == "equal"
+    assert (REPO / baseline.spread).is_file()  # the measured spread is written down next to it
+
+
+# ---------------------------------------------------------------- the GitHub workflow
+
+WORKFLOW = REPO / ".github" / "workflows" / "benchmark.yml"
+
+
+def validate_workflow(path: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_the_github_workflow_matches_githubs_schema(tmp_path):
+    result = validate_workflow(WORKFLOW)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = WORKFLOW.read_text()
+    assert "python -m benchmark check --experiment ci" in text and "GITHUB_STEP_SUMMARY" in text
+    assert "actions/upload-artifact" in text
+    broken = tmp_path / "broken.yml"
+    shutil.copy(WORKFLOW, broken)
+    broken.write_text(text.replace("runs-on:", "runs-onn:", 1))
+    assert validate_workflow(broken).returncode != 0  # the validation can fail
+
+
+def test_an_experiment_whose_trials_all_failed_is_a_regression_not_missing_results(in_ci_store, tmp_path, capsys):
+    baseline_of_current_results(tmp_path / "ci.json")
+    baseline = check.load_baseline(tmp_path / "ci.json", "ci")
+    nothing_completed = leaderboard.leaderboard("ci").iloc[0:0]
+    table = check.compare(baseline, nothing_completed)
+    assert len(table) == sum(len(r.metrics) for r in baseline.rows)
+    assert set(table["verdict"]) == {"missing"} and check.failed(table)
