@@ -12,6 +12,7 @@ pruner works there) and logs into the MLflow run its parent created, by run id.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -91,6 +92,18 @@ def run_job(job: TrialJob, data: Dataset | None = None) -> TrialOutcome:
     )
 
 
+def die_with_parent() -> None:
+    """Linux: the kernel kills the trial process when the sweep's process dies (even by SIGKILL),
+    instead of leaving it training into a run nobody owns."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: a killed sweep's trial process ends when its queue closes
+        pass
+
+
 class TrialRunner:
     """Runs jobs in a reused child process (or in this one, with trials_per_process = 0)."""
 
@@ -112,6 +125,7 @@ class TrialRunner:
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),  # forking a process that runs TF is unsafe
                 max_tasks_per_child=self.trials_per_process,
+                initializer=die_with_parent,
             )
         submitted = time.time()
         new_process = self.jobs_in_process % self.trials_per_process == 0

@@ -9,7 +9,9 @@ missing trial, so a recipe that always fails stops.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -163,6 +165,35 @@ def parent_run_id(spec: TrialSpec, name: str) -> str:
     return earliest
 
 
+def this_worker() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def process_alive(pid: int | None) -> bool:
+    if not pid or pid == os.getpid():  # a reused pid that is now this very process is not the owner
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def fail_trials_of_dead_workers(study: optuna.Study) -> int:
+    """RUNNING trials whose sweep process on this machine is gone (SIGKILL, a closed terminal):
+    failed now, so a rerun does not wait out the heartbeat's grace period. Trials of workers on
+    other machines are left to the heartbeat."""
+    failed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker", {})
+        if worker.get("host") == socket.gethostname() and not process_alive(worker.get("pid")):
+            study.tell(trial.number, state=TrialState.FAIL)
+            failed += 1
+    return failed
+
+
 def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str) -> int:
     """Child runs left RUNNING by a killed worker whose Optuna trial is over: mark them KILLED."""
     states = {t.number: t.state for t in study.trials}
@@ -273,13 +304,15 @@ def run_sweep(
             load_if_exists=True,
         )
         study.sampler = make_sampler(experiment.search, worker=register_worker(study))
-    optuna.storages.fail_stale_trials(study)
+    interrupted = fail_trials_of_dead_workers(study)
+    optuna.storages.fail_stale_trials(study)  # dead workers elsewhere: after the heartbeat's grace period
     experiment_id = track.experiment_id(spec.experiment)
     parent = parent_run_id(spec, name)
     closed = close_orphan_runs(study, name, experiment_id)
     remaining = target - sum(trial_counts(study)[k] for k in ("complete", "pruned"))
     say(
         f"study {name} on {redact(storage_url)}: {target - remaining} of {target} trials finished"
+        + (f", {interrupted} interrupted trial(s) marked FAIL" if interrupted else "")
         + (f", {closed} interrupted run(s) marked KILLED" if closed else "")
         + (f"; running {remaining} more" if remaining > 0 else "; nothing to do")
     )
@@ -317,6 +350,7 @@ class Objective:
         self.pruner, self.runner, self.verbose = pruner, runner, verbose
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", this_worker())  # lets a rerun on this machine see that it died
         spec = self.spec.with_values(**suggest(trial, self.spec, self.space))
         tags = {"study_name": self.name, "trial_number": str(trial.number), "trial_state": "RUNNING"}
         data_origin = self.runner.data.origin

@@ -173,3 +173,50 @@ def test_a_two_phase_search_never_samples_a_frozen_phase_two():
     assert space.unfreeze.low == 0
     depths = [sweep.suggest(study.ask(), spec, space)["unfreeze"] for _ in range(30)]
     assert min(depths) == 1 and max(depths) <= space.unfreeze.high
+
+
+def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
+    import signal
+    import time
+
+    import psutil
+
+    env = {**os.environ, "BENCHMARK_STORE": str(store)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("BENCHMARK_OPTUNA_STORAGE", None)
+    command = [sys.executable, "-m", "benchmark", "sweep", "--experiment", "ci", "--backbone", "vgg16",
+               "--strategy", "frozen", "--trials", "3", "--quiet"]
+    storage = f"sqlite:///{store / 'optuna.db'}"
+    first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while True:  # until one trial has finished and the next is training
+        try:
+            states = [t.state.name for t in optuna.load_study(study_name="ci-vgg16-frozen", storage=storage).trials]
+        except Exception:  # the storage or study does not exist yet
+            states = []
+        if {"COMPLETE", "PRUNED"} & set(states) and "RUNNING" in states:
+            break
+        assert first.poll() is None and time.monotonic() < deadline, f"sweep ended early: {states}"
+        time.sleep(1)
+    time.sleep(3)
+    trial_processes = psutil.Process(first.pid).children(recursive=True)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    _, alive = psutil.wait_procs(trial_processes, timeout=5)  # killed by the kernel with it (PR_SET_PDEATHSIG)
+    assert not alive, "the trial process outlived its sweep"
+    killed = next(t.number for t in optuna.load_study(study_name="ci-vgg16-frozen", storage=storage).trials
+                  if t.state.name == "RUNNING")
+
+    rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "1 interrupted trial(s) marked FAIL" in rerun.stdout and "1 interrupted run(s) marked KILLED" in rerun.stdout
+    study = optuna.load_study(study_name="ci-vgg16-frozen", storage=storage)
+    states = {t.number: t.state.name for t in study.trials}
+    assert states[killed] == "FAIL" and states[0] in ("COMPLETE", "PRUNED")
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states.values()) == 3 and "RUNNING" not in states.values()
+    mlflow.set_tracking_uri(track.tracking_uri())
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'trial'", output_format="list")
+    by_number = {int(r.data.tags["trial_number"]): r for r in runs}
+    assert sorted(by_number) == sorted(states)  # every trial exactly once in MLflow
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert by_number[killed].info.status == "KILLED" and by_number[killed].data.tags["trial_state"] == "FAIL"
