@@ -202,8 +202,19 @@ def command_backbones(args) -> int:
     return 0
 
 
+def show_optuna_tracebacks() -> None:
+    import logging
+
+    from benchmark import sweep
+
+    for handler in logging.getLogger("optuna").handlers:
+        handler.removeFilter(sweep.TRACEBACK_FILTER)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.debug:
+        show_optuna_tracebacks()
     try:
         return args.handler(args)
     except BenchmarkError as e:

@@ -9,6 +9,7 @@ missing trial, so a recipe that always fails stops.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -34,6 +35,20 @@ from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
 from benchmark.storage import default_storage, open_storage, redact
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial line replaces Optuna's
+
+
+class WithoutTraceback(logging.Filter):
+    """Optuna logs a failed (or interrupted) trial with its traceback; the progress line and the
+    run's `error` tag already say why, so keep its one line. `--debug` removes this filter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+TRACEBACK_FILTER = WithoutTraceback()
+for _handler in logging.getLogger("optuna").handlers:  # Optuna's own stderr handler
+    _handler.addFilter(TRACEBACK_FILTER)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 OBJECTIVE = "best_val_top1"
@@ -322,18 +337,23 @@ def run_sweep(
         objective = Objective(spec, space, name, storage_url, pruner, runner, verbose)
         try:
             with mlflow.start_run(run_id=parent):
-                study.optimize(
-                    objective,
-                    n_trials=remaining * ATTEMPTS_PER_MISSING_TRIAL,
-                    timeout=timeout_s,
-                    callbacks=[
-                        MaxTrialsCallback(target, states=FINISHED),
-                        lambda study, trial: record_progress(study, parent),
-                        Progress(target, say),
-                    ],
-                    catch=(Exception,),
-                    gc_after_trial=not runner.isolated,
-                )
+                try:
+                    study.optimize(
+                        objective,
+                        n_trials=remaining * ATTEMPTS_PER_MISSING_TRIAL,
+                        timeout=timeout_s,
+                        callbacks=[
+                            MaxTrialsCallback(target, states=FINISHED),
+                            lambda study, trial: record_progress(study, parent),
+                            Progress(target, say),
+                        ],
+                        catch=(Exception,),
+                        gc_after_trial=not runner.isolated,
+                    )
+                except KeyboardInterrupt:  # Ctrl-C: the study is resumable, its parent run was not a failure
+                    record_progress(study, parent)
+                    mlflow.end_run("KILLED")
+                    raise
         finally:
             runner.close()
     result = SweepResult(study=study, parent_run_id=parent, counts=trial_counts(study))

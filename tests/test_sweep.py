@@ -177,7 +177,6 @@ def test_a_two_phase_search_never_samples_a_frozen_phase_two():
 
 def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
     import signal
-    import time
 
     import psutil
 
@@ -188,17 +187,7 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
                "--strategy", "frozen", "--trials", "3", "--quiet"]
     storage = f"sqlite:///{store / 'optuna.db'}"
     first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while True:  # until one trial has finished and the next is training
-        try:
-            states = [t.state.name for t in optuna.load_study(study_name="ci-vgg16-frozen", storage=storage).trials]
-        except Exception:  # the storage or study does not exist yet
-            states = []
-        if {"COMPLETE", "PRUNED"} & set(states) and "RUNNING" in states:
-            break
-        assert first.poll() is None and time.monotonic() < deadline, f"sweep ended early: {states}"
-        time.sleep(1)
-    time.sleep(3)
+    wait_for_a_training_trial(first, storage, finished_first=True)
     trial_processes = psutil.Process(first.pid).children(recursive=True)
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
@@ -220,3 +209,42 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
     assert sorted(by_number) == sorted(states)  # every trial exactly once in MLflow
     assert all(r.info.status != "RUNNING" for r in runs)
     assert by_number[killed].info.status == "KILLED" and by_number[killed].data.tags["trial_state"] == "FAIL"
+
+
+def wait_for_a_training_trial(process: subprocess.Popen, storage: str, finished_first: bool) -> None:
+    import time
+
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            states = [t.state.name for t in optuna.load_study(study_name="ci-vgg16-frozen", storage=storage).trials]
+        except Exception:  # the storage or study does not exist yet
+            states = []
+        if "RUNNING" in states and (not finished_first or {"COMPLETE", "PRUNED"} & set(states)):
+            break
+        assert process.poll() is None and time.monotonic() < deadline, f"sweep ended early: {states}"
+        time.sleep(1)
+    time.sleep(3)  # into its training
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(store):
+    import signal
+
+    env = {**os.environ, "BENCHMARK_STORE": str(store)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("BENCHMARK_OPTUNA_STORAGE", None)
+    command = [sys.executable, "-m", "benchmark", "sweep", "--experiment", "ci", "--backbone", "vgg16",
+               "--strategy", "frozen", "--trials", "2", "--quiet"]
+    sweep_process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+    wait_for_a_training_trial(sweep_process, f"sqlite:///{store / 'optuna.db'}", finished_first=False)
+    os.killpg(sweep_process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
+    out, err = sweep_process.communicate(timeout=120)
+    assert sweep_process.returncode == 130, out + err
+    assert "rerun the same command to resume" in err and "Traceback" not in out + err
+    study = optuna.load_study(study_name="ci-vgg16-frozen", storage=f"sqlite:///{store / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    mlflow.set_tracking_uri(track.tracking_uri())
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    status = {r.data.tags["role"]: r.info.status for r in runs}
+    assert status == {"trial": "FAILED", "sweep": "KILLED"}
