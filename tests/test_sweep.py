@@ -142,11 +142,18 @@ def test_the_real_sample_sweeps(store, cifar_sample_dir):
     assert run.data.params["data.source"] == "dir"
 
 
-def test_two_processes_share_the_embedded_storage(store):
+def sweep_command(store: Path, trials: int) -> tuple[list[str], dict[str, str]]:
+    """`python -m benchmark sweep` of ci/vgg16/frozen as a user runs it, and an environment pointing at `store`."""
     env = {**os.environ, "BENCHMARK_STORE": str(store)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("BENCHMARK_OPTUNA_STORAGE", None)
     command = [sys.executable, "-m", "benchmark", "sweep", "--experiment", "ci", "--backbone", "vgg16",
-               "--strategy", "frozen", "--trials", "4", "--quiet"]
+               "--strategy", "frozen", "--trials", str(trials), "--quiet"]
+    return command, env
+
+
+def test_two_processes_share_the_embedded_storage(store):
+    command, env = sweep_command(store, trials=4)
     workers = [subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
@@ -180,11 +187,7 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
 
     import psutil
 
-    env = {**os.environ, "BENCHMARK_STORE": str(store)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("BENCHMARK_OPTUNA_STORAGE", None)
-    command = [sys.executable, "-m", "benchmark", "sweep", "--experiment", "ci", "--backbone", "vgg16",
-               "--strategy", "frozen", "--trials", "3", "--quiet"]
+    command, env = sweep_command(store, trials=3)
     storage = f"sqlite:///{store / 'optuna.db'}"
     first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_a_training_trial(first, storage, finished_first=True)
@@ -230,11 +233,7 @@ def wait_for_a_training_trial(process: subprocess.Popen, storage: str, finished_
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(store):
     import signal
 
-    env = {**os.environ, "BENCHMARK_STORE": str(store)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("BENCHMARK_OPTUNA_STORAGE", None)
-    command = [sys.executable, "-m", "benchmark", "sweep", "--experiment", "ci", "--backbone", "vgg16",
-               "--strategy", "frozen", "--trials", "2", "--quiet"]
+    command, env = sweep_command(store, trials=2)
     sweep_process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
     wait_for_a_training_trial(sweep_process, f"sqlite:///{store / 'optuna.db'}", finished_first=False)
