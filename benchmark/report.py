@@ -110,8 +110,8 @@ def best_predictions(run_id: str) -> dict[str, np.ndarray] | None:
 
 def study_names(experiment: str) -> list[str]:
     """The Optuna studies of an experiment, as its sweeps' parent runs name them."""
-    found = mlflow.get_experiment_by_name(track.EXPERIMENT_PREFIX + experiment)
-    parents = mlflow.search_runs([found.experiment_id], filter_string="tags.role = 'sweep'", output_format="list")
+    experiment_id = leaderboard.experiment_id_of(experiment)
+    parents = mlflow.search_runs([experiment_id], filter_string="tags.role = 'sweep'", output_format="list")
     return sorted({run.data.tags["study_name"] for run in parents if "study_name" in run.data.tags})
 
 
@@ -266,15 +266,15 @@ def plot_optuna(study: optuna.Study, kind: str, path: Path) -> None:
 
 def log_report(experiment: str, report: Report, tables: dict[str, str]) -> str:
     """Log the plots and tables to the experiment's report run (one per experiment, reused)."""
-    found = mlflow.get_experiment_by_name(track.EXPERIMENT_PREFIX + experiment)
-    existing = mlflow.search_runs([found.experiment_id], filter_string="tags.role = 'report'",
+    experiment_id = leaderboard.experiment_id_of(experiment)
+    existing = mlflow.search_runs([experiment_id], filter_string="tags.role = 'report'",
                                   order_by=["attributes.start_time ASC"], output_format="list")
     client = mlflow.MlflowClient()
     if existing:
         run_id = existing[0].info.run_id
     else:
         tags = {"role": "report", "experiment": experiment, "mlflow.runName": f"{experiment}-leaderboard"}
-        run_id = client.create_run(found.experiment_id, run_name=f"{experiment}-leaderboard", tags=tags).info.run_id
+        run_id = client.create_run(experiment_id, run_name=f"{experiment}-leaderboard", tags=tags).info.run_id
         client.set_terminated(run_id)
     for figure in report.figures:
         client.log_artifact(run_id, str(figure.path), "plots")
