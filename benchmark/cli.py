@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -47,8 +48,15 @@ def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines (for CI logs)")
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (like every other error here), not a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
+    parser = OneLineErrors(prog="python -m benchmark", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -90,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_run(args) -> int:
     from benchmark import spec as specs
-    from benchmark import track, trial
 
-    experiment = specs.load_experiment(args.experiment)
+    experiment = specs.load_experiment(args.experiment)  # before TensorFlow loads: a bad spec is reported at once
     spec = experiment.resolve(args.backbone, args.strategy, args.data_dir)
+    track, trial, _ = import_training_modules()
     unfreeze = args.unfreeze
     if unfreeze is None and spec.strategy.unfreeze == "search":
         unfreeze = experiment.search_space(spec.backbone.name).unfreeze.low
@@ -109,6 +117,32 @@ def command_run(args) -> int:
     print(format_metrics(result.metrics))
     print(f"logged to MLflow run {run.info.run_id} at {track.tracking_uri()}")
     return 0
+
+
+def import_training_modules():
+    """track, trial and sweep, which load TensorFlow: its native start-up lines ("oneDNN custom
+    operations are on", "Could not find cuda drivers") are written before its own log level applies,
+    so stderr is closed while it loads unless the user asked for TF's logs (TF_CPP_MIN_LOG_LEVEL < 3)."""
+    with native_stderr_silenced(os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3"):
+        from benchmark import sweep, track, trial
+    return track, trial, sweep
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(silence: bool = True):
+    """File descriptor 2 points at /dev/null inside (what C++ writes, too); Python errors still show."""
+    if not silence:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def with_values(spec, **values):
@@ -132,9 +166,9 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 def command_sweep(args) -> int:
     from benchmark import spec as specs
-    from benchmark import sweep
 
     experiment = specs.load_experiment(args.experiment)
+    sweep = import_training_modules()[2]
     result = sweep.run_sweep(
         experiment,
         args.backbone,

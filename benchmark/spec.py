@@ -371,8 +371,15 @@ def load_experiment(name_or_path: str | Path) -> ExperimentSpec:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise SpecError(str(path), [f"not valid TOML: {e}; fix the syntax at that line"]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BenchmarkError(f"cannot read experiment file {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise BenchmarkError(
+            f"experiment file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+        ) from None
+    except OSError as e:
+        raise BenchmarkError(f"cannot read experiment file {path} ({e.strerror}); check its permissions") from None
+    if not raw:
+        raise SpecError(str(path), ["the file is empty; a spec needs at least name, backbones and strategies "
+                                    "(experiments/ci.toml is a complete example)"])
     spec = parse_experiment(raw, source=str(path))
     if spec.data.dir is not None and not spec.data.dir.is_absolute():
         spec.data.dir = (path.parent / spec.data.dir).resolve()  # relative to the spec file, not the cwd
@@ -388,12 +395,14 @@ def parse_experiment(raw: dict[str, Any], source: str = "<spec>") -> ExperimentS
 
 def describe_error(err: dict[str, Any]) -> str:
     """One pydantic error as 'field.path: what is wrong; what is allowed'."""
-    location = ".".join(str(part) for part in err["loc"] if not _is_union_tag(part)) or "(top level)"
+    location = ".".join(str(part) for part in err["loc"] if not _is_union_tag(part))
     kind, message = err["type"], err["msg"]
+    if not location:  # a whole-spec check: its message names the fields itself
+        return message.removeprefix("Value error, ")
     if kind == "extra_forbidden":
         return f"{location}: unknown field; allowed fields here: {', '.join(_allowed_fields(err['loc']))}"
     if kind == "missing":
-        return f"{location}: required field is missing"
+        return f"{location}: required field is missing; add it (experiments/ci.toml is a complete example)"
     message = message.removeprefix("Value error, ")
     got = err.get("input")
     if kind not in ("value_error",) and not isinstance(got, (dict, list)):
