@@ -205,11 +205,19 @@ def _construct(backbone: Backbone, image_size: int, keras_weights: str | None) -
 def _build_with_imagenet_weights(backbone: Backbone, image_size: int) -> "keras.Model":
     file_name = weights_file_for(backbone, image_size)
     models_dir = keras_models_dir()
+    cached = os.path.join(models_dir, file_name)
+    was_cached = os.path.exists(cached)
     try:
         return _construct(backbone, image_size, keras_weights="imagenet")
     except Exception as error:
-        # keras deletes a partial or wrong-hash file, so a missing file means the download failed
-        if os.path.exists(os.path.join(models_dir, file_name)):
+        # keras deletes a partial or wrong-hash file before downloading it again
+        if was_cached and not os.path.exists(cached):
+            raise BenchmarkError(
+                f"the cached ImageNet weights {cached} for {backbone.name} did not match Keras's published hash "
+                f"(corrupted or partial; Keras deleted the file) and downloading them again failed ({_one_line(error)}); "
+                f"copy the official file to that path, or use weights \"none\" or a local .h5 path"
+            ) from error
+        if os.path.exists(cached):
             raise BenchmarkError(
                 f"the cached ImageNet weights {os.path.join(models_dir, file_name)} for {backbone.name} "
                 f"could not be loaded ({_one_line(error)}); delete the file so keras downloads it again, "
