@@ -19,6 +19,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 STORAGE_ENV = "BENCHMARK_OPTUNA_STORAGE"
 HEARTBEAT_S = 15  # a worker that stops beating for GRACE_S is dead: its trial is failed (and retried)
 GRACE_S = 60
+CONNECT_TIMEOUT_S = 5
 
 
 def default_storage() -> str:
@@ -29,7 +30,10 @@ def default_storage() -> str:
 
 def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage:
     """The study's storage. The sweep's process beats the heartbeat; trial processes do not."""
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": 60}}  # seconds to wait for another process's write lock
+    else:  # a server that is down or silent fails in seconds, not at the OS's TCP timeout
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     if url.startswith("sqlite:///"):
         track.ensure_writable(Path(url.removeprefix("sqlite:///")).parent)
     beat = (
@@ -41,6 +45,11 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage
         if heartbeat
         else {}
     )
+    if "://" not in url:
+        raise BenchmarkError(
+            f"Optuna storage '{redact(url)}' is not a URL; use sqlite:///path/optuna.db or "
+            f"postgresql://user@host/db (or leave --storage/{STORAGE_ENV} unset for the local SQLite file)"
+        )
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except Exception as e:  # SQLAlchemy raises many types for bad URLs and dead servers

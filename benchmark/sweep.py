@@ -139,7 +139,7 @@ def check_unfreeze_fits(spec: TrialSpec, space: SearchSpace) -> None:
     unfreeze = spec.strategy.unfreeze
     if unfreeze == "search" and space.unfreeze.high > depth:
         raise BenchmarkError(
-            f"search.unfreeze.high = {space.unfreeze.high} is beyond {backbone.name}'s {depth} weighted layers; "
+            f"search.space.unfreeze.high = {space.unfreeze.high} is beyond {backbone.name}'s {depth} weighted layers; "
             f"set [search.per_backbone.{backbone.name}] unfreeze = {{ low = {min(space.unfreeze.low, depth)}, high = {depth} }}"
         )
     if isinstance(unfreeze, int) and unfreeze > depth:
@@ -308,12 +308,14 @@ def run_sweep(
     # Everything that can reject bad input happens before anything is recorded.
     check_unfreeze_fits(spec, space)
     data = load_dataset(spec.data)
-    track.configure()
     storage_url = storage or default_storage()
+    with track.store_lock():  # two processes creating one new SQLite database's tables collide
+        optuna_storage = open_storage(storage_url)  # a bad URL or a dead server: before MLflow records anything
+    track.configure()
     with track.store_lock():
         study = optuna.create_study(
             study_name=name,
-            storage=open_storage(storage_url),
+            storage=optuna_storage,
             pruner=make_pruner(experiment.search),
             direction="maximize",
             load_if_exists=True,

@@ -89,12 +89,32 @@ def uses_local_store() -> bool:
     return tracking_uri() == local_uri()
 
 
+REACH_TIMEOUT_S = 5
+
+
+def check_reachable(uri: str) -> None:
+    """A tracking server that is down or silent fails here in seconds: MLflow's own client would
+    retry each call for minutes. Any HTTP answer (even 401 or 404) means a server is there."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S)
+    except requests.RequestException as e:
+        reason = "no answer" if isinstance(e, requests.Timeout) else "connection failed"
+        raise BenchmarkError(
+            f"the MLflow tracking server {redact(uri)} is unreachable ({reason} within {REACH_TIMEOUT_S} s); "
+            f"start it or fix MLFLOW_TRACKING_URI (unset it to use the local store {store_dir()})"
+        ) from None
+
+
 def configure() -> str:
     """Point MLflow at our store, failing early (before anything trains) if it cannot be written."""
     uri = tracking_uri()
     point_mlflow_at(uri)
+    check_reachable(uri)
     if uses_local_store():
-        ensure_writable(store_dir())
         with store_lock():
             mlflow.search_experiments(max_results=1)  # creates the database, once, under the lock
     return uri
@@ -104,6 +124,7 @@ def configure_for_reading() -> str:
     """Point MLflow at our store without creating one: reading an empty place is an error."""
     uri = tracking_uri()
     point_mlflow_at(uri)
+    check_reachable(uri)
     if uses_local_store() and not (store_dir() / "mlflow.db").is_file():
         raise BenchmarkError(
             f"no MLflow store at {store_dir()} (no mlflow.db); run a sweep first, or set {STORE_ENV}=DIR or "
@@ -115,7 +136,7 @@ def configure_for_reading() -> str:
 @contextmanager
 def store_lock() -> Iterator[None]:
     """Serialises creating the SQLite stores: two processes migrating one new database collide."""
-    store_dir().mkdir(parents=True, exist_ok=True)
+    ensure_writable(store_dir())
     with open(store_dir() / ".init.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -143,7 +164,13 @@ def experiment_id(experiment: str) -> str:
     if found is not None:
         return found.experiment_id
     artifacts = (store_dir() / "artifacts").as_uri() if uses_local_store() else None
-    return mlflow.create_experiment(name, artifact_location=artifacts)
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifacts)
+    except mlflow.exceptions.MlflowException as e:  # another worker created it a moment ago
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise BenchmarkError(f"cannot create the MLflow experiment {name} ({str(e).splitlines()[0]})") from None
+        return found.experiment_id
 
 
 def trial_tags(spec: TrialSpec, role: str, data_origin: str) -> dict[str, str]:
