@@ -1,10 +1,13 @@
 """The sweep: Optuna trials and MLflow child runs match one to one; failures, pruning, resume,
 several processes, and the best model reloads."""
 
+import errno
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import numpy as np
@@ -158,6 +161,7 @@ def test_two_processes_share_the_embedded_storage(store):
                for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
+    assert not any("database is locked" in out for out in outputs), outputs
     study = optuna.load_study(study_name="ci-vgg16-frozen", storage=sweep.default_storage())
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
@@ -169,6 +173,46 @@ def test_two_processes_share_the_embedded_storage(store):
     parents = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'sweep'", output_format="list")
     assert len(parents) == 1
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
+
+
+def write_trials_flat_out(trials: int) -> None:
+    """One of several processes that open one fresh store at the same moment and record trials
+    in Optuna and MLflow as fast as they can, through the sweep's own functions."""
+    track.configure()
+    with track.store_lock():
+        storage = sweep.open_storage(sweep.default_storage())
+    with track.store_lock():
+        study = optuna.create_study(study_name="contention", storage=storage, direction="maximize", load_if_exists=True)
+    experiment_id = track.experiment_id("contention")
+    for _ in range(trials):
+        trial = study.ask()
+        with mlflow.start_run(experiment_id=experiment_id, tags={"trial_number": str(trial.number)}):
+            value = trial.suggest_float("x", 0.0, 1.0)
+            mlflow.log_metrics({"best_val_top1": value, "epochs_run": 1.0})
+            trial.report(value, 0)
+            study.tell(trial, value)
+
+
+def test_four_processes_racing_on_one_fresh_sqlite_store(store):
+    """Far more write contention than real sweeps (whose trials take seconds): no "database is
+    locked", no corruption, every trial once in Optuna and once in MLflow."""
+    workers, trials = 4, 25
+    code = f"import sys; sys.path.insert(0, 'tests'); import test_sweep; test_sweep.write_trials_flat_out({trials})"
+    env = {**os.environ, "BENCHMARK_STORE": str(store)}
+    processes = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(workers)]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0] * workers, outputs
+    assert not any("locked" in out for out in outputs), outputs
+    for database in ("mlflow.db", "optuna.db"):
+        with sqlite3.connect(store / database) as connection:
+            assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    numbers = [t.number for t in optuna.load_study(study_name="contention", storage=sweep.default_storage()).trials]
+    assert sorted(numbers) == list(range(workers * trials))
+    mlflow.set_tracking_uri(track.tracking_uri())
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1000)
+    assert sorted(int(r.data.tags["trial_number"]) for r in runs) == list(range(workers * trials))
+    assert {r.info.status for r in runs} == {"FINISHED"}
 
 
 def test_a_two_phase_search_never_samples_a_frozen_phase_two():
@@ -228,6 +272,65 @@ def wait_for_a_training_trial(process: subprocess.Popen, storage: str, finished_
         assert process.poll() is None and time.monotonic() < deadline, f"sweep ended early: {states}"
         time.sleep(1)
     time.sleep(3)  # into its training
+
+
+def trial_states(storage: str) -> list[str]:
+    try:
+        return [t.state.name for t in optuna.load_study(study_name="ci-vgg16-frozen", storage=storage).trials]
+    except Exception:  # the storage or study does not exist yet
+        return []
+
+
+def wait_until(process: subprocess.Popen, storage: str, done: Callable[[list[str]], bool]) -> list[str]:
+    import time
+
+    deadline = time.monotonic() + 300
+    while not done(states := trial_states(storage)):
+        assert process.poll() is None and time.monotonic() < deadline, f"sweep ended early: {states}"
+        time.sleep(0.2)
+    return states
+
+
+def fill_up(folder: Path) -> Path:
+    """Writes zeros into `folder` until its file system is full."""
+    filler = folder / "filler"
+    with open(filler, "wb") as out:
+        try:
+            while True:
+                out.write(bytes(1 << 20))
+                out.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    return filler
+
+
+def test_a_full_artifact_disk_fails_that_trial_and_the_sweep_goes_on(store):
+    """Artifacts on their own small file system (a tmpfs in the sweep's private mount namespace):
+    full while trial 1 runs, freed once it has failed."""
+    command, env = sweep_command(store, trials=3)
+    artifacts = store / "artifacts"
+    artifacts.mkdir(parents=True)
+    mount = f'mount -t tmpfs -o size=400m tmpfs "{artifacts}" && exec "$@"'
+    sweep_process = subprocess.Popen(["unshare", "--map-root-user", "--mount", "sh", "-c", mount, "sh", *command],
+                                     env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage = f"sqlite:///{store / 'optuna.db'}"
+    seen_by_sweep = Path(f"/proc/{sweep_process.pid}/root") / artifacts.relative_to("/")  # inside its namespace
+    wait_until(sweep_process, storage, lambda states: states[:1] == ["COMPLETE"])
+    filler = fill_up(seen_by_sweep)
+    wait_until(sweep_process, storage, lambda states: len(states) > 1 and states[1] != "RUNNING")
+    filler.unlink()
+    out, _ = sweep_process.communicate(timeout=600)
+
+    assert sweep_process.returncode == 0, out
+    states = trial_states(storage)
+    assert states[:2] == ["COMPLETE", "FAIL"] and len(states) == 4, states
+    assert "Trial 1 failed" in out and "No space left on device" in out and "Traceback" not in out, out
+    mlflow.set_tracking_uri(track.tracking_uri())
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'trial'", output_format="list")
+    by_number = {int(r.data.tags["trial_number"]): r for r in runs}
+    assert sorted(by_number) == [0, 1, 2, 3]
+    assert by_number[1].info.status == "FAILED" and "No space left on device" in by_number[1].data.tags["error"]
+    assert {by_number[n].info.status for n in (0, 2, 3)} == {"FINISHED"}
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(store):

@@ -1,0 +1,342 @@
+"""The bad-input corpus: every case must end with a one-line error that names the problem and the
+fix, a non-zero exit, no traceback, and every store exactly as it was.
+
+Malformed spec files are one file each under tests/bad_input/specs/ (their `# expect:` line lists
+what the error must say; `# command:` overrides `run --backbone vgg16`). Everything else is one row
+of CASES below: the command line, what the error must say, and how to build the bad input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from test_data import write_official
+
+from benchmark.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO / "tests" / "bad_input" / "specs"
+SECRET = "s3cr3t-pw"
+MAX_SECONDS = 20  # an unreachable server must fail this fast, not hang
+
+
+# ---------------------------------------------------------------- building bad inputs
+
+
+class RunsCode:
+    """A pickle that runs a shell command when loaded (as a malicious data file would)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def cifar_copy(tmp: Path, sample: Path) -> Path:
+    folder = tmp / "cifar-100-python"
+    folder.mkdir()
+    for name in ("train", "test", "meta"):
+        shutil.copy(sample / name, folder / name)
+    return folder
+
+
+def truncated(tmp: Path, sample: Path) -> Path:
+    folder = cifar_copy(tmp, sample)
+    content = (folder / "train").read_bytes()
+    (folder / "train").write_bytes(content[: len(content) // 2])
+    return folder
+
+
+def wrong_shape(tmp: Path, sample: Path) -> Path:
+    folder = tmp / "cifar-100-python"
+    write_official(folder)
+    batch = pickle.loads((folder / "train").read_bytes())
+    batch[b"data"] = batch[b"data"][:, :1024]  # one channel instead of three
+    (folder / "train").write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
+
+
+def code_pickle(tmp: Path, sample: Path) -> Path:
+    folder = cifar_copy(tmp, sample)
+    (folder / "train").write_bytes(pickle.dumps(RunsCode(tmp / "pwned")))
+    return folder
+
+
+def labels_out_of_range(tmp: Path, sample: Path) -> Path:
+    folder = tmp / "cifar-100-python"
+    write_official(folder)
+    batch = pickle.loads((folder / "test").read_bytes())
+    batch[b"fine_labels"][0] = 100
+    (folder / "test").write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
+
+
+def ci_spec_with(tmp: Path, **replacements: str) -> Path:
+    text = (REPO / "experiments" / "ci.toml").read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp / "ci.toml"
+    path.write_text(text)
+    return path
+
+
+def spec_with_weights(weights: str) -> Callable[[Path, Path], Path]:
+    return lambda tmp, sample: ci_spec_with(tmp, **{'weights = "none"': f'weights = "{weights.format(tmp=tmp)}"'})
+
+
+def garbage_h5(tmp: Path) -> None:
+    (tmp / "garbage.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(4096))
+
+
+def small_model_h5(tmp: Path) -> None:
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.save_weights(tmp / "other.weights.h5")
+
+
+def wrong_hash_cache(tmp: Path) -> None:
+    """A corrupted ImageNet weights file where Keras caches downloads (KERAS_HOME)."""
+    models = tmp / "keras" / "models"
+    models.mkdir(parents=True)
+    (models / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"not the real weights")
+
+
+class SilentServer:
+    """Accepts connections and never answers: a server that hangs. Without timeouts, clients wait forever."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass
+class Case:
+    id: str
+    argv: list[str]  # may hold {tmp}, {data}, {spec}, {silent}, {closed}, {secret}
+    expect: tuple[str, ...]  # fragments the one error line must contain ({tmp} allowed)
+    data: Callable[[Path, Path], Path] | None = None  # (tmp, sample) -> what {data} / {spec} stands for
+    prepare: Callable[[Path], None] | None = None
+    env: dict[str, str] | None = None  # may hold the same placeholders
+    subprocess: bool = False  # run `python -m benchmark` (for faults that need their own process)
+    wrap: str | None = None  # a shell prefix for that process, e.g. a read-only mount
+    exit_code: int = 2
+
+
+RUN_CI = ["run", "--experiment", "ci", "--backbone", "vgg16", "--quiet"]
+SWEEP_CI = ["sweep", "--experiment", "ci", "--backbone", "vgg16", "--strategy", "frozen", "--trials", "1", "--quiet"]
+READ_ONLY = "not writable (Read-only file system)"
+READ_ONLY_STORE = 'mount --bind -o ro "$BENCHMARK_STORE" "$BENCHMARK_STORE" &&'
+PG_URL = "postgresql://bench:{secret}@127.0.0.1:{port}/optuna"
+
+CASES = [
+    # command line
+    Case("no-command", [], ("required: COMMAND", "--help")),
+    Case("unknown-command", ["frobnicate"], ("invalid choice: 'frobnicate'",)),
+    Case("missing-backbone", ["run"], ("--backbone", "required")),
+    Case("lr-not-a-number", ["run", "--backbone", "vgg16", "--lr", "abc"], ("--lr", "'abc'")),
+    Case("lr-negative", ["run", "--backbone", "vgg16", "--lr", "-1"], ("--lr", "must be > 0")),
+    Case("trials-zero", ["sweep", "--backbone", "vgg16", "--trials", "0"], ("--trials", "must be >= 1")),
+    Case("timeout-negative", ["sweep", "--backbone", "vgg16", "--timeout", "-5"], ("--timeout", "must be > 0")),
+    Case("unfreeze-negative", ["run", "--backbone", "vgg16", "--unfreeze", "-2"], ("--unfreeze", '"all"')),
+    Case("format-unknown", ["leaderboard", "--format", "xml"], ("--format", "'xml'", "markdown")),
+    Case("experiment-unknown", ["run", "--backbone", "vgg16", "--experiment", "nosuch"], ("unknown experiment 'nosuch'", "ci")),
+    Case("experiment-file-missing", ["run", "--backbone", "vgg16", "--experiment", "{tmp}/missing.toml"],
+         ("{tmp}/missing.toml does not exist",)),
+    Case("strategy-unknown", RUN_CI + ["--strategy", "nosuch"], ("unknown strategy 'nosuch'", "frozen, top")),
+    Case("backbone-unknown", ["run", "--backbone", "vgg61"], ("unknown backbone 'vgg61'", "vgg16")),
+    Case("backbone-not-in-experiment", ["run", "--experiment", "ci", "--backbone", "mobilenetv2"],
+         ("'mobilenetv2' is not in experiment 'ci'", "vgg16, resnet50")),
+    Case("unfreeze-beyond-depth", RUN_CI + ["--strategy", "top", "--unfreeze", "99"],
+         ("beyond vgg16's 13 weighted layers", "0..13")),
+    Case("leaderboard-unknown-experiment", ["leaderboard", "--experiment", "nosuch"], ("nosuch",)),
+    # data directories
+    Case("data-dir-missing", RUN_CI + ["--data-dir", "{tmp}/nowhere"], ("{tmp}/nowhere does not exist", "--data-dir")),
+    Case("data-dir-empty", RUN_CI + ["--data-dir", "{tmp}"], ("{tmp}",)),
+    Case("data-dir-is-a-file", RUN_CI + ["--data-dir", "{data}"], ("not a directory",),
+         data=lambda tmp, sample: shutil.copy(sample / "meta", tmp / "meta") and tmp / "meta"),
+    Case("data-truncated", RUN_CI + ["--data-dir", "{data}"], ("train", "re-stage"), data=truncated),
+    Case("data-wrong-shape", RUN_CI + ["--data-dir", "{data}"], ("train", "3072"), data=wrong_shape),
+    Case("data-labels-out-of-range", RUN_CI + ["--data-dir", "{data}"], ("test", "label"), data=labels_out_of_range),
+    Case("data-pickle-runs-code", RUN_CI + ["--data-dir", "{data}"], ("refusing", "system", "re-download"), data=code_pickle),
+    # weights
+    Case("weights-wrong-hash", ["run", "--experiment", "{spec}", "--backbone", "vgg16"],
+         ("{tmp}/keras/models/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "hash", "copy the official file"),
+         data=spec_with_weights("imagenet"), prepare=wrong_hash_cache,
+         env={"KERAS_HOME": "{tmp}/keras"}, subprocess=True),  # Keras reads KERAS_HOME once, at import
+    Case("weights-not-hdf5", ["run", "--experiment", "{spec}", "--backbone", "vgg16"],
+         ("{tmp}/garbage.h5", "vgg16"), data=spec_with_weights("{tmp}/garbage.h5"), prepare=garbage_h5),
+    Case("weights-wrong-shapes", ["run", "--experiment", "{spec}", "--backbone", "vgg16"],
+         ("{tmp}/other.weights.h5", "vgg16"), data=spec_with_weights("{tmp}/other.weights.h5"), prepare=small_model_h5),
+    # baselines
+    Case("baseline-not-json", ["check", "--experiment", "ci", "--baseline", "{tmp}/bad.json"], ("{tmp}/bad.json", "JSON"),
+         prepare=lambda tmp: (tmp / "bad.json").write_text("{not json")),
+    Case("baseline-wrong-schema", ["check", "--experiment", "ci", "--baseline", "{tmp}/bad.json"], ("{tmp}/bad.json", "rows"),
+         prepare=lambda tmp: (tmp / "bad.json").write_text('{"experiment": "ci", "rowz": []}')),
+    Case("baseline-missing", ["check", "--experiment", "ci", "--baseline", "{tmp}/none.json"], ("{tmp}/none.json", "--update")),
+    # stores and servers
+    Case("storage-refused", SWEEP_CI + ["--storage", PG_URL.replace("{port}", "{closed}")],
+         ("cannot open the Optuna storage", "bench:***@")),
+    Case("storage-silent", SWEEP_CI + ["--storage", PG_URL.replace("{port}", "{silent}")],
+         ("cannot open the Optuna storage", "bench:***@")),
+    Case("storage-not-a-url", SWEEP_CI + ["--storage", "optuna.db"], ("optuna.db", "sqlite:///")),
+    Case("storage-under-a-file", SWEEP_CI + ["--storage", "sqlite:///{tmp}/a-file/optuna.db"], ("not writable",),
+         prepare=lambda tmp: (tmp / "a-file").write_text("")),
+    Case("tracking-refused", RUN_CI, ("127.0.0.1:{closed}", "MLFLOW_TRACKING_URI"),
+         env={"MLFLOW_TRACKING_URI": "http://bench:{secret}@127.0.0.1:{closed}"}),
+    Case("tracking-silent", SWEEP_CI, ("127.0.0.1:{silent}", "MLFLOW_TRACKING_URI"),
+         env={"MLFLOW_TRACKING_URI": "http://bench:{secret}@127.0.0.1:{silent}"}),
+    Case("tracking-silent-leaderboard", ["leaderboard", "--experiment", "ci"], ("127.0.0.1:{silent}", "MLFLOW_TRACKING_URI"),
+         env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{silent}"}),
+    Case("store-under-a-file", RUN_CI, ("not writable", "BENCHMARK_STORE"), env={"BENCHMARK_STORE": "{tmp}/a-file/mlruns"},
+         prepare=lambda tmp: (tmp / "a-file").write_text("")),
+    Case("store-read-only-sweep", SWEEP_CI, (READ_ONLY, "BENCHMARK_STORE"), subprocess=True, wrap=READ_ONLY_STORE),
+    Case("store-read-only-run", RUN_CI, (READ_ONLY, "BENCHMARK_STORE"), subprocess=True, wrap=READ_ONLY_STORE),
+]
+
+
+def spec_file_cases() -> list[Case]:
+    cases = []
+    for path in sorted(SPECS.glob("*.toml")):
+        header = [line.decode("ascii", "replace") for line in path.read_bytes().splitlines() if line.startswith(b"# ")]
+        fields = dict(line[2:].split(": ", 1) for line in header if ": " in line)
+        command = fields.get("command", "run --backbone vgg16").split()
+        expect = tuple(part.strip() for part in fields["expect"].split(" | "))
+        cases.append(Case(f"spec-{path.stem}", command + ["--experiment", str(path)], expect))
+    return cases
+
+
+def corpus() -> list[Case]:
+    return spec_file_cases() + CASES
+
+
+# ---------------------------------------------------------------- the test
+
+
+@pytest.fixture(scope="module")
+def corpus_store(ci_store, tmp_path_factory) -> Path:
+    """A copy of a real sweep's store: every case must leave it exactly as it was."""
+    copy = tmp_path_factory.mktemp("corpus") / "mlruns"
+    shutil.copytree(ci_store, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def silent_server() -> SilentServer:
+    return SilentServer()
+
+
+def fingerprint(*roots: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(path): (path.stat().st_size, path.stat().st_mtime_ns)
+        for root in roots
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != ".init.lock"
+    }
+
+
+def fill(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: int):
+    """A case that hangs fails (with the stack where it hung) instead of stalling the suite."""
+
+    def hung(signum, frame):
+        raise TimeoutError(f"no answer after {seconds} s: a bad input must fail fast, not hang")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_in_process(argv: list[str], capfd) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    return code, capfd.readouterr().err
+
+
+def run_as_process(argv: list[str], wrap: str | None, env: dict[str, str]) -> tuple[int, str]:
+    command = [sys.executable, "-m", "benchmark", *argv]
+    if wrap:  # in a private mount namespace (root inside it, as any user may): the mount is ours alone
+        command = ["unshare", "--map-root-user", "--mount", "sh", "-c", f'{wrap} exec "$@"', "sh", *command]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    return out.returncode, out.stderr
+
+
+@pytest.mark.parametrize("case", corpus(), ids=lambda case: case.id)
+def test_bad_input_fails_cleanly(case, corpus_store, ci_store, silent_server, cifar_sample_dir, tmp_path, capfd, monkeypatch):
+    values = {"tmp": str(tmp_path), "silent": str(silent_server.port), "closed": str(closed_port()), "secret": SECRET}
+    if case.data:
+        values["data"] = values["spec"] = str(case.data(tmp_path, Path(cifar_sample_dir)))
+    if case.prepare:
+        case.prepare(tmp_path)
+    env = {"BENCHMARK_STORE": str(corpus_store), **{k: fill(v, values) for k, v in (case.env or {}).items()}}
+    for name in ("MLFLOW_TRACKING_URI", "BENCHMARK_OPTUNA_STORAGE", "KERAS_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    argv = [fill(arg, values) for arg in case.argv]
+    before = fingerprint(corpus_store, ci_store)
+
+    started = time.perf_counter()
+    with hang_guard(3 * MAX_SECONDS):
+        if case.subprocess:
+            code, err = run_as_process(argv, case.wrap, dict(os.environ))
+        else:
+            code, err = run_in_process(argv, capfd)
+    seconds = time.perf_counter() - started
+
+    lines = err.strip().splitlines()
+    assert code == case.exit_code, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"want one 'error: ' line, got:\n{err}"
+    for fragment in case.expect:
+        assert fill(fragment, values) in lines[0], lines[0]
+    assert SECRET not in err
+    assert seconds < MAX_SECONDS, f"took {seconds:.0f} s"
+    assert fingerprint(corpus_store, ci_store) == before, "a rejected input changed a store"
+    assert not (tmp_path / "pwned").exists(), "a data file ran code"
