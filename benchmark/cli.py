@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported: its C++ log lines are noise here
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per artifact read buries the output
 
-from benchmark.errors import BenchmarkError  # noqa: E402
+from benchmark.errors import BenchmarkError, tensorflow_start_up_silenced  # noqa: E402
 
 
 def positive_float(text: str) -> float:
@@ -120,29 +119,10 @@ def command_run(args) -> int:
 
 
 def import_training_modules():
-    """track, trial and sweep, which load TensorFlow: its native start-up lines ("oneDNN custom
-    operations are on", "Could not find cuda drivers") are written before its own log level applies,
-    so stderr is closed while it loads unless the user asked for TF's logs (TF_CPP_MIN_LOG_LEVEL < 3)."""
-    with native_stderr_silenced(os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3"):
+    """track, trial and sweep, which load TensorFlow."""
+    with tensorflow_start_up_silenced():
         from benchmark import sweep, track, trial
     return track, trial, sweep
-
-
-@contextlib.contextmanager
-def native_stderr_silenced(silence: bool = True):
-    """File descriptor 2 points at /dev/null inside (what C++ writes, too); Python errors still show."""
-    if not silence:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def with_values(spec, **values):

@@ -1,4 +1,9 @@
-"""The one error type users see: a one-line message that names the problem and the fix."""
+"""What users see when something goes wrong: one-line errors that name the problem and the fix,
+and no native log noise around them."""
+
+import contextlib
+import os
+import sys
 
 
 class BenchmarkError(Exception):
@@ -19,3 +24,22 @@ class SpecError(BenchmarkError):
         self.source = source
         self.problems = problems
         super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+@contextlib.contextmanager
+def tensorflow_start_up_silenced():
+    """TensorFlow writes native start-up lines ("oneDNN custom operations are on", "Could not find
+    cuda drivers") before its own log level applies; file descriptor 2 points at /dev/null while it
+    loads, unless the user asked for TF's logs (TF_CPP_MIN_LOG_LEVEL below 3). Python errors still show."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") != "3":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -12,6 +12,7 @@ pruner works there) and logs into the MLflow run its parent created, by run id.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +23,7 @@ import optuna
 
 from benchmark import track
 from benchmark.data import Dataset, load_dataset
+from benchmark.errors import tensorflow_start_up_silenced
 from benchmark.spec import DataSpec, TrialSpec
 from benchmark.storage import open_storage
 
@@ -92,9 +94,9 @@ def run_job(job: TrialJob, data: Dataset | None = None) -> TrialOutcome:
     )
 
 
-def die_with_parent() -> None:
+def start_trial_process() -> None:
     """Linux: the kernel kills the trial process when the sweep's process dies (even by SIGKILL),
-    instead of leaving it training into a run nobody owns."""
+    instead of leaving it training into a run nobody owns. Then TensorFlow loads, without its noise."""
     try:
         import ctypes
 
@@ -102,6 +104,9 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: a killed sweep's trial process ends when its queue closes
         pass
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with tensorflow_start_up_silenced():
+        import keras  # noqa: F401  (loads TensorFlow once, quietly, for all of this process's trials)
 
 
 class TrialRunner:
@@ -125,7 +130,7 @@ class TrialRunner:
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),  # forking a process that runs TF is unsafe
                 max_tasks_per_child=self.trials_per_process,
-                initializer=die_with_parent,
+                initializer=start_trial_process,
             )
         submitted = time.time()
         new_process = self.jobs_in_process % self.trials_per_process == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import tempfile
@@ -115,6 +116,7 @@ def configure() -> str:
     point_mlflow_at(uri)
     check_reachable(uri)
     if uses_local_store():
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
         with store_lock():
             mlflow.search_experiments(max_results=1)  # creates the database, once, under the lock
     return uri

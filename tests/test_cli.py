@@ -14,12 +14,14 @@ def test_every_command_has_help():
         assert out.returncode == 0 and "usage: python -m benchmark" in out.stdout
 
 
-def test_errors_from_the_real_process_have_no_traceback(tmp_path):
+def test_errors_from_the_real_process_are_one_line_and_debug_shows_the_traceback(tmp_path):
     env = {**os.environ, "BENCHMARK_STORE": str(tmp_path / "mlruns")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmark", "run", "--backbone", "resnet5"], capture_output=True, text=True, env=env
-    )
+    command = [sys.executable, "-m", "benchmark", "run", "--experiment", "ci", "--backbone", "resnet5"]
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith("error: unknown backbone 'resnet5'")
-    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and out.stderr.startswith("error: unknown backbone 'resnet5'")
+    debug = subprocess.run(command[:3] + ["--debug"] + command[3:], capture_output=True, text=True, env=env)
+    assert debug.returncode != 0
+    assert "Traceback" in debug.stderr and "BenchmarkError: unknown backbone 'resnet5'" in debug.stderr
+    assert not (tmp_path / "mlruns").exists()
