@@ -17,8 +17,7 @@ from benchmark.track import redact
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 STORAGE_ENV = "BENCHMARK_OPTUNA_STORAGE"
-HEARTBEAT_S = 15  # a worker that stops beating for GRACE_S is dead: its trial is failed (and retried)
-GRACE_S = 60
+GRACE_ENV = "BENCHMARK_HEARTBEAT_GRACE_S"  # a worker silent this long is dead: its trial is failed (and retried)
 CONNECT_TIMEOUT_S = 5
 
 
@@ -28,28 +27,37 @@ def default_storage() -> str:
     return os.environ.get(STORAGE_ENV) or f"sqlite:///{track.store_dir() / 'optuna.db'}"
 
 
+def heartbeat_grace_s() -> int:
+    """60 s unless BENCHMARK_HEARTBEAT_GRACE_S says otherwise; each worker beats every quarter of it."""
+    text = os.environ.get(GRACE_ENV, "60")
+    if not text.isdigit() or int(text) < 4:
+        raise BenchmarkError(f"{GRACE_ENV}={text!r} is not a whole number of seconds >= 4; unset it for the default 60")
+    return int(text)
+
+
 def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage:
     """The study's storage. The sweep's process beats the heartbeat; trial processes do not."""
+    if "://" not in url:
+        raise BenchmarkError(
+            f"Optuna storage '{redact(url)}' is not a URL; use sqlite:///path/optuna.db or "
+            f"postgresql://user@host/db (or leave --storage/{STORAGE_ENV} unset for the local SQLite file)"
+        )
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}  # seconds to wait for another process's write lock
     else:  # a server that is down or silent fails in seconds, not at the OS's TCP timeout
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     if url.startswith("sqlite:///"):
         track.ensure_writable(Path(url.removeprefix("sqlite:///")).parent)
+    grace_s = heartbeat_grace_s()
     beat = (
         dict(
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
+            heartbeat_interval=max(1, grace_s // 4),
+            grace_period=grace_s,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
         if heartbeat
         else {}
     )
-    if "://" not in url:
-        raise BenchmarkError(
-            f"Optuna storage '{redact(url)}' is not a URL; use sqlite:///path/optuna.db or "
-            f"postgresql://user@host/db (or leave --storage/{STORAGE_ENV} unset for the local SQLite file)"
-        )
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except Exception as e:  # SQLAlchemy raises many types for bad URLs and dead servers

@@ -228,21 +228,39 @@ def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str) -> int
     return closed
 
 
-def record_progress(study: optuna.Study, parent_run_id: str) -> None:
+class AfterEachTrial:
+    """Optuna callback: the parent run's summary (record_progress); and when trials failed meanwhile
+    (the heartbeat fails a dead worker's trial on another machine while this sweep runs), their
+    MLflow runs are closed too, not only at the next start."""
+
+    def __init__(self, parent_run_id: str, name: str, experiment_id: str):
+        self.parent_run_id, self.name, self.experiment_id = parent_run_id, name, experiment_id
+        self.failed_seen = -1
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        failed = record_progress(study, self.parent_run_id)
+        if failed != self.failed_seen:
+            close_orphan_runs(study, self.name, self.experiment_id)
+            self.failed_seen = failed
+
+
+def record_progress(study: optuna.Study, parent_run_id: str) -> int:
     """The parent run's running summary, rewritten after every trial in one batch: trial counts,
     the compute all trials took (trials_compute_s), and which child run is best (best_run_id).
-    The leaderboard reads these instead of loading every child run."""
+    The leaderboard reads these instead of loading every child run. Returns the failed count."""
     trials = study.trials
     now = int(time.time() * 1000)
     spent = sum((t.datetime_complete - t.datetime_start).total_seconds()
                 for t in trials if t.datetime_start and t.datetime_complete)
-    metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in trial_counts(study, trials).items()]
+    counts = trial_counts(study, trials)
+    metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
     metrics.append(Metric("trials_compute_s", spent, now, 0))
     best = best_with_model(study, trials)
     tags = []
     if best is not None:
         tags = [RunTag("best_run_id", best.user_attrs["mlflow_run_id"]), RunTag("best_trial_number", str(best.number))]
     mlflow.MlflowClient().log_batch(parent_run_id, metrics=metrics, tags=tags)
+    return counts["failed"]
 
 
 def summarize_parent(result: SweepResult) -> None:
@@ -346,7 +364,7 @@ def run_sweep(
                         timeout=timeout_s,
                         callbacks=[
                             MaxTrialsCallback(target, states=FINISHED),
-                            lambda study, trial: record_progress(study, parent),
+                            AfterEachTrial(parent, name, experiment_id),
                             Progress(target, say),
                         ],
                         catch=(Exception,),
