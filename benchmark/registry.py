@@ -219,7 +219,7 @@ def _build_with_imagenet_weights(backbone: Backbone, image_size: int) -> "keras.
             ) from error
         if os.path.exists(cached):
             raise BenchmarkError(
-                f"the cached ImageNet weights {os.path.join(models_dir, file_name)} for {backbone.name} "
+                f"the cached ImageNet weights {cached} for {backbone.name} "
                 f"could not be loaded ({_one_line(error)}); delete the file so keras downloads it again, "
                 f"or use weights \"none\" or a local .h5 path"
             ) from error
