@@ -105,8 +105,14 @@ def start_trial_process() -> None:
     except (OSError, AttributeError):  # not Linux: a killed sweep's trial process ends when its queue closes
         pass
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with tensorflow_start_up_silenced():
-        import keras  # noqa: F401  (loads TensorFlow once, quietly, for all of this process's trials)
+    # A Ctrl-C while TensorFlow loads is the sweep's to handle (this process dies with it): here it
+    # would only print a traceback from concurrent.futures' initializer.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with tensorflow_start_up_silenced():
+            import keras  # noqa: F401  (loads TensorFlow once, quietly, for all of this process's trials)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class TrialRunner:
