@@ -103,6 +103,28 @@ def test_two_workers_share_one_study_on_postgres(store, new_database):
     mlflow.set_tracking_uri(track.tracking_uri())
     assert sorted(int(r.data.tags["trial_number"]) for r in trial_runs()) == sorted(numbers)
     assert_no_secret_recorded(study, outputs)
+    assert dashboard_studies(storage) == {STUDY: len(numbers)}  # what the compose stack's dashboard shows
+
+
+def dashboard_studies(storage: str) -> dict[str, int]:
+    """optuna-dashboard on the storage, as compose runs it: study names and trial counts from its API."""
+    port = free_port()
+    dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), "--port", str(port), "--quiet",
+                                  storage], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        api = f"http://127.0.0.1:{port}/api/studies"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = requests.get(api, timeout=5).json()["study_summaries"]
+                break
+            except requests.RequestException:
+                assert dashboard.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
+                time.sleep(0.5)
+        return {s["study_name"]: len(requests.get(f"{api}/{s['study_id']}", timeout=10).json()["trials"]) for s in studies}
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
 
 
 def test_a_worker_killed_on_another_machine_is_failed_by_the_heartbeat_and_retried(store, new_database):

@@ -37,8 +37,8 @@ def test_compose_file_follows_the_compose_specification(tmp_path):
 
 def test_compose_stack_is_what_the_readme_promises():
     services = compose()["services"]
-    assert {"postgres", "mlflow", "worker", "worker-cpu"} <= set(services)
-    for name in ("postgres", "mlflow"):
+    assert {"postgres", "mlflow", "dashboard", "worker", "worker-cpu"} <= set(services)
+    for name in ("postgres", "mlflow", "dashboard"):
         assert services[name]["healthcheck"]["test"], name
     for name in ("worker", "worker-cpu"):
         worker = services[name]
@@ -51,6 +51,7 @@ def test_compose_stack_is_what_the_readme_promises():
     assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     # published on this host only, unless MLFLOW_BIND says otherwise; postgres not published at all
     assert services["mlflow"]["ports"] == ["${MLFLOW_BIND:-127.0.0.1}:5000:5000"]
+    assert services["dashboard"]["ports"] == ["${DASHBOARD_BIND:-127.0.0.1}:8080:8080"]
     assert "ports" not in services["postgres"]
     assert services["mlflow"]["environment"]["MLFLOW_ARTIFACTS_DESTINATION"] == "/mlartifacts"
     assert "mlflow-artifacts:/mlartifacts" in services["mlflow"]["volumes"]
