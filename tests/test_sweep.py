@@ -258,22 +258,6 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
     assert by_number[killed].info.status == "KILLED" and by_number[killed].data.tags["trial_state"] == "FAIL"
 
 
-def wait_for_a_training_trial(process: subprocess.Popen, storage: str, finished_first: bool) -> None:
-    import time
-
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            states = [t.state.name for t in optuna.load_study(study_name="ci-vgg16-frozen", storage=storage).trials]
-        except Exception:  # the storage or study does not exist yet
-            states = []
-        if "RUNNING" in states and (not finished_first or {"COMPLETE", "PRUNED"} & set(states)):
-            break
-        assert process.poll() is None and time.monotonic() < deadline, f"sweep ended early: {states}"
-        time.sleep(1)
-    time.sleep(3)  # into its training
-
-
 def trial_states(storage: str) -> list[str]:
     try:
         return [t.state.name for t in optuna.load_study(study_name="ci-vgg16-frozen", storage=storage).trials]
@@ -289,6 +273,14 @@ def wait_until(process: subprocess.Popen, storage: str, done: Callable[[list[str
         assert process.poll() is None and time.monotonic() < deadline, f"sweep ended early: {states}"
         time.sleep(0.2)
     return states
+
+
+def wait_for_a_training_trial(process: subprocess.Popen, storage: str, finished_first: bool) -> None:
+    import time
+
+    wait_until(process, storage, lambda states: "RUNNING" in states
+               and (not finished_first or bool({"COMPLETE", "PRUNED"} & set(states))))
+    time.sleep(3)  # into its training
 
 
 def fill_up(folder: Path) -> Path:
