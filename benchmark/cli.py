@@ -119,7 +119,9 @@ def command_run(args) -> int:
 
 
 def import_training_modules():
-    """track, trial and sweep, which load TensorFlow."""
+    """track, trial and sweep, which load TensorFlow: all three, even for a command that needs
+    fewer. Each pulls in a part of TensorFlow that prints when it loads (oneDNN, the CUDA probe,
+    cuInit); importing only what one command uses let some of those lines through (tested)."""
     with tensorflow_start_up_silenced():
         from benchmark import sweep, track, trial
     return track, trial, sweep
