@@ -15,9 +15,11 @@ CIFAR_SIZE = 32
 
 @dataclass
 class BuiltModel:
-    model: keras.Model
+    model: keras.Model  # uint8 images -> logits
     base: keras.Model
     depth: int  # the backbone's weighted layers: the largest unfreeze depth
+    features: keras.Model  # uint8 images -> pooled backbone features (what the head sees)
+    head: keras.Model  # pooled features -> logits; shares its layers (and so its weights) with `model`
 
 
 def build_model(spec: TrialSpec, num_classes: int) -> BuiltModel:
@@ -34,9 +36,17 @@ def build_model(spec: TrialSpec, num_classes: int) -> BuiltModel:
         x = layer(x)
     # training=False keeps BatchNorm in inference mode even where layers are unfrozen.
     x = base(x, training=None if spec.strategy.train_batchnorm else False)
-    outputs = head(x, spec, num_classes)
-    model = keras.Model(inputs, outputs, name=f"{backbone.name}_{spec.strategy_name}")
-    return BuiltModel(model=model, base=base, depth=registry.depth(base))
+    pooled = pooling_layer(spec)(x)
+    layers = head_layers(spec, num_classes)
+    model = keras.Model(inputs, apply(layers, pooled), name=f"{backbone.name}_{spec.strategy_name}")
+    head_inputs = keras.Input(pooled.shape[1:], name="features")
+    return BuiltModel(
+        model=model,
+        base=base,
+        depth=registry.depth(base),
+        features=keras.Model(inputs, pooled, name=f"{backbone.name}_features"),
+        head=keras.Model(head_inputs, apply(layers, head_inputs), name=f"{backbone.name}_head"),
+    )
 
 
 def augmentation_layers(spec: TrialSpec) -> list[keras.layers.Layer]:
@@ -52,17 +62,29 @@ def augmentation_layers(spec: TrialSpec) -> list[keras.layers.Layer]:
     return layers
 
 
-def head(features, spec: TrialSpec, num_classes: int):
+def pooling_layer(spec: TrialSpec) -> keras.layers.Layer:
     pool = keras.layers.GlobalAveragePooling2D if spec.head.pooling == "avg" else keras.layers.GlobalMaxPooling2D
-    x = pool(name="pool")(features)
+    return pool(name="pool")
+
+
+def head_layers(spec: TrialSpec, num_classes: int) -> list[keras.layers.Layer]:
+    """What follows the pooled features. Applied twice (full model, head model): shared weights."""
+    layers = []
     if spec.head.normalize:
-        x = keras.layers.LayerNormalization(center=False, scale=False, name="normalize")(x)
+        layers.append(keras.layers.LayerNormalization(center=False, scale=False, name="normalize"))
     if spec.head.dense_units:
-        x = keras.layers.Dense(spec.head.dense_units, activation="relu", name="hidden")(x)
+        layers.append(keras.layers.Dense(spec.head.dense_units, activation="relu", name="hidden"))
     if spec.head.dropout:
-        x = keras.layers.Dropout(spec.head.dropout, seed=spec.training.seed, name="dropout")(x)
+        layers.append(keras.layers.Dropout(spec.head.dropout, seed=spec.training.seed, name="dropout"))
     # Logits stay float32 under mixed precision so the loss is computed stably.
-    return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    layers.append(keras.layers.Dense(num_classes, dtype="float32", name="logits"))
+    return layers
+
+
+def apply(layers: list[keras.layers.Layer], x):
+    for layer in layers:
+        x = layer(x)
+    return x
 
 
 def set_trainable(built: BuiltModel, unfreeze: int | str, train_batchnorm: bool, backbone_name: str) -> None:

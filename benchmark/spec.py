@@ -142,6 +142,9 @@ class TrainingSpec(Strict):
     label_smoothing: Probability = 0.0
     mixed_precision: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, off on CPU
     jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on for GPU, off on CPU (XLA is slower there)
+    # auto: a head-only trial (unfreeze 0, no augmentation) trains on pooled backbone features computed
+    # once and kept on disk (benchmark/features.py); off: every epoch runs through the frozen backbone.
+    feature_cache: Literal["auto", "off"] = "auto"
     seed: int = 0
 
 

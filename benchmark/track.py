@@ -22,6 +22,7 @@ from typing import Iterator
 
 import mlflow
 import numpy as np
+from mlflow.entities import RunTag
 
 from benchmark.errors import BenchmarkError
 from benchmark.spec import TrialSpec
@@ -43,8 +44,10 @@ FINAL_METRICS = (
     "wall_time_s",
     "epochs_run",
     "backbone_depth",
+    "features_s",  # computing or reading cached backbone features (0 when the trial does not use them)
 )
-TAGS = ("backbone", "strategy", "experiment", "role", "git_commit", "device", "data_origin")
+# feature_cache: "hit", "miss" (computed and saved) or "off: <why>" (benchmark/features.py)
+TAGS = ("backbone", "strategy", "experiment", "role", "git_commit", "device", "data_origin", "feature_cache")
 EXPERIMENT_PREFIX = "benchmark/"
 STORE_ENV = "BENCHMARK_STORE"
 
@@ -234,7 +237,8 @@ def log_result(result, run_id: str) -> None:
     client = mlflow.MlflowClient()
     now = int(time.time() * 1000)
     metrics = [mlflow.entities.Metric(k, v, now, 0) for k, v in result.metrics.items() if np.isfinite(v)]
-    client.log_batch(run_id, metrics=metrics)
+    tags = [RunTag(k, v) for k, v in result.tags.items()]
+    client.log_batch(run_id, metrics=metrics, tags=tags)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         plot_learning_curves(result.history, tmp / "learning_curves.png", title=result.title)

@@ -137,11 +137,15 @@ def train(
     data: Dataset,
     callbacks: list[keras.callbacks.Callback] = (),
     verbose: int = 0,
+    model: keras.Model | None = None,
 ) -> History:
     """Fit through every phase; epochs are numbered continuously across phases (for pruning).
-    On return the model holds the weights of its best validation epoch."""
+    On return the model holds the weights of its best validation epoch.
+
+    `model` is what fits `data`: built.model on images, or built.head on cached features."""
     if spec.strategy.unfreeze == "search":
         raise ValueError("resolve unfreeze = 'search' to a depth before training (TrialSpec.with_values)")
+    model = model or built.model
     history = History()
     best = KeepBestWeights()
     y_train = keras.utils.to_categorical(data.y_train, data.num_classes)
@@ -149,9 +153,9 @@ def train(
     epoch = 0
     for unfreeze, learning_rate, epochs in phases(spec):
         set_trainable(built, unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
-        compile_model(built.model, spec, learning_rate)  # trainable weights are fixed at compile time
+        compile_model(model, spec, learning_rate)  # trainable weights are fixed at compile time
         before = len(history.epochs)
-        built.model.fit(
+        model.fit(
             data.x_train,
             y_train,
             validation_data=(data.x_val, y_val),
@@ -163,5 +167,5 @@ def train(
             callbacks=[EpochRecorder(history), best, *schedule_callbacks(spec.training), *callbacks],
         )
         epoch += len(history.epochs) - before
-    best.restore(built.model)
+    best.restore(model)
     return history

@@ -6,6 +6,7 @@ training starts or any run is recorded; `execute` trains and measures.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmark import measure, runtime
+from benchmark import features, measure, runtime
 from benchmark.data import Dataset, load_dataset
 from benchmark.model import BuiltModel, build_model, set_batchnorm_momentum, set_trainable
 from benchmark.spec import TrialSpec
@@ -37,6 +38,7 @@ class TrialResult:
     test_labels: np.ndarray
     test_predictions: np.ndarray  # top-5 class indices per test image
     model_path: Path
+    tags: dict[str, str]
 
     @property
     def title(self) -> str:
@@ -57,10 +59,16 @@ def prepare(spec: TrialSpec, data: Dataset | None = None) -> Prepared:
 
 
 def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | None = None) -> TrialResult:
-    spec, data, model = prepared.spec, prepared.data, prepared.built.model
-    history = train(prepared.built, spec, data, callbacks=list(callbacks), verbose=verbose)
+    spec, data, built = prepared.spec, prepared.data, prepared.built
+    model = built.model
+    fit_model, fit_data, cache = model, data, None
+    not_cached = features.why_not_cached(spec)
+    if not_cached is None:
+        cache = features.cached_features(spec, built, data)
+        fit_model, fit_data = built.head, cache.data  # the head's weights are the full model's
+    history = train(built, spec, fit_data, callbacks=list(callbacks), verbose=verbose, model=fit_model)
     best, last = history.epochs[history.best_epoch], history.epochs[-1]
-    test = measure.evaluate(model, data.x_test, data.y_test, spec.training.batch_size)
+    test = measure.evaluate(fit_model, fit_data.x_test, data.y_test, spec.training.batch_size)
     total, trainable = measure.count_params(model)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="benchmark-trial-"))
     model_path = workdir / "model.keras"
@@ -75,10 +83,11 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | 
         "params_total": float(total),
         "params_trainable": float(trainable),
         "model_size_mb": measure.save_for_inference(model, model_path),
-        "infer_images_per_sec": measure.inference_throughput(model, spec.training.batch_size),
+        "infer_images_per_sec": inference_rate(spec, model),
         "train_images_per_sec": measure.training_throughput(history.train_seconds, len(data.x_train)),
         "epochs_run": float(len(history.epochs)),
-        "backbone_depth": float(prepared.built.depth),
+        "backbone_depth": float(built.depth),
+        "features_s": cache.seconds if cache else 0.0,
     }
     metrics["wall_time_s"] = time.perf_counter() - prepared.started
     return TrialResult(
@@ -88,7 +97,21 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | 
         test_labels=data.y_test,
         test_predictions=test["predictions"],
         model_path=model_path,
+        tags={"feature_cache": cache.status if cache else f"off: {not_cached}"},
     )
+
+
+_inference_rates: dict[str, float] = {}
+
+
+def inference_rate(spec: TrialSpec, model: keras.Model) -> float:
+    """measure.inference_throughput, once per process for each architecture and setting: the
+    speed of a model does not depend on its trained weights, and a sweep's trials repeat one model."""
+    key = json.dumps([spec.backbone.image_size, spec.backbone.name, spec.head.model_dump(), spec.training.batch_size,
+                      spec.training.mixed_precision, spec.training.jit_compile, keras.backend.backend()])
+    if key not in _inference_rates:
+        _inference_rates[key] = measure.inference_throughput(model, spec.training.batch_size)
+    return _inference_rates[key]
 
 
 def run_trial(spec: TrialSpec, data: Dataset | None = None, callbacks=(), verbose: int = 0) -> TrialResult:

@@ -1,0 +1,134 @@
+"""Frozen-feature cache: a head-only trial trains on pooled backbone features computed once.
+
+With the backbone frozen (BatchNorm in inference mode) and no augmentation, every epoch feeds the
+head the very same pooled features, so they are computed once per (backbone weights, image size,
+pooling, precision, data splits, Keras version and backend), kept on disk under a hash of all of
+that, and reused by every later trial and sweep. Anything that changes the features changes the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from benchmark.data import Dataset
+from benchmark.model import BuiltModel
+from benchmark.spec import TrialSpec
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class CachedFeatures:
+    data: Dataset  # the trial's dataset with pooled features (float32 (N, D)) in place of images
+    status: str  # "hit" (read from disk) or "miss" (computed, then saved)
+    seconds: float  # spent computing or reading them
+    path: Path
+
+
+def cache_dir() -> Path:
+    """$BENCHMARK_CACHE_DIR, else ~/.cache/benchmark/features (the XDG cache home if set)."""
+    if os.environ.get("BENCHMARK_CACHE_DIR"):
+        return Path(os.environ["BENCHMARK_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "benchmark" / "features"
+
+
+def why_not_cached(spec: TrialSpec) -> str | None:
+    """None if the trial trains only the head on inputs that never change; else the reason."""
+    strategy, augment = spec.strategy, spec.data.augment
+    if spec.training.feature_cache == "off":
+        return "training.feature_cache = off"
+    if strategy.unfreeze != 0 or strategy.schedule != "one_phase":
+        return "the backbone trains (unfreeze > 0)"
+    if strategy.train_batchnorm:
+        return "strategy.train_batchnorm updates BatchNorm statistics"
+    if augment.flip or augment.crop_padding:
+        return "augmentation changes the images every epoch (set data.augment flip = false, crop_padding = 0)"
+    return None
+
+
+def cache_key(spec: TrialSpec, built: BuiltModel, data: Dataset) -> str:
+    """sha256 of everything the features depend on: the backbone's weights themselves (so
+    "imagenet", a file and a seeded random init are told apart by content), the splits' pixels,
+    image size, pooling, precision, and the Keras version and backend that compute them."""
+    digest = hashlib.sha256()
+    settings = {
+        "format": FORMAT_VERSION,
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "backbone": spec.backbone.name,
+        "image_size": spec.backbone.image_size,
+        "pooling": spec.head.pooling,
+        "dtype_policy": keras.config.dtype_policy().name,
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for weight in built.base.weights:
+        digest.update(weight.path.encode())
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    for split in SPLITS:
+        images = np.ascontiguousarray(getattr(data, f"x_{split}"))
+        digest.update(f"{split}{images.shape}{images.dtype}".encode())
+        digest.update(images.tobytes())
+    return digest.hexdigest()
+
+
+def cached_features(spec: TrialSpec, built: BuiltModel, data: Dataset) -> CachedFeatures:
+    """The pooled features of every split, read from the cache or computed and saved there."""
+    started = time.perf_counter()
+    path = cache_dir() / f"{spec.backbone.name}-{spec.backbone.image_size}px-{cache_key(spec, built, data)[:32]}.npz"
+    features = read(path, data)
+    status = "hit"
+    if features is None:
+        status = "miss"
+        features = {
+            split: np.asarray(
+                built.features.predict(getattr(data, f"x_{split}"), batch_size=spec.training.batch_size, verbose=0),
+                dtype=np.float32,
+            )
+            for split in SPLITS
+        }
+        write(path, features)
+    replaced = dataclasses.replace(data, **{f"x_{split}": features[split] for split in SPLITS})
+    return CachedFeatures(data=replaced, status=status, seconds=time.perf_counter() - started, path=path)
+
+
+def read(path: Path, data: Dataset) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None if absent or unusable (then they are computed again)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as stored:
+            features = {split: stored[split] for split in SPLITS}
+    except Exception as e:  # truncated or foreign file: recompute and overwrite it
+        log.warning("feature cache %s is unreadable (%s: %s); computing the features again", path, type(e).__name__, e)
+        return None
+    if any(len(features[split]) != len(getattr(data, f"y_{split}")) for split in SPLITS):
+        log.warning("feature cache %s does not match the data's splits; computing the features again", path)
+        return None
+    return features
+
+
+def write(path: Path, features: dict[str, np.ndarray]) -> None:
+    """Atomically (a temp file renamed into place): concurrent workers never read half a file.
+    A cache that cannot be written costs speed, not the trial: warn and go on."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", suffix=".npz", delete=False) as handle:
+            np.savez(handle, **features)
+        os.replace(handle.name, path)
+    except OSError as e:
+        log.warning("cannot write the feature cache %s (%s); set BENCHMARK_CACHE_DIR to a writable folder", path, e)
+        if "handle" in locals():
+            Path(handle.name).unlink(missing_ok=True)

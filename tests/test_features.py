@@ -1,0 +1,146 @@
+"""The frozen-feature cache: same results as training through the frozen backbone, keyed by
+everything that determines the features, robust to a damaged or unwritable cache."""
+
+import logging
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from benchmark import features, measure, track
+from benchmark.data import load_dataset
+from benchmark.spec import load_experiment
+from benchmark.trial import prepare, run_trial
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    path = tmp_path / "feature-cache"
+    monkeypatch.setenv("BENCHMARK_CACHE_DIR", str(path))
+    return path
+
+
+def frozen_spec(feature_cache="auto", **values):
+    spec = load_experiment("ci").resolve("vgg16", "frozen").with_values(learning_rate=3e-3)
+    training = spec.training.model_copy(update={"feature_cache": feature_cache})
+    spec = spec.model_copy(update={"training": training})
+    for section, updates in values.items():
+        spec = spec.model_copy(update={section: getattr(spec, section).model_copy(update=updates)})
+    return spec
+
+
+def test_training_on_cached_features_gives_the_results_of_training_through_the_frozen_backbone(cache_dir):
+    through_backbone = run_trial(frozen_spec("off"))
+    computed = run_trial(frozen_spec())
+    reused = run_trial(frozen_spec())
+
+    assert through_backbone.tags["feature_cache"] == "off: training.feature_cache = off"
+    assert (computed.tags["feature_cache"], reused.tags["feature_cache"]) == ("miss", "hit")
+    assert len(list(cache_dir.glob("vgg16-32px-*.npz"))) == 1
+    for result in (computed, reused):
+        for name in ("best_val_top1", "test_top1", "test_top5", "last_val_top1", "params_total", "params_trainable"):
+            assert result.metrics[name] == pytest.approx(through_backbone.metrics[name], abs=0.01), name
+        np.testing.assert_allclose(result.history.series("loss"), through_backbone.history.series("loss"), rtol=1e-3)
+    assert through_backbone.metrics["best_val_top1"] > 0.2  # it learned something (chance: 0.01)
+    # Only the head trains on cached features: many times the images per second.
+    assert computed.metrics["train_images_per_sec"] > 3 * through_backbone.metrics["train_images_per_sec"]
+    assert reused.metrics["features_s"] < computed.metrics["features_s"] / 3
+
+    # The saved full model (backbone + the head trained on features) predicts images as the head did.
+    data = load_dataset(reused.spec.data)
+    full_model = keras.models.load_model(reused.model_path)
+    on_images = measure.evaluate(full_model, data.x_test, data.y_test, batch_size=64)
+    assert on_images["top1"] == pytest.approx(reused.metrics["test_top1"], abs=1 / len(data.y_test))
+
+
+def key_of(spec, data=None):
+    prepared = prepare(spec, data)
+    return features.cache_key(spec, prepared.built, prepared.data)
+
+
+def test_the_key_changes_with_everything_that_determines_the_features_and_nothing_else():
+    spec = frozen_spec()
+    data = load_dataset(spec.data)
+    key = key_of(spec, data)
+    assert key_of(spec, data) == key  # a fresh build with the same seed: the same weights
+    # What the head does, or how it is trained, does not change the features.
+    assert key_of(frozen_spec(head={"dropout": 0.3, "dense_units": 16}, training={"learning_rate": 1e-2}), data) == key
+
+    one_pixel = load_dataset(spec.data)
+    one_pixel.x_train[0, 0, 0, 0] ^= 1
+    changed = {
+        "image size": key_of(frozen_spec(backbone={"image_size": 48}), data),
+        "pooling": key_of(frozen_spec(head={"pooling": "max"}), data),
+        "backbone weights (another random init)": key_of(frozen_spec(training={"seed": 1}), data),
+        "one pixel of the training split": key_of(spec, one_pixel),
+        "the splits (another validation seed)": key_of(frozen_spec(data={"seed": 1})),
+    }
+    assert all(other != key for other in changed.values()), [name for name, other in changed.items() if other == key]
+    assert len(set(changed.values())) == len(changed)
+
+
+def test_a_damaged_cache_file_is_computed_again_and_replaced(cache_dir, caplog):
+    spec = frozen_spec()
+    prepared = prepare(spec)
+    first = features.cached_features(spec, prepared.built, prepared.data)
+    assert first.status == "miss" and first.path.is_file()
+    first.path.write_bytes(first.path.read_bytes()[:1000])  # truncated, as by a full disk
+
+    with caplog.at_level(logging.WARNING, logger="benchmark.features"):
+        again = features.cached_features(spec, prepared.built, prepared.data)
+    assert again.status == "miss" and "unreadable" in caplog.text
+    third = features.cached_features(spec, prepared.built, prepared.data)
+    assert third.status == "hit"
+    for split in features.SPLITS:
+        expected = getattr(first.data, f"x_{split}")
+        assert expected.shape == (len(getattr(prepared.data, f"y_{split}")), 512)
+        np.testing.assert_array_equal(getattr(again.data, f"x_{split}"), expected)
+        np.testing.assert_array_equal(getattr(third.data, f"x_{split}"), expected)
+
+
+def test_an_unwritable_cache_costs_speed_not_the_trial(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("BENCHMARK_CACHE_DIR", str(blocker / "cache"))
+    spec = frozen_spec()
+    prepared = prepare(spec)
+    with caplog.at_level(logging.WARNING, logger="benchmark.features"):
+        result = features.cached_features(spec, prepared.built, prepared.data)
+    assert result.status == "miss" and len(result.data.x_train) == len(prepared.data.y_train)
+    assert "cannot write the feature cache" in caplog.text and "BENCHMARK_CACHE_DIR" in caplog.text
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({}, None),
+        ({"training": {"feature_cache": "off"}}, "training.feature_cache = off"),
+        ({"strategy": {"unfreeze": 2}}, "the backbone trains"),
+        ({"strategy": {"unfreeze": "all"}}, "the backbone trains"),
+        ({"strategy": {"train_batchnorm": True}}, "BatchNorm"),
+        ({"data": {"augment": {"flip": True, "crop_padding": 0}}}, "augmentation"),
+        ({"data": {"augment": {"flip": False, "crop_padding": 4}}}, "augmentation"),
+    ],
+)
+def test_only_head_only_trials_on_unchanging_images_use_the_cache(changes, reason):
+    spec = frozen_spec()
+    for section, updates in changes.items():
+        spec = spec.model_copy(update={section: getattr(spec, section).model_validate(
+            {**getattr(spec, section).model_dump(), **updates})})
+    why = features.why_not_cached(spec)
+    assert why == reason if reason is None else reason in why
+
+
+def test_a_sweeps_frozen_trials_compute_the_features_at_most_once(in_ci_store):
+    runs = mlflow.search_runs(
+        [track.experiment_id("ci")],
+        filter_string="tags.role = 'trial' and tags.trial_state = 'COMPLETE'",  # pruned trials log no final tags
+        output_format="pandas",
+    )
+    assert len(runs) >= 4
+    for backbone, group in runs.groupby("tags.backbone"):
+        statuses = group["tags.feature_cache"].tolist()
+        assert set(statuses) <= {"hit", "miss"} and statuses.count("miss") <= 1, (backbone, statuses)
+        assert statuses.count("hit") >= len(statuses) - 1
