@@ -61,6 +61,23 @@ def inference_throughput(model: keras.Model, batch_size: int = 64, warmup: int =
     return batch_size / statistics.median(timings)
 
 
+def training_step_throughput(model: keras.Model, batch_size: int = 64, warmup: int = 3, steps: int = 10) -> float:
+    """Images/s like timm's train_samples_per_sec: synthetic batch, warm-up steps, median of timed
+    train_on_batch steps (forward, backward, optimizer update). The model must be compiled."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(batch_size, *model.input_shape[1:]), dtype=np.uint8)
+    classes = model.output_shape[-1]
+    labels = keras.utils.to_categorical(rng.integers(0, classes, size=batch_size), classes)
+    for _ in range(warmup):
+        model.train_on_batch(images, labels)
+    timings = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        float(model.train_on_batch(images, labels, return_dict=True)["loss"])  # materialise: async backends return early
+        timings.append(time.perf_counter() - start)
+    return batch_size / statistics.median(timings)
+
+
 def training_throughput(train_seconds: list[float], images_per_epoch: int) -> float:
     """Images/s over training epochs, the first (tracing, warm-up) excluded when there are more."""
     timed = train_seconds[1:] or train_seconds
