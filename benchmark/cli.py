@@ -27,6 +27,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def unfreeze_depth(text: str) -> int | str:
     if text == "all":
         return text
@@ -88,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--update", action="store_true", help="rewrite the baseline from the current results")
     check.add_argument("--format", default="table", choices=("table", "markdown"), help="the comparison table's format")
     check.set_defaults(handler=command_check)
+
+    speed = commands.add_parser("throughput", help="inference and training images/s of one backbone (like timm's benchmark.py)")
+    speed.add_argument("--backbone", required=True, help="registry name, e.g. resnet50 (see `backbones`)")
+    speed.add_argument("--image-size", type=positive_int, required=True, help="pixels the backbone sees, e.g. 224")
+    speed.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default: 64)")
+    speed.add_argument("--precision", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                       help="mixed precision as in a spec (default: auto = bf16 on GPU, off on CPU)")
+    speed.add_argument("--jit", default="auto", choices=("auto", "on", "off"), help="XLA (default: auto = on for GPU only)")
+    speed.add_argument("--unfreeze", type=unfreeze_depth, default="all",
+                       help='top N weighted layers to train, 0 or "all" (default)')
+    speed.add_argument("--warmup", type=non_negative_int, default=3, help="untimed steps first (default: 3)")
+    speed.add_argument("--steps", type=positive_int, default=10, help="timed steps; their median counts (default: 10)")
+    speed.set_defaults(handler=command_throughput)
 
     backbones = commands.add_parser("backbones", help="list the supported backbones")
     backbones.add_argument("--fast", action="store_true", help="skip building each model (no parameter counts)")
@@ -208,6 +228,32 @@ def command_check(args) -> int:
 
     track.configure_for_reading()
     return check.run_check(args.experiment, args.baseline, update=args.update, fmt=args.format)
+
+
+def command_throughput(args) -> int:
+    from benchmark import throughput  # TensorFlow loads on first use, not here
+
+    spec = throughput.throughput_spec(args.backbone, args.image_size, args.batch_size, args.precision, args.jit, args.unfreeze)
+    track = import_training_modules()[0]
+    model = throughput.build(spec)  # rejects an unfreeze depth beyond the backbone before anything is recorded
+    track.configure()
+    result = throughput.measure_model(model, spec, args.warmup, args.steps)
+    run_id = throughput.log_run(result)
+    print(format_throughput(result))
+    print(f"logged to MLflow run {run_id} at {track.display_uri()}")
+    return 0
+
+
+def format_throughput(result: dict) -> str:
+    jit = "on" if result["jit_compile"] else "off"
+    return "\n".join([
+        f"{result['backbone']} at {result['image_size']} px, batch {result['batch_size']}, {result['dtype_policy']}, "
+        f"jit {jit}, unfreeze {result['unfreeze']}, on {result['device']}",
+        f"  params     {result['params_total']:,} ({result['params_trainable']:,} trainable)",
+        f"  inference  {result['infer_images_per_sec']:,.1f} images/s  {result['infer_step_ms']:.1f} ms/step",
+        f"  training   {result['train_images_per_sec']:,.1f} images/s  {result['train_step_ms']:.1f} ms/step",
+        f"  median of {result['steps']} steps after {result['warmup']} warm-up, synthetic input",
+    ])
 
 
 def command_backbones(args) -> int:

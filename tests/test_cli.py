@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_every_command_has_help():
-    for command in ("run", "sweep", "backbones"):
+    for command in ("run", "sweep", "throughput", "backbones"):
         out = subprocess.run([sys.executable, "-m", "benchmark", command, "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "usage: python -m benchmark" in out.stdout
 

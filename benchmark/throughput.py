@@ -1,0 +1,141 @@
+"""Throughput of one backbone, like timm's benchmark.py: images/s for inference and for a training
+step, on synthetic input, with warm-up and the median of timed steps.
+
+The model, dtype policy and jit setting are a trial's (same build, same compile), so these numbers
+compare with the sweeps'. Weights are random ("none"): they do not change the speed, and nothing
+is downloaded. Keras is imported inside the functions that need it, so `throughput_spec` checks
+the settings before TensorFlow loads.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import TYPE_CHECKING
+
+from benchmark import registry
+from benchmark.errors import BenchmarkError
+from benchmark.spec import BackboneSpec, DataSpec, HeadSpec, StrategySpec, TrainingSpec, TrialSpec
+
+if TYPE_CHECKING:
+    import keras
+
+NUM_CLASSES = 100  # CIFAR-100's fine labels: the head a trial builds
+EXPERIMENT = "throughput"  # MLflow experiment (track.EXPERIMENT_PREFIX + this)
+PRECISIONS = typing.get_args(TrainingSpec.model_fields["mixed_precision"].annotation)
+JIT_SETTINGS = typing.get_args(TrainingSpec.model_fields["jit_compile"].annotation)
+METRICS = ("infer_images_per_sec", "infer_step_ms", "train_images_per_sec", "train_step_ms", "params_total", "params_trainable")
+MAX_IMAGE_SIZE = 1024  # as in spec.BackboneOptions
+
+
+def throughput_spec(
+    backbone: str, image_size: int, batch_size: int = 64, precision: str = "auto", jit: str = "auto", unfreeze: int | str = "all"
+) -> TrialSpec:
+    """The TrialSpec of a trial with these settings. Bad settings are one-line BenchmarkErrors."""
+    found = registry.get_backbone(backbone)
+    if image_size < found.min_size:
+        raise BenchmarkError(
+            f"image size {image_size} is below {found.name}'s minimum of {found.min_size} px; "
+            f"use --image-size {found.min_size} or more"
+        )
+    if image_size > MAX_IMAGE_SIZE:
+        raise BenchmarkError(f"image size {image_size} is above the largest supported, {MAX_IMAGE_SIZE} px; use less")
+    if batch_size < 1:
+        raise BenchmarkError(f"batch size must be >= 1, got {batch_size}; use --batch-size 1 or more")
+    if precision not in PRECISIONS:
+        raise BenchmarkError(f"unknown precision {precision!r}; use --precision {'|'.join(PRECISIONS)}")
+    if jit not in JIT_SETTINGS:
+        raise BenchmarkError(f"unknown jit setting {jit!r}; use --jit {'|'.join(JIT_SETTINGS)}")
+    if unfreeze != "all" and not (isinstance(unfreeze, int) and not isinstance(unfreeze, bool) and unfreeze >= 0):
+        raise BenchmarkError(f'unfreeze must be a layer count >= 0 or "all", got {unfreeze!r}; fix --unfreeze')
+    return TrialSpec(
+        experiment=EXPERIMENT,
+        backbone=BackboneSpec(name=found.name, weights="none", image_size=image_size),
+        strategy_name=f"unfreeze_{unfreeze}",
+        strategy=StrategySpec(unfreeze=unfreeze),
+        data=DataSpec(source="synthetic"),  # only its augmentation settings are used: the model's layers
+        head=HeadSpec(),
+        training=TrainingSpec(batch_size=batch_size, mixed_precision=precision, jit_compile=jit),
+    )
+
+
+def build(spec: TrialSpec) -> keras.Model:
+    """The model a trial builds for `spec`, with its trainable layers set and compiled as for training.
+    A depth beyond the backbone is a BenchmarkError here."""
+    import keras
+
+    from benchmark import runtime
+    from benchmark.model import build_model, set_batchnorm_momentum, set_trainable
+    from benchmark.train import compile_model
+
+    keras.backend.clear_session()
+    runtime.seed_everything(spec.training.seed)  # as trials do: on TensorFlow this picks deterministic kernels
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(runtime.mixed_precision_policy(spec.training.mixed_precision))
+    try:
+        built = build_model(spec, NUM_CLASSES)
+        set_trainable(built, spec.strategy.unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
+        set_batchnorm_momentum(built, spec.strategy.batchnorm_momentum)
+        compile_model(built.model, spec, spec.training.learning_rate)
+    finally:
+        keras.config.set_dtype_policy(previous)  # the policy is global; layers keep the one they were built with
+    return built.model
+
+
+def measure_model(model: keras.Model, spec: TrialSpec, warmup: int = 3, steps: int = 10) -> dict:
+    """The settings actually used, and the numbers (METRICS)."""
+    from benchmark import measure, runtime
+
+    batch_size = spec.training.batch_size
+    infer = measure.inference_throughput(model, batch_size, warmup=warmup, steps=steps)
+    train = measure.training_step_throughput(model, batch_size, warmup=warmup, steps=steps)
+    total, trainable = measure.count_params(model)
+    return {
+        "backbone": spec.backbone.name,
+        "image_size": spec.backbone.image_size,
+        "batch_size": batch_size,
+        "dtype_policy": model.dtype_policy.name,
+        "jit_compile": bool(model.jit_compile),
+        "unfreeze": spec.strategy.unfreeze,
+        "warmup": warmup,
+        "steps": steps,
+        "device": runtime.device_description(),
+        "infer_images_per_sec": infer,
+        "infer_step_ms": 1000 * batch_size / infer,
+        "train_images_per_sec": train,
+        "train_step_ms": 1000 * batch_size / train,
+        "params_total": total,
+        "params_trainable": trainable,
+    }
+
+
+def measure_throughput(
+    backbone: str,
+    image_size: int,
+    batch_size: int = 64,
+    precision: str = "auto",
+    jit: str = "auto",
+    unfreeze: int | str = "all",
+    warmup: int = 3,
+    steps: int = 10,
+) -> dict:
+    """Inference and training images/s of `backbone` at `image_size` px; see measure_model for the keys."""
+    spec = throughput_spec(backbone, image_size, batch_size, precision, jit, unfreeze)
+    if warmup < 0 or steps < 1:
+        raise BenchmarkError(f"need warmup >= 0 and steps >= 1, got {warmup} and {steps}; fix --warmup or --steps")
+    return measure_model(build(spec), spec, warmup, steps)
+
+
+def log_run(result: dict) -> str:
+    """One MLflow run in the "throughput" experiment: settings as params, numbers as metrics,
+    device and versions as tags. Returns its id. Call track.configure() first."""
+    import mlflow
+
+    from benchmark import runtime, track
+
+    tags = {"role": "throughput", "backbone": result["backbone"], "device": result["device"], "git_commit": runtime.git_commit()}
+    tags.update({f"versions.{k}": v for k, v in runtime.package_versions().items()})
+    name = f"{result['backbone']}-{result['image_size']}px-batch{result['batch_size']}"
+    with mlflow.start_run(experiment_id=track.experiment_id(EXPERIMENT), run_name=name, tags=tags) as run:
+        mlflow.log_params({k: v for k, v in result.items() if k not in METRICS and k != "device"})
+        mlflow.log_metrics({k: float(result[k]) for k in METRICS})
+    return run.info.run_id
