@@ -160,6 +160,7 @@ class Case:
 
 RUN_CI = ["run", "--experiment", "ci", "--backbone", "vgg16", "--quiet"]
 SWEEP_CI = ["sweep", "--experiment", "ci", "--backbone", "vgg16", "--strategy", "frozen", "--trials", "1", "--quiet"]
+THROUGHPUT = ["throughput", "--backbone", "vgg16", "--image-size", "32"]
 READ_ONLY = "not writable (Read-only file system)"
 READ_ONLY_STORE = 'mount --bind -o ro "$BENCHMARK_STORE" "$BENCHMARK_STORE" &&'
 PG_URL = "postgresql://bench:{secret}@127.0.0.1:{port}/optuna"
@@ -185,6 +186,16 @@ CASES = [
     Case("unfreeze-beyond-depth", RUN_CI + ["--strategy", "top", "--unfreeze", "99"],
          ("beyond vgg16's 13 weighted layers", "0..13")),
     Case("leaderboard-unknown-experiment", ["leaderboard", "--experiment", "nosuch"], ("nosuch",)),
+    Case("throughput-image-size-missing", ["throughput", "--backbone", "vgg16"], ("--image-size", "required")),
+    Case("throughput-backbone-unknown", ["throughput", "--backbone", "resnet5", "--image-size", "32"],
+         ("unknown backbone 'resnet5'", "resnet50")),
+    Case("throughput-image-size-below-minimum", ["throughput", "--backbone", "vgg16", "--image-size", "16"],
+         ("image size 16", "vgg16's minimum of 32", "--image-size 32")),
+    Case("throughput-batch-size-zero", THROUGHPUT + ["--batch-size", "0"], ("--batch-size", "must be >= 1")),
+    Case("throughput-precision-unknown", THROUGHPUT + ["--precision", "fp8"], ("--precision", "'fp8'", "bf16")),
+    Case("throughput-unfreeze-beyond-depth", THROUGHPUT + ["--unfreeze", "99"], ("beyond vgg16's 13 weighted layers", "0..13")),
+    Case("throughput-tracking-refused", THROUGHPUT, ("127.0.0.1:{closed}", "MLFLOW_TRACKING_URI"),
+         env={"MLFLOW_TRACKING_URI": "http://bench:{secret}@127.0.0.1:{closed}"}),
     # data directories
     Case("data-dir-missing", RUN_CI + ["--data-dir", "{tmp}/nowhere"], ("{tmp}/nowhere does not exist", "--data-dir")),
     Case("data-dir-empty", RUN_CI + ["--data-dir", "{tmp}"], ("{tmp}",)),
