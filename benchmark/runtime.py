@@ -55,7 +55,10 @@ def seed_everything(seed: int) -> None:
 @functools.cache
 def package_versions() -> dict[str, str]:
     versions = {"keras_backend": keras.backend.backend()}
-    for package in ("benchmark", "keras", "tensorflow", "tensorflow-cpu", "jax", "torch", "mlflow", "optuna", "numpy"):
+    # jaxlib: the compiled half of jax; mlflow-skinny: what a machine without the full mlflow runs (the GPU kit)
+    packages = ("benchmark", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "mlflow", "mlflow-skinny",
+                "optuna", "numpy")
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
