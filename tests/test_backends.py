@@ -27,3 +27,38 @@ def test_a_trial_trains_under_jax(tmp_path):
     assert metrics["backend"] == "jax" and metrics["device"] == "jax:cpu"
     assert metrics["best_val_top1"] > 0.15  # learns as under TensorFlow (0.37 there, 0.385 here; chance 0.01)
     assert metrics["params_trainable"] < metrics["params_total"]
+
+
+WITHOUT_TENSORFLOW = """
+import json, sys
+
+class NoTensorFlow:  # as on the GPU machine (benchmarks/gpu/): TensorFlow is not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_cpu"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoTensorFlow())
+from benchmark import cli, leaderboard, report, runtime, sweep, throughput, track, trial  # what `python -m benchmark` loads
+from benchmark.measure import training_step_throughput
+from benchmark.model import build_model
+from benchmark.spec import load_experiment
+from benchmark.train import compile_model
+spec = load_experiment("ci").resolve("vgg16", "frozen")
+runtime.seed_everything(0)
+model = build_model(spec, 100).model
+compile_model(model, spec, 1e-3)
+print(json.dumps({"device": runtime.device_description(), "images_per_s": training_step_throughput(model, 8, warmup=0, steps=1),
+                  "versions": runtime.package_versions(), "tensorflow_loaded": "tensorflow" in sys.modules}))
+"""
+
+
+def test_the_jax_path_never_imports_tensorflow(tmp_path):
+    """The H200 image has JAX and no TensorFlow: importing every command's modules, building,
+    compiling and training a step under KERAS_BACKEND=jax must not need it."""
+    pytest.importorskip("jax", reason="pip install -e '.[test]' installs jax (CPU build)")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "BENCHMARK_STORE": str(tmp_path / "mlruns")}
+    out = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["device"] == "jax:cpu" and result["images_per_s"] > 0 and not result["tensorflow_loaded"]
+    assert result["versions"]["keras_backend"] == "jax" and "jaxlib" in result["versions"]
