@@ -58,7 +58,12 @@ def augmentation_layers(spec: TrialSpec) -> list[keras.layers.Layer]:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed, name="flip"))
     if augment.crop_padding:
         shift = augment.crop_padding / CIFAR_SIZE
-        layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed, name="shift"))
+        translation = keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed, name="shift")
+        if keras.backend.backend() == "jax":
+            # Keras marks this layer un-jittable for TensorFlow's sake, which turns XLA off for the whole
+            # model; under JAX it traces fine, and without jit every op is dispatched to the GPU alone.
+            translation.supports_jit = True
+        layers.append(translation)
     return layers
 
 

@@ -50,6 +50,8 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def on_test_begin(self, logs=None):
         if getattr(self, "_train_end", None) is None and hasattr(self, "_start"):
+            # JAX dispatches steps asynchronously: reading the step counter waits for the last one.
+            keras.ops.convert_to_numpy(self.model.optimizer.iterations)
             self._train_end = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
