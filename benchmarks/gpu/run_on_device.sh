@@ -4,8 +4,7 @@
 #   bash benchmarks/gpu/run_on_device.sh
 #
 # Installs the carried wheels (make_wheels.py) into $SITE, then under KERAS_BACKEND=jax: the GPU and
-# JAX's view of it, a dependency check, the throughput benchmark (ResNet50, 224 px, batch 256, bf16;
-# then again with XLA forced on, see throughput_forced_jit.py),
+# JAX's view of it, a dependency check, the throughput benchmark (ResNet50, 224 px, batch 256, bf16),
 # a timed 4-trial `ci` sweep (synthetic data: nothing to download) and its leaderboard. Everything goes
 # to $OUT: log.txt, steps.tsv (step, exit code, wall seconds), summary.json (the MLflow runs' numbers),
 # leaderboard.md. The MLflow store itself (saved models: too big for $OUT) stays in a temp folder.
@@ -52,7 +51,6 @@ step check_deps "$PY" benchmarks/gpu/check_deps.py "$SITE"
 
 if [ "${SMOKE:-0}" = 1 ]; then
   DEFAULT_THROUGHPUT="--backbone resnet50 --image-size 32 --batch-size 16 --precision bf16 --jit on --warmup 1 --steps 3"
-  FORCED_JIT_ARGS="resnet50 32 16 bf16 1 3"
   # ci.toml, smaller (300 training images, 2 epochs) and with XLA on (auto = off on CPU: op by op, ~10x slower)
   sed -e 's/^name = "ci"/name = "smoke"/' -e 's/^epochs = 3/epochs = 2\njit_compile = "on"/' \
       -e 's/^subset = .*/subset = { validation = 60, test = 60 }/' \
@@ -60,14 +58,10 @@ if [ "${SMOKE:-0}" = 1 ]; then
   DEFAULT_SWEEP="--experiment $WORK/smoke.toml --backbone resnet50 --trials 2 --quiet" DEFAULT_EXPERIMENT=smoke
 else
   DEFAULT_THROUGHPUT="--backbone resnet50 --image-size 224 --batch-size 256 --precision bf16"
-  FORCED_JIT_ARGS="resnet50 224 256 bf16"
   DEFAULT_SWEEP="--experiment ci --backbone resnet50 --trials 4 --quiet" DEFAULT_EXPERIMENT=ci
 fi
 # shellcheck disable=SC2086  # word splitting of the argument strings is intended
 step throughput "$PY" -m benchmark throughput ${THROUGHPUT_ARGS:-$DEFAULT_THROUGHPUT}
-# The same with XLA forced through the "shift" layer, which Keras will not jit (throughput_forced_jit.py)
-# shellcheck disable=SC2086
-step throughput_forced_jit "$PY" benchmarks/gpu/throughput_forced_jit.py $FORCED_JIT_ARGS
 # shellcheck disable=SC2086
 step sweep "$PY" -m benchmark sweep ${SWEEP_ARGS:-$DEFAULT_SWEEP}
 step leaderboard "$PY" -m benchmark leaderboard --experiment "${EXPERIMENT:-$DEFAULT_EXPERIMENT}" --format markdown --no-plots --output "$OUT/leaderboard.md"

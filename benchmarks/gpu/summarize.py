@@ -45,7 +45,7 @@ def main(steps_path: str, summary_path: str) -> int:
             m = run["metrics"]
             p = run["params"]
             print(f"throughput {run['name']} {p.get('dtype_policy')} jit={p.get('jit_compile')} "
-                  f"forced={p.get('forced_jit_layers', '-')} on {run['tags'].get('device')}: "
+                  f"on {run['tags'].get('device')}: "
                   f"train {m.get('train_images_per_sec', 0):,.0f} img/s, infer {m.get('infer_images_per_sec', 0):,.0f} img/s")
     print("steps: " + ", ".join(f"{s['step']} {s['wall_s']:.1f} s (rc {s['rc']})" for s in steps))
     return 0
