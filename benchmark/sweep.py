@@ -133,6 +133,8 @@ def suggest(trial: optuna.Trial, spec: TrialSpec, space: SearchSpace) -> dict:
 
 def check_unfreeze_fits(spec: TrialSpec, space: SearchSpace) -> None:
     """Reject an unfreeze depth (fixed or searched) deeper than the backbone, before any trial."""
+    if spec.strategy.unfreeze in (0, "all"):
+        return  # nothing to check: no need to build the backbone
     backbone = registry.get_backbone(spec.backbone.name)
     depth = registry.depth(registry.build_base(backbone, spec.backbone.image_size, "none"))
     keras.backend.clear_session()
