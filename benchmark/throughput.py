@@ -59,26 +59,20 @@ def throughput_spec(
 
 
 def build(spec: TrialSpec) -> keras.Model:
-    """The model a trial builds for `spec`, with its trainable layers set and compiled as for training.
+    """The model a trial builds for `spec` (trial.build), compiled as for training.
     A depth beyond the backbone is a BenchmarkError here."""
     import keras
 
-    from benchmark import runtime
-    from benchmark.model import build_model, set_batchnorm_momentum, set_trainable
+    from benchmark import trial
     from benchmark.train import compile_model
 
-    keras.backend.clear_session()
-    runtime.seed_everything(spec.training.seed)  # as trials do: on TensorFlow this picks deterministic kernels
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(runtime.mixed_precision_policy(spec.training.mixed_precision))
     try:
-        built = build_model(spec, NUM_CLASSES)
-        set_trainable(built, spec.strategy.unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
-        set_batchnorm_momentum(built, spec.strategy.batchnorm_momentum)
-        compile_model(built.model, spec, spec.training.learning_rate)
+        model = trial.build(spec, NUM_CLASSES).model
+        compile_model(model, spec, spec.training.learning_rate)
     finally:
         keras.config.set_dtype_policy(previous)  # the policy is global; layers keep the one they were built with
-    return built.model
+    return model
 
 
 def measure_model(model: keras.Model, spec: TrialSpec, warmup: int = 3, steps: int = 10) -> dict:

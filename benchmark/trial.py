@@ -47,15 +47,20 @@ class TrialResult:
 
 def prepare(spec: TrialSpec, data: Dataset | None = None) -> Prepared:
     started = time.perf_counter()
+    data = data if data is not None else load_dataset(spec.data)
+    return Prepared(spec=spec, data=data, built=build(spec, data.num_classes), started=started)
+
+
+def build(spec: TrialSpec, num_classes: int) -> BuiltModel:
+    """The trial's model: seeded, under its dtype policy, with its final trainable layers."""
     keras.backend.clear_session()
     runtime.seed_everything(spec.training.seed)
     keras.config.set_dtype_policy(runtime.mixed_precision_policy(spec.training.mixed_precision))
-    data = data if data is not None else load_dataset(spec.data)
-    built = build_model(spec, data.num_classes)
+    built = build_model(spec, num_classes)
     # Checks the final depth now, not after a two-phase trial's first phase has trained.
     set_trainable(built, spec.strategy.unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
     set_batchnorm_momentum(built, spec.strategy.batchnorm_momentum)
-    return Prepared(spec=spec, data=data, built=built, started=started)
+    return built
 
 
 def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | None = None) -> TrialResult:

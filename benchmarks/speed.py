@@ -43,7 +43,7 @@ from benchmark import model as models  # noqa: E402
 from benchmark import registry, runtime, sweep, train  # noqa: E402
 from benchmark.data import load_dataset  # noqa: E402
 from benchmark.spec import ExperimentSpec, load_experiment  # noqa: E402
-from benchmark.trial import prepare, run_trial  # noqa: E402
+from benchmark.trial import build, prepare, run_trial  # noqa: E402
 
 
 def fresh_stores(tag: str) -> None:
@@ -327,8 +327,7 @@ def resize(args) -> list[str]:
     ours, notebook = [], []  # epoch seconds, the first of each run (tracing) dropped
     for repeat in range(args.repeats):  # alternated: the machine's drift hits both alike
         keras.backend.clear_session()
-        built = models.build_model(spec, data.num_classes)
-        models.set_trainable(built, 0, False, spec.backbone.name)  # frozen, as in the notebook model
+        built = build(spec, data.num_classes)  # frozen (the spec's strategy), as in the notebook model
         train.compile_model(built.model, spec, 1e-3)
         clock = EpochClock()
         built.model.fit(data.x_train, y, batch_size=batch, epochs=args.fit_epochs, verbose=0, callbacks=[clock])
