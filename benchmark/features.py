@@ -125,12 +125,14 @@ def read(path: Path, data: Dataset) -> dict[str, np.ndarray] | None:
 def write(path: Path, features: dict[str, np.ndarray]) -> None:
     """Atomically (a temp file renamed into place): concurrent workers never read half a file.
     A cache that cannot be written costs speed, not the trial: warn and go on."""
+    partial = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", suffix=".npz", delete=False) as handle:
+            partial = Path(handle.name)
             np.savez(handle, **features)
-        os.replace(handle.name, path)
+        os.replace(partial, path)
     except OSError as e:
         log.warning("cannot write the feature cache %s (%s); set BENCHMARK_CACHE_DIR to a writable folder", path, e)
-        if "handle" in locals():
-            Path(handle.name).unlink(missing_ok=True)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
