@@ -1,4 +1,5 @@
-"""CIFAR-100 loading: Keras's downloader, an official `cifar-100-python` folder, or synthetic data.
+"""CIFAR-100 loading: Keras's downloader, an official `cifar-100-python` folder, the real slice that
+ships with the package (source "sample"), or synthetic data.
 
 Every source yields the official train and test sets as uint8 (N, 32, 32, 3) images with int64
 labels. `load_dataset` then carves a stratified validation split out of the official TRAIN set
@@ -30,6 +31,8 @@ PIXELS_PER_IMAGE = 32 * 32 * 3
 NUM_CLASSES = {"fine": 100, "coarse": 20}
 OFFICIAL_FILES = ("train", "test", "meta")
 OFFICIAL_FOLDER = "cifar-100-python"
+# The real slice in the package (1,117 train, 916 test images; its README says what it is).
+SAMPLE_DIR = Path(__file__).resolve().parent / "cifar100_sample" / OFFICIAL_FOLDER
 
 # CIFAR-100's fixed grouping of its 100 fine classes into 20 superclasses (the official files
 # carry both labels per image; tests/test_data.py checks this table against the real sample).
@@ -67,7 +70,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     class_names: list[str]  # 100 fine names, or 20 coarse names
-    origin: str  # "keras", "dir:/abs/path", "synthetic"
+    origin: str  # "keras", "dir:/abs/path", "sample", "synthetic"
 
     @property
     def num_classes(self) -> int:
@@ -106,10 +109,10 @@ def _load_source(spec: DataSpec) -> tuple[Split, Split, list[str], str]:
     if spec.source == "keras":
         train, test, names = load_keras_cifar100(spec.label_mode)
         return train, test, names, "keras"
-    if spec.source == "dir":
-        folder = find_official_folder(spec.dir)
+    if spec.source in ("dir", "sample"):
+        folder = find_official_folder(spec.dir if spec.source == "dir" else SAMPLE_DIR)
         train, test, names = read_official_dir(folder, spec.label_mode)
-        return train, test, names, f"dir:{folder}"
+        return train, test, names, f"dir:{folder}" if spec.source == "dir" else "sample"
     train, test, names = make_synthetic(spec.synthetic.train_size, spec.synthetic.test_size, spec.label_mode, spec.seed)
     return train, test, names, "synthetic"
 

@@ -50,7 +50,9 @@ class AugmentSpec(Strict):
 
 
 class DataSpec(Strict):
-    source: Literal["keras", "dir", "synthetic"] = "keras"
+    # keras: download (or the Keras cache); dir: an official cifar-100-python folder; sample: the real
+    # slice that ships with the package (1,117 train, 916 test images); synthetic: generated
+    source: Literal["keras", "dir", "sample", "synthetic"] = "keras"
     dir: Path | None = None
     label_mode: Literal["fine", "coarse"] = "fine"
     validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
@@ -103,18 +105,24 @@ class StrategySpec(Strict):
 
     0 = frozen features, N = top N weighted layers, "all" = full fine-tuning,
     "search" = the sweep searches the depth in search.unfreeze (`run` takes --unfreeze).
-    two_phase: head_epochs with the backbone frozen, then `training.epochs` more with
+    two_phase: head_epochs with the backbone frozen, then `epochs` more with
     the unfrozen layers at learning_rate * finetune_lr_scale (recompiled).
+    epochs: this strategy's (fine-tuning) epochs; None takes training.epochs. Head-only epochs on
+    cached features cost milliseconds, epochs through the backbone seconds: they rarely want one number.
+    space: this strategy's search-space overrides, applied over search.space and search.per_backbone
+    (Adam at a head's learning rate wrecks pretrained layers: fine-tuning wants a lower range).
     """
 
     unfreeze: Unfreeze = 0
     schedule: Literal["one_phase", "two_phase"] = "one_phase"
+    epochs: PositiveInt | None = None
     head_epochs: Annotated[int, Field(ge=0)] = 0
     finetune_lr_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     train_batchnorm: bool = False
     # For training BatchNorm from scratch on few steps: the backbones' own momentum (0.99-0.999)
     # leaves the moving statistics, which validation uses, far from converged. None keeps it.
     batchnorm_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    space: SearchSpaceOverride | None = None
 
     @model_validator(mode="after")
     def _two_phase_is_complete(self) -> StrategySpec:
@@ -199,6 +207,9 @@ class SearchSpaceOverride(Strict):
     finetune_lr_scale: PositiveFloatRange | None = None
 
 
+StrategySpec.model_rebuild()  # its `space` is defined above, after it
+
+
 class SearchSpec(Strict):
     trials: PositiveInt = 10
     timeout_s: Annotated[float, Field(gt=0)] | None = None
@@ -253,11 +264,14 @@ class ExperimentSpec(Strict):
             return self.backbone
         return self.backbone.model_copy(update=set_fields(override))
 
-    def search_space(self, backbone: str) -> SearchSpace:
-        override = self.search.per_backbone.get(backbone)
-        if override is None:
-            return self.search.space
-        return self.search.space.model_copy(update=set_fields(override))
+    def search_space(self, backbone: str, strategy: str | None = None) -> SearchSpace:
+        """search.space, then search.per_backbone's overrides, then the strategy's own (`space`)."""
+        space = self.search.space
+        overrides = [self.search.per_backbone.get(backbone), self.strategies[strategy].space if strategy else None]
+        for override in overrides:
+            if override is not None:
+                space = space.model_copy(update=set_fields(override))
+        return space
 
     def resolve(self, backbone: str, strategy: str | None = None, data_dir: str | Path | None = None) -> TrialSpec:
         """One concrete trial configuration: the experiment's defaults for one backbone and strategy."""

@@ -7,7 +7,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Tests (and the processes they start) never write the user's ~/.cache; tests about the cache set their own.
 os.environ["BENCHMARK_CACHE_DIR"] = tempfile.mkdtemp(prefix="benchmark-test-feature-cache-")
-DEFAULT_CIFAR100_SAMPLE = REPO.parent / "shared" / "data" / "cifar-100-sample" / "cifar-100-python"
+DEFAULT_CIFAR100_SAMPLE = REPO / "benchmark" / "cifar100_sample" / "cifar-100-python"  # ships with the package
 
 
 @pytest.fixture(scope="session")

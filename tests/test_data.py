@@ -1,3 +1,4 @@
+import hashlib
 import io
 import os
 import pickle
@@ -127,6 +128,26 @@ def test_dir_source_accepts_the_parent_folder(cifar_sample_dir):
     dataset = load_dataset(DataSpec(source="dir", dir=cifar_sample_dir.parent))
     assert dataset.origin == f"dir:{cifar_sample_dir.resolve()}"
     assert dataset.class_names[0] == "apple"
+
+
+def test_sample_source_reads_the_slice_inside_the_package():
+    dataset = load_dataset(DataSpec(source="sample", validation_fraction=0.1))
+    assert dataset.origin == "sample"
+    assert dataset.sizes() == {"train": 1005, "validation": 112, "test": 916}
+    assert len(set(dataset.y_train)) == len(set(dataset.y_test)) == 100
+    assert data.SAMPLE_DIR.is_relative_to(Path(data.__file__).parent)
+    assert (data.SAMPLE_DIR.parent / "README.md").is_file()
+    # the official meta file, byte for byte (the README's md5)
+    assert hashlib.md5((data.SAMPLE_DIR / "meta").read_bytes()).hexdigest() == "7973b15100ade9c7d40fb424638fde48"
+
+
+def test_an_installed_package_ships_the_sample():
+    import tomllib
+
+    package_data = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = package_data["package-data"]["benchmark"]
+    shipped = {p for pattern in patterns for p in Path(data.__file__).parent.glob(pattern)}
+    assert {data.SAMPLE_DIR / name for name in ("train", "test", "meta")} <= shipped
 
 
 def test_load_dataset_carves_validation_from_train_and_keeps_test_whole(cifar_sample_dir):

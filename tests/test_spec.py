@@ -9,7 +9,7 @@ import pytest
 from benchmark.errors import BenchmarkError, SpecError
 from benchmark.spec import EXPERIMENTS_DIR, load_experiment, parse_experiment
 
-SHIPPED = ["ci", "quick", "paper", "sample"]
+SHIPPED = ["ci", "quick", "paper", "sample", "transfer"]
 
 
 def ci_raw() -> dict:
@@ -40,9 +40,18 @@ def test_ci_is_tiny_and_offline():
     assert spec.backbone.image_size == 32 and spec.training.epochs <= 3
 
 
-def test_relative_data_dir_is_relative_to_the_spec_file():
-    spec = load_experiment("sample")
-    assert spec.data.dir == (EXPERIMENTS_DIR / "../../shared/data/cifar-100-sample/cifar-100-python").resolve()
+def test_relative_data_dir_is_relative_to_the_spec_file(tmp_path):
+    (tmp_path / "specs").mkdir()
+    spec_file = tmp_path / "specs" / "mine.toml"
+    text = (EXPERIMENTS_DIR / "ci.toml").read_text().replace('source = "synthetic"', 'source = "dir"\ndir = "../data"')
+    spec_file.write_text(text)
+    assert load_experiment(spec_file).data.dir == (tmp_path / "data").resolve()
+
+
+def test_transfer_needs_no_download():
+    spec = load_experiment("transfer")
+    assert spec.data.source == "sample" and spec.backbone.weights == "imagenet"
+    assert all(name.startswith("efficientnetlite") for name in spec.backbones)
 
 
 def test_paper_is_the_published_setting():
