@@ -123,7 +123,7 @@ def command_run(args) -> int:
     track, trial, _ = import_training_modules()
     unfreeze = args.unfreeze
     if unfreeze is None and spec.strategy.unfreeze == "search":
-        unfreeze = experiment.search_space(spec.backbone.name).unfreeze.low
+        unfreeze = experiment.search_space(spec.backbone.name, spec.strategy_name).unfreeze.low
         print(f"strategy '{spec.strategy_name}' searches its depth; using unfreeze={unfreeze} (set --unfreeze N)")
     spec = with_values(spec, learning_rate=args.lr, unfreeze=unfreeze)
     prepared = trial.prepare(spec)  # rejects bad data or depth before anything is recorded

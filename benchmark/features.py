@@ -1,7 +1,7 @@
-"""Frozen-feature cache: a head-only trial trains on pooled backbone features computed once.
+"""Frozen-feature cache: head-only epochs train on pooled backbone features computed once.
 
 With the backbone frozen (BatchNorm in inference mode) and no augmentation, every epoch feeds the
-head the very same pooled features, so they are computed once per (backbone weights, image size,
+head the very same pooled features (all of a frozen trial's epochs, a two-phase trial's first phase), so they are computed once per (backbone weights, image size,
 pooling, precision, data splits, Keras version and backend), kept on disk under a hash of all of
 that, and reused by every later trial and sweep. Anything that changes the features changes the key.
 """
@@ -46,12 +46,12 @@ def cache_dir() -> Path:
 
 
 def why_not_cached(spec: TrialSpec) -> str | None:
-    """None if the trial trains only the head on inputs that never change; else the reason."""
+    """None if the trial's head-only epochs see inputs that never change; else the reason."""
     strategy, augment = spec.strategy, spec.data.augment
     if spec.training.feature_cache == "off":
         return "training.feature_cache = off"
-    if strategy.unfreeze != 0 or strategy.schedule != "one_phase":
-        return "the backbone trains (unfreeze > 0)"
+    if strategy.unfreeze != 0 and strategy.schedule != "two_phase":
+        return "the backbone trains (unfreeze > 0) in every epoch"
     if strategy.train_batchnorm:
         return "strategy.train_batchnorm updates BatchNorm statistics"
     if augment.flip or augment.crop_padding:

@@ -320,7 +320,7 @@ def run_sweep(
     say: Callable[[str], None] = print,
 ) -> SweepResult:
     spec = experiment.resolve(backbone, strategy, data_dir)
-    space = experiment.search_space(spec.backbone.name)
+    space = experiment.search_space(spec.backbone.name, spec.strategy_name)
     target = trials or experiment.search.trials
     timeout_s = timeout_s or experiment.search.timeout_s
     name = study_name(spec)

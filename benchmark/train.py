@@ -69,22 +69,24 @@ class EpochRecorder(keras.callbacks.Callback):
 
 
 class KeepBestWeights(keras.callbacks.Callback):
-    """Holds the weights of the best validation epoch and restores them when training ends,
-    so test metrics are measured on the model that validation selected."""
+    """Holds the full model's weights of the best validation epoch and restores them when training
+    ends, so test metrics are measured on the model that validation selected. The full model, not
+    the one fitting: a head-only phase fits the head, and its best epoch predates phase 2's backbone."""
 
-    def __init__(self):
+    def __init__(self, full_model: keras.Model):
         super().__init__()
+        self.full_model = full_model
         self.best = -math.inf
         self.weights = None
 
     def on_epoch_end(self, epoch, logs=None):
         score = (logs or {}).get(MONITOR)
         if score is not None and score > self.best:
-            self.best, self.weights = score, self.model.get_weights()
+            self.best, self.weights = score, self.full_model.get_weights()
 
-    def restore(self, model: keras.Model) -> None:
+    def restore(self) -> None:
         if self.weights is not None:
-            model.set_weights(self.weights)
+            self.full_model.set_weights(self.weights)
 
 
 def make_optimizer(training: TrainingSpec, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -125,12 +127,13 @@ def schedule_callbacks(training: TrainingSpec) -> list[keras.callbacks.Callback]
 def phases(spec: TrialSpec) -> list[tuple[int | str, float, int]]:
     """(unfreeze depth, learning rate, epochs) for each phase of the strategy."""
     strategy, training = spec.strategy, spec.training
+    epochs = strategy.epochs or training.epochs
     if strategy.schedule == "two_phase":
         return [
             (0, training.learning_rate, strategy.head_epochs),
-            (strategy.unfreeze, training.learning_rate * strategy.finetune_lr_scale, training.epochs),
+            (strategy.unfreeze, training.learning_rate * strategy.finetune_lr_scale, epochs),
         ]
-    return [(strategy.unfreeze, training.learning_rate, training.epochs)]
+    return [(strategy.unfreeze, training.learning_rate, epochs)]
 
 
 def train(
@@ -139,28 +142,29 @@ def train(
     data: Dataset,
     callbacks: list[keras.callbacks.Callback] = (),
     verbose: int = 0,
-    model: keras.Model | None = None,
+    features: Dataset | None = None,
 ) -> History:
     """Fit through every phase; epochs are numbered continuously across phases (for pruning).
     On return the model holds the weights of its best validation epoch.
 
-    `model` is what fits `data`: built.model on images, or built.head on cached features."""
+    `features`: `data` with pooled backbone features in place of images (the feature cache); the
+    phases that train only the head fit built.head on them (its weights are the full model's)."""
     if spec.strategy.unfreeze == "search":
         raise ValueError("resolve unfreeze = 'search' to a depth before training (TrialSpec.with_values)")
-    model = model or built.model
     history = History()
-    best = KeepBestWeights()
+    best = KeepBestWeights(built.model)
     y_train = keras.utils.to_categorical(data.y_train, data.num_classes)
     y_val = keras.utils.to_categorical(data.y_val, data.num_classes)
     epoch = 0
     for unfreeze, learning_rate, epochs in phases(spec):
         set_trainable(built, unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
+        model, inputs = (built.head, features) if features is not None and unfreeze == 0 else (built.model, data)
         compile_model(model, spec, learning_rate)  # trainable weights are fixed at compile time
         before = len(history.epochs)
         model.fit(
-            data.x_train,
+            inputs.x_train,
             y_train,
-            validation_data=(data.x_val, y_val),
+            validation_data=(inputs.x_val, y_val),
             batch_size=spec.training.batch_size,
             initial_epoch=epoch,
             epochs=epoch + epochs,
@@ -169,5 +173,5 @@ def train(
             callbacks=[EpochRecorder(history), best, *schedule_callbacks(spec.training), *callbacks],
         )
         epoch += len(history.epochs) - before
-    best.restore(model)
+    best.restore()
     return history

@@ -66,14 +66,14 @@ def build(spec: TrialSpec, num_classes: int) -> BuiltModel:
 def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | None = None) -> TrialResult:
     spec, data, built = prepared.spec, prepared.data, prepared.built
     model = built.model
-    fit_model, fit_data, cache = model, data, None
     not_cached = features.why_not_cached(spec)
-    if not_cached is None:
-        cache = features.cached_features(spec, built, data)
-        fit_model, fit_data = built.head, cache.data  # the head's weights are the full model's
-    history = train(built, spec, fit_data, callbacks=list(callbacks), verbose=verbose, model=fit_model)
+    cache = features.cached_features(spec, built, data) if not_cached is None else None
+    history = train(built, spec, data, callbacks=list(callbacks), verbose=verbose,
+                    features=cache.data if cache else None)
     best, last = history.epochs[history.best_epoch], history.epochs[-1]
-    test = measure.evaluate(fit_model, fit_data.x_test, data.y_test, spec.training.batch_size)
+    # A frozen trial's head is measured on the cached features: the same numbers as the full model on images.
+    test_model, test_data = (built.head, cache.data) if cache and spec.strategy.unfreeze == 0 else (model, data)
+    test = measure.evaluate(test_model, test_data.x_test, data.y_test, spec.training.batch_size)
     total, trainable = measure.count_params(model)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="benchmark-trial-"))
     model_path = workdir / "model.keras"

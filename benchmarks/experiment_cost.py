@@ -31,7 +31,7 @@ def main() -> None:
     data = spec.data.model_copy(
         update={"source": "synthetic", "synthetic": SyntheticSpec(train_size=train_size, test_size=subset.test or 10_000)}
     )
-    space = experiment.search_space(spec.backbone.name)
+    space = experiment.search_space(spec.backbone.name, spec.strategy_name)
     unfreeze = (space.unfreeze.low + space.unfreeze.high) // 2 if spec.strategy.unfreeze == "search" else None
     spec = spec.model_copy(
         update={"data": data, "backbone": spec.backbone.model_copy(update={"weights": "none"})}
