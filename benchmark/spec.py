@@ -111,6 +111,7 @@ class StrategySpec(Strict):
     cached features cost milliseconds, epochs through the backbone seconds: they rarely want one number.
     space: this strategy's search-space overrides, applied over search.space and search.per_backbone
     (Adam at a head's learning rate wrecks pretrained layers: fine-tuning wants a lower range).
+    trials: this strategy's study size; None takes search.trials.
     """
 
     unfreeze: Unfreeze = 0
@@ -123,6 +124,7 @@ class StrategySpec(Strict):
     # leaves the moving statistics, which validation uses, far from converged. None keeps it.
     batchnorm_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
     space: SearchSpaceOverride | None = None
+    trials: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _two_phase_is_complete(self) -> StrategySpec:
@@ -140,7 +142,7 @@ class StrategySpec(Strict):
 class TrainingSpec(Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0  # decoupled (every optimizer; AdamW's is Adam with it)
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only
     batch_size: PositiveInt = 64
     epochs: PositiveInt = 10
@@ -197,6 +199,7 @@ class SearchSpace(Strict):
     dropout: FloatRange | None = None
     dense_units: list[Annotated[int, Field(ge=0)]] | None = None
     finetune_lr_scale: PositiveFloatRange | None = None
+    weight_decay: PositiveFloatRange | None = None  # log scale; decoupled, as every Keras optimizer applies it
 
 
 class SearchSpaceOverride(Strict):
@@ -205,6 +208,7 @@ class SearchSpaceOverride(Strict):
     dropout: FloatRange | None = None
     dense_units: list[Annotated[int, Field(ge=0)]] | None = None
     finetune_lr_scale: PositiveFloatRange | None = None
+    weight_decay: PositiveFloatRange | None = None
 
 
 StrategySpec.model_rebuild()  # its `space` is defined above, after it
@@ -324,6 +328,7 @@ class TrialSpec(Strict):
         dropout: float | None = None,
         dense_units: int | None = None,
         finetune_lr_scale: float | None = None,
+        weight_decay: float | None = None,
     ) -> TrialSpec:
         """A copy with the values a sweep (or the command line) chose; None keeps the spec's."""
 
@@ -333,7 +338,7 @@ class TrialSpec(Strict):
 
         return self.model_copy(
             update={
-                "training": updated(self.training, learning_rate=learning_rate),
+                "training": updated(self.training, learning_rate=learning_rate, weight_decay=weight_decay),
                 "strategy": updated(self.strategy, unfreeze=unfreeze, finetune_lr_scale=finetune_lr_scale),
                 "head": updated(self.head, dropout=dropout, dense_units=dense_units),
             }

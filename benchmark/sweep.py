@@ -124,6 +124,10 @@ def suggest(trial: optuna.Trial, spec: TrialSpec, space: SearchSpace) -> dict:
         values["dropout"] = trial.suggest_float("dropout", space.dropout.low, space.dropout.high)
     if space.dense_units:
         values["dense_units"] = trial.suggest_categorical("dense_units", space.dense_units)
+    if space.weight_decay is not None:
+        values["weight_decay"] = trial.suggest_float(
+            "weight_decay", space.weight_decay.low, space.weight_decay.high, log=True
+        )
     if space.finetune_lr_scale is not None and spec.strategy.schedule == "two_phase":
         values["finetune_lr_scale"] = trial.suggest_float(
             "finetune_lr_scale", space.finetune_lr_scale.low, space.finetune_lr_scale.high, log=True
@@ -321,7 +325,7 @@ def run_sweep(
 ) -> SweepResult:
     spec = experiment.resolve(backbone, strategy, data_dir)
     space = experiment.search_space(spec.backbone.name, spec.strategy_name)
-    target = trials or experiment.search.trials
+    target = trials or spec.strategy.trials or experiment.search.trials
     timeout_s = timeout_s or experiment.search.timeout_s
     name = study_name(spec)
 

@@ -90,11 +90,13 @@ class KeepBestWeights(keras.callbacks.Callback):
 
 
 def make_optimizer(training: TrainingSpec, learning_rate: float) -> keras.optimizers.Optimizer:
+    """Every Keras 3 optimizer applies decoupled weight decay (`weight_decay`); AdamW is Adam with it."""
+    decay = training.weight_decay or None
     if training.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=training.momentum, nesterov=True)
+        return keras.optimizers.SGD(learning_rate, momentum=training.momentum, nesterov=True, weight_decay=decay)
     if training.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate, weight_decay=training.weight_decay)
-    return keras.optimizers.Adam(learning_rate)
+    return keras.optimizers.Adam(learning_rate, weight_decay=decay)
 
 
 def compile_model(model: keras.Model, spec: TrialSpec, learning_rate: float) -> None:

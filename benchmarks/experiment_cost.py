@@ -41,7 +41,7 @@ def main() -> None:
     result = run_trial(spec)
     seconds = time.perf_counter() - started
     m = result.metrics
-    trials = experiment.search.trials
+    trials = spec.strategy.trials or experiment.search.trials
     print(
         f"{args.experiment}/{spec.backbone.name}/{spec.strategy_name} at {spec.backbone.image_size} px, "
         f"unfreeze={spec.strategy.unfreeze}, {len(result.history.epochs)} epochs of {subset.train or 'all'} images: "

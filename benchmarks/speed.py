@@ -10,10 +10,12 @@
 2. fit:     a harness trial vs a bare `model.fit` of the same model on the same arrays (training images/s).
 3. bookkeeping: the share of trial time that is not the trial's own compute (from sweep 1 and 4).
 4. pruning: a pruned vs an unpruned sweep: compute spent until each reaches the same best validation top-1.
+            `--only pruning-transfer`: the same on real fine-tuning (ImageNet EfficientNet-Lite0, top N
+            layers, on the packaged CIFAR-100 slice).
 5. resize:  notebook-style host-side resize vs our in-model resize at 96 px (training images/s).
 
-Real CIFAR-100 images (../shared's sample) where they exist, else the synthetic set; random
-initial weights (ImageNet weights cannot be downloaded here; speed does not depend on them).
+The real CIFAR-100 slice that ships with the package; parts 1-5 use random initial weights (speed
+does not depend on them), pruning-transfer the ImageNet weights (pruning does).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO.parent / "shared" / "data" / "cifar-100-sample" / "cifar-100-python"
 DOC = REPO / "docs" / "performance.md"
 SECTION = "## Speed (issue 7)"
 SECTION_INTRO = "Written by `benchmarks/speed.py`: each part below with the command and date of its own run."
@@ -60,8 +61,8 @@ def experiment(args, strategy: str = "frozen", backbone: str | None = None, real
     """The ci experiment on real images (or its synthetic set), sized by the command line."""
     spec = load_experiment("ci")
     raw = spec.model_dump(mode="json")
-    if real_images and SAMPLE.is_dir():
-        raw["data"].update(source="dir", dir=str(SAMPLE), subset={})
+    if real_images:
+        raw["data"].update(source="sample", subset={})
     raw["backbones"] = [backbone or args.backbone]
     raw["strategies"] = {strategy: raw["strategies"][strategy]}
     raw["training"].update(epochs=args.epochs, **training)
@@ -271,28 +272,52 @@ def compute_to_reach(result: sweep.SweepResult, target: float, epochs: int) -> t
     return float("nan"), float("nan")
 
 
-def pruning(args) -> list[str]:
+def pruned_and_unpruned(args, make_spec, backbone: str, strategy: str) -> tuple[dict, dict]:
+    """The same sweep twice, without and with the pruner: {pruner: SweepResult}, {pruner: wall s}."""
     results, walls = {}, {}
     for pruner in ("none", args.pruner):
-        spec = experiment(args, "top", real_images=False)  # random-init VGG16 learns the synthetic set only
-        spec.strategies = {"top2": spec.strategies["top"].model_copy(update={"unfreeze": 2})}
-        spec.training.epochs = args.pruning_epochs
+        spec = make_spec()
         spec.search.pruner, spec.search.trials = pruner, args.pruning_trials
-        spec.search.space.learning_rate.low, spec.search.space.learning_rate.high = LR_RANGE
         fresh_stores(f"pruner-{pruner}")
         started = time.perf_counter()
-        results[pruner] = sweep.run_sweep(spec, args.backbone, "top2", verbose=0,
+        results[pruner] = sweep.run_sweep(spec, backbone, strategy, verbose=0,
                                           say=lambda line, p=pruner: print(f"  {p}:", line, flush=True))
         walls[pruner] = time.perf_counter() - started
+    return results, walls
+
+
+def pruning_table(args, results: dict, walls: dict) -> tuple[list[str], float]:
+    """The comparison's rows and bold line, and the target both sweeps reached."""
     target = min(r.study.best_value for r in results.values())
     reach = {p: compute_to_reach(r, target, args.pruning_epochs) for p, r in results.items()}
     totals = {p: sum(epochs_trained(t, args.pruning_epochs) for t in r.study.trials) for p, r in results.items()}
-    books = bookkeeping(results["none"])
     rows = [
         f"| {p} | {r.study.best_value:.3f} | {reach[p][0]:.0f} epochs, {reach[p][1]:.0f} s | {totals[p]} epochs, "
         f"{walls[p]:.0f} s | {sum(t.state.name == 'PRUNED' for t in r.study.trials)} |"
         for p, r in results.items()
     ]
+    return [
+        "| pruner | best val top-1 | compute to reach the target | whole sweep | pruned trials |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"**Compute to reach the target: {reach['none'][0] / reach[args.pruner][0]:.1f}x fewer epochs, "
+        f"{reach['none'][1] / reach[args.pruner][1]:.1f}x less trial time with pruning; whole sweep "
+        f"{totals['none'] / totals[args.pruner]:.1f}x fewer epochs** (goal >= 2x).\n",
+    ], target
+
+
+def pruning(args) -> list[str]:
+    def make_spec():
+        spec = experiment(args, "top", real_images=False)  # random-init VGG16 learns the synthetic set only
+        spec.strategies = {"top2": spec.strategies["top"].model_copy(update={"unfreeze": 2})}
+        spec.training.epochs = args.pruning_epochs
+        spec.search.space.learning_rate.low, spec.search.space.learning_rate.high = LR_RANGE
+        return spec
+
+    results, walls = pruned_and_unpruned(args, make_spec, args.backbone, "top2")
+    table, target = pruning_table(args, results, walls)
+    books = bookkeeping(results["none"])
     return [
         "### 4. Pruned vs unpruned sweep\n",
         f"{args.backbone} on the ci experiment's synthetic set (random-init features do not separate 100 real "
@@ -302,15 +327,40 @@ def pruning(args) -> list[str]:
         f"warm-up epoch(s) and {spec.search.startup_trials} startup trials. Target: the lower of the two sweeps' best "
         f"validation top-1 ({target:.3f}); compute counted in trained "
         "epochs and in trial wall time, trial by trial until a trial reaches the target.\n",
-        "| pruner | best val top-1 | compute to reach the target | whole sweep | pruned trials |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-        f"**Compute to reach the target: {reach['none'][0] / reach[args.pruner][0]:.1f}x fewer epochs, "
-        f"{reach['none'][1] / reach[args.pruner][1]:.1f}x less trial time with pruning** (goal >= 2x).\n",
+        *table,
         "### 3b. Bookkeeping share (uncached trials)\n",
         f"In the unpruned sweep above: {books['per_trial_s'] * 1000:.0f} ms per trial = **{books['share']:.1%}** of a "
         f"{books['trial_s']:.1f} s trial.\n",
+    ]
+
+
+def pruning_transfer(args) -> list[str]:
+    """Real fine-tuning: the transfer experiment's Lite0 `top` strategy, a wide learning-rate range."""
+
+    def make_spec():
+        spec = load_experiment("transfer")
+        spec.backbones = ["efficientnetlite0"]
+        spec.backbone.image_size = args.pruning_image_size
+        spec.strategies = {"top": spec.strategies["top"].model_copy(update={"epochs": args.pruning_epochs, "space": None})}
+        spec.search.space.learning_rate.low, spec.search.space.learning_rate.high = LR_RANGE
+        spec.search.pruner_warmup_epochs, spec.search.startup_trials = args.pruning_warmup, args.pruning_startup
+        return spec
+
+    results, walls = pruned_and_unpruned(args, make_spec, "efficientnetlite0", "top")
+    table, target = pruning_table(args, results, walls)
+    spec = make_spec()
+    space = spec.search.space
+    return [
+        "### 4b. Pruned vs unpruned sweep on real fine-tuning\n",
+        f"ImageNet EfficientNet-Lite0 at {args.pruning_image_size} px on the packaged CIFAR-100 slice "
+        f"({spec.data.validation_fraction:.0%} validation), the `transfer` experiment's `top` strategy (head and top N "
+        f"weighted layers trained together, N searched in {space.unfreeze.low}..{space.unfreeze.high}), "
+        f"{args.pruning_trials} trials of {args.pruning_epochs} epochs, learning rate searched in "
+        f"{LR_RANGE[0]:g}..{LR_RANGE[1]:g} (a user's first, wide range: Adam above ~1e-3 wrecks the pretrained "
+        f"layers), TPE seed 0 in both; {args.pruner} pruner after {args.pruning_warmup} warm-up epoch(s) and "
+        f"{args.pruning_startup} startup trials. Target: the lower of the two sweeps' best validation top-1 "
+        f"({target:.3f}).\n",
+        *table,
     ]
 
 
@@ -380,7 +430,7 @@ def write_doc(part: str, lines: list[str], command: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("frozen", "fit", "pruning", "resize"), action="append")
+    parser.add_argument("--only", choices=("frozen", "fit", "pruning", "pruning-transfer", "resize"), action="append")
     parser.add_argument("--backbone", default="vgg16")
     parser.add_argument("--resize-backbone", default="resnet50")
     parser.add_argument("--image-size", type=int, default=32)
@@ -389,13 +439,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--pruning-epochs", type=int, default=6)
     parser.add_argument("--pruner", default="median", choices=("median", "successive_halving", "hyperband"))
+    parser.add_argument("--pruning-image-size", type=int, default=96, help="pruning-transfer's image size")
+    parser.add_argument("--pruning-warmup", type=int, default=1, help="pruning-transfer's pruner warm-up epochs")
+    parser.add_argument("--pruning-startup", type=int, default=3, help="pruning-transfer's startup trials")
     parser.add_argument("--fit-epochs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes to check the script; does not write the doc")
     args = parser.parse_args()
     if args.smoke:
         args.trials, args.pruning_trials, args.epochs, args.repeats, args.pruning_epochs, args.fit_epochs = 2, 3, 3, 1, 2, 2
-    parts = {"frozen": frozen_sweeps, "fit": harness_vs_fit, "pruning": pruning, "resize": resize}
+    parts = {"frozen": frozen_sweeps, "fit": harness_vs_fit, "pruning": pruning, "pruning-transfer": pruning_transfer,
+             "resize": resize}
     header = f"Measured {time.strftime('%Y-%m-%d')} on {runtime.device_description()} ({os.cpu_count()} cores), " \
              f"keras {keras.__version__}.\n"
     for name in args.only or parts:
@@ -403,7 +457,8 @@ def main() -> None:
         lines = parts[name](args)
         print("\n".join(lines), flush=True)
         if not args.smoke:
-            key = {"frozen": f"frozen, {args.epochs} epochs", "pruning": f"pruning, {args.pruner}"}.get(name, name)
+            key = {"frozen": f"frozen, {args.epochs} epochs", "pruning": f"pruning, {args.pruner}",
+                   "pruning-transfer": f"pruning-transfer, {args.pruner}"}.get(name, name)
             write_doc(key, [header, *lines], "python benchmarks/speed.py " + " ".join(sys.argv[1:]))
 
 

@@ -99,6 +99,36 @@ def spec_with_weights(weights: str) -> Callable[[Path, Path], Path]:
     return lambda tmp, sample: ci_spec_with(tmp, **{'weights = "none"': f'weights = "{weights.format(tmp=tmp)}"'})
 
 
+def lite_spec_with_weights(weights: Callable[[Path], str]) -> Callable[[Path, Path], Path]:
+    """The ci-transfer spec (EfficientNet-Lite0 with ImageNet weights) with another weights value."""
+
+    def make(tmp: Path, sample: Path) -> Path:
+        text = (REPO / "experiments" / "ci-transfer.toml").read_text()
+        assert 'weights = "imagenet"' in text
+        path = tmp / "lite.toml"
+        path.write_text(text.replace('weights = "imagenet"', f'weights = "{weights(tmp)}"'))
+        return path
+
+    return make
+
+
+def lite_checkpoint(name: str) -> Callable[[Path], str]:
+    from benchmark import lite
+
+    return lambda tmp: str(lite.wheel_checkpoint(name))
+
+
+def code_checkpoint(tmp: Path) -> str:
+    (tmp / "evil.pth").write_bytes(pickle.dumps(RunsCode(tmp / "pwned"), protocol=2))
+    return str(tmp / "evil.pth")
+
+
+def truncated_checkpoint(tmp: Path) -> str:
+    content = Path(lite_checkpoint("efficientnetlite0")(tmp)).read_bytes()
+    (tmp / "half.pth").write_bytes(content[: len(content) // 2])
+    return str(tmp / "half.pth")
+
+
 def garbage_h5(tmp: Path) -> None:
     (tmp / "garbage.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(4096))
 
@@ -159,6 +189,7 @@ class Case:
 
 
 RUN_CI = ["run", "--experiment", "ci", "--backbone", "vgg16", "--quiet"]
+RUN_LITE = ["run", "--experiment", "{spec}", "--backbone", "efficientnetlite0", "--quiet"]
 SWEEP_CI = ["sweep", "--experiment", "ci", "--backbone", "vgg16", "--strategy", "frozen", "--trials", "1", "--quiet"]
 THROUGHPUT = ["throughput", "--backbone", "vgg16", "--image-size", "32"]
 READ_ONLY = "not writable (Read-only file system)"
@@ -214,6 +245,13 @@ CASES = [
          ("{tmp}/garbage.h5", "vgg16"), data=spec_with_weights("{tmp}/garbage.h5"), prepare=garbage_h5),
     Case("weights-wrong-shapes", ["run", "--experiment", "{spec}", "--backbone", "vgg16"],
          ("{tmp}/other.weights.h5", "vgg16"), data=spec_with_weights("{tmp}/other.weights.h5"), prepare=small_model_h5),
+    Case("lite-checkpoint-runs-code", RUN_LITE, ("refusing to load {tmp}/evil.pth", "system"),
+         data=lite_spec_with_weights(code_checkpoint)),
+    Case("lite-checkpoint-truncated", RUN_LITE, ("{tmp}/half.pth", "truncated"), data=lite_spec_with_weights(truncated_checkpoint)),
+    Case("lite-checkpoint-of-another-model", RUN_LITE, ("does not fit efficientnetlite0", "_blocks.3.", "pip install"),
+         data=lite_spec_with_weights(lite_checkpoint("efficientnetlite2"))),
+    Case("lite-checkpoint-missing", RUN_LITE, ("{tmp}/nowhere.pth does not exist",),
+         data=lite_spec_with_weights(lambda tmp: f"{tmp}/nowhere.pth")),
     # baselines
     Case("baseline-not-json", ["check", "--experiment", "ci", "--baseline", "{tmp}/bad.json"], ("{tmp}/bad.json", "JSON"),
          prepare=lambda tmp: (tmp / "bad.json").write_text("{not json")),

@@ -11,7 +11,7 @@ import pytest
 from benchmark import features, measure, track
 from benchmark.data import load_dataset
 from benchmark.spec import load_experiment
-from benchmark.trial import prepare, run_trial
+from benchmark.trial import execute, prepare, run_trial
 
 
 @pytest.fixture
@@ -118,6 +118,7 @@ def test_an_unwritable_cache_costs_speed_not_the_trial(tmp_path, monkeypatch, ca
         ({}, None),
         ({"training": {"feature_cache": "off"}}, "training.feature_cache = off"),
         ({"strategy": {"unfreeze": 2}}, "the backbone trains"),
+        ({"strategy": {"unfreeze": 2, "schedule": "two_phase", "head_epochs": 1}}, None),  # its head phase
         ({"strategy": {"unfreeze": "all"}}, "the backbone trains"),
         ({"strategy": {"train_batchnorm": True}}, "BatchNorm"),
         ({"data": {"augment": {"flip": True, "crop_padding": 0}}}, "augmentation"),
@@ -144,3 +145,44 @@ def test_a_sweeps_frozen_trials_compute_the_features_at_most_once(in_ci_store):
         statuses = group["tags.feature_cache"].tolist()
         assert set(statuses) <= {"hit", "miss"} and statuses.count("miss") <= 1, (backbone, statuses)
         assert statuses.count("hit") >= len(statuses) - 1
+
+
+def two_phase_spec(feature_cache="auto", finetune_lr_scale=0.1):
+    spec = frozen_spec(feature_cache).with_values(unfreeze=2, finetune_lr_scale=finetune_lr_scale)
+    strategy = spec.strategy.model_copy(update={"schedule": "two_phase", "head_epochs": 3, "epochs": 1})
+    return spec.model_copy(update={"strategy": strategy})
+
+
+def test_a_two_phase_trials_head_phase_trains_on_cached_features(cache_dir):
+    through_backbone = run_trial(two_phase_spec("off"))
+    cached = run_trial(two_phase_spec())
+    assert cached.tags["feature_cache"] == "miss" and len(list(cache_dir.glob("*.npz"))) == 1
+    assert len(cached.history.epochs) == len(through_backbone.history.epochs) == 4
+    # phase 1 (head only) is the same training on the same features
+    np.testing.assert_allclose(cached.history.series("val_top1")[:3], through_backbone.history.series("val_top1")[:3],
+                               atol=0.011)
+    # phase 2 runs through the backbone: its test metrics come from the full model on images
+    data = load_dataset(cached.spec.data)
+    on_images = measure.evaluate(keras.models.load_model(cached.model_path), data.x_test, data.y_test, batch_size=64)
+    assert on_images["top1"] == pytest.approx(cached.metrics["test_top1"], abs=1 / len(data.y_test))
+
+
+class ZeroBackboneInPhaseTwo(keras.callbacks.Callback):
+    """Wrecks the backbone when phase 2 starts, so the best epoch is one of the head phase's."""
+
+    def __init__(self, base, head_epochs: int):
+        super().__init__()
+        self.base, self.head_epochs = base, head_epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch >= self.head_epochs:
+            self.base.set_weights([np.zeros_like(w) for w in self.base.get_weights()])
+
+
+def test_a_best_epoch_in_the_head_phase_restores_the_backbone_from_before_phase_two(cache_dir):
+    prepared = prepare(two_phase_spec())
+    before = prepared.built.base.get_weights()
+    result = execute(prepared, callbacks=[ZeroBackboneInPhaseTwo(prepared.built.base, head_epochs=3)])
+    assert result.metrics["best_epoch"] < 3 and result.history.series("val_top1")[3] < 0.05
+    for kept, original in zip(prepared.built.base.get_weights(), before):
+        np.testing.assert_array_equal(kept, original)

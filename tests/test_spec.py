@@ -9,7 +9,7 @@ import pytest
 from benchmark.errors import BenchmarkError, SpecError
 from benchmark.spec import EXPERIMENTS_DIR, load_experiment, parse_experiment
 
-SHIPPED = ["ci", "quick", "paper", "sample", "transfer"]
+SHIPPED = ["ci", "ci-transfer", "quick", "paper", "sample", "transfer"]
 
 
 def ci_raw() -> dict:
@@ -146,3 +146,29 @@ def test_with_values_validates():
     assert trial.with_values().training.learning_rate == trial.training.learning_rate
     with pytest.raises(Exception):
         trial.with_values(learning_rate=-1.0)
+
+
+def test_a_strategy_overrides_the_search_space_trials_and_epochs():
+    raw = ci_raw()
+    raw["search"]["per_backbone"] = {"vgg16": {"unfreeze": {"low": 1, "high": 13}, "learning_rate": {"low": 1e-3, "high": 1e-2}}}
+    raw["strategies"]["top"].update(epochs=7, trials=2, space={"learning_rate": {"low": 1e-5, "high": 1e-4},
+                                                               "weight_decay": {"low": 0.1, "high": 10.0}})
+    spec = parse_experiment(raw)
+    top, frozen = spec.search_space("vgg16", "top"), spec.search_space("vgg16", "frozen")
+    assert (top.learning_rate.low, top.learning_rate.high) == (1e-5, 1e-4)  # the strategy's, over per_backbone's
+    assert (top.unfreeze.low, top.unfreeze.high) == (1, 13)  # per_backbone's, where the strategy is silent
+    assert top.weight_decay.high == 10.0 and frozen.weight_decay is None
+    assert (frozen.learning_rate.low, frozen.learning_rate.high) == (1e-3, 1e-2)
+    trial = spec.resolve("vgg16", "top").with_values(unfreeze=2, weight_decay=0.5)
+    assert trial.strategy.trials == 2 and trial.training.weight_decay == 0.5
+    from benchmark.train import phases
+
+    assert phases(trial) == [(2, trial.training.learning_rate, 7)]
+    assert phases(spec.resolve("vgg16", "frozen")) == [(0, spec.training.learning_rate, spec.training.epochs)]
+
+
+def test_a_strategys_unknown_field_is_named(tmp_path):
+    raw = ci_raw()
+    raw["strategies"]["top"]["space"] = {"learning_rat": {"low": 1e-5, "high": 1e-4}}
+    problems = problems_of(raw, tmp_path)
+    assert any(p.startswith("strategies.top.space.learning_rat: unknown field") and "learning_rate" in p for p in problems)

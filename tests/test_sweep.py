@@ -226,6 +226,19 @@ def test_a_two_phase_search_never_samples_a_frozen_phase_two():
     assert min(depths) == 1 and max(depths) <= space.unfreeze.high
 
 
+def test_weight_decay_is_searched_on_a_log_scale_when_the_space_has_it():
+    experiment = ci()
+    spec = experiment.resolve("vgg16", "frozen")
+    space = experiment.search_space("vgg16").model_copy(update={"weight_decay": {"low": 0.01, "high": 100.0}})
+    space = type(space).model_validate(space.model_dump())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    decays = [sweep.suggest(study.ask(), spec, space)["weight_decay"] for _ in range(40)]
+    assert 0.01 <= min(decays) and max(decays) <= 100.0
+    assert sum(d < 1.0 for d in decays) >= 10 and sum(d > 1.0 for d in decays) >= 10  # log scale: both decades sides
+    assert spec.with_values(weight_decay=decays[0]).training.weight_decay == decays[0]
+    assert "weight_decay" not in sweep.suggest(study.ask(), spec, experiment.search_space("vgg16"))
+
+
 def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
     import signal
 
