@@ -1,4 +1,4 @@
-"""Issue 7's speed goals, measured side by side in one run; writes docs/performance.md's speed section.
+"""The speed goals, measured side by side in one run; writes docs/performance.md's speed section.
 
     python benchmarks/speed.py                 # all five measurements (~25 min on 2 CPU cores)
     python benchmarks/speed.py --only resize   # one of: frozen, fit, pruning, resize (bookkeeping comes with frozen)
@@ -34,7 +34,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "performance.md"
-SECTION = "## Speed (issue 7)"
+SECTION = "## Speed"
 SECTION_INTRO = "Written by `benchmarks/speed.py`: each part below with the command and date of its own run."
 LR_RANGE = (1e-5, 1e-2)
 
@@ -341,7 +341,8 @@ def pruning_transfer(args) -> list[str]:
         spec = load_experiment("transfer")
         spec.backbones = ["efficientnetlite0"]
         spec.backbone.image_size = args.pruning_image_size
-        spec.strategies = {"top": spec.strategies["top"].model_copy(update={"epochs": args.pruning_epochs, "space": None})}
+        top = spec.strategies["top"].model_copy(update={"epochs": args.pruning_epochs, "space": None, "trials": None})
+        spec.strategies = {"top": top}
         spec.search.space.learning_rate.low, spec.search.space.learning_rate.high = LR_RANGE
         spec.search.pruner_warmup_epochs, spec.search.startup_trials = args.pruning_warmup, args.pruning_startup
         return spec
