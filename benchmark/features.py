@@ -1,9 +1,10 @@
 """Frozen-feature cache: head-only epochs train on pooled backbone features computed once.
 
-With the backbone frozen (BatchNorm in inference mode) and no augmentation, every epoch feeds the
-head the very same pooled features (all of a frozen trial's epochs, a two-phase trial's first phase), so they are computed once per (backbone weights, image size,
-pooling, precision, data splits, Keras version and backend), kept on disk under a hash of all of
-that, and reused by every later trial and sweep. Anything that changes the features changes the key.
+With the backbone frozen (BatchNorm in inference mode) and no augmentation, every head-only epoch
+(all of a frozen trial's, a two-phase trial's first phase) feeds the head the very same pooled
+features, so they are computed once per (backbone weights, image size, pooling, precision, data
+splits, Keras version and backend), kept on disk under a hash of all of that, and reused by every
+later trial and sweep. Anything that changes the features changes the key.
 """
 
 from __future__ import annotations

@@ -250,7 +250,7 @@ CASES = [
     Case("lite-checkpoint-truncated", RUN_LITE, ("{tmp}/half.pth", "truncated"), data=lite_spec_with_weights(truncated_checkpoint)),
     Case("lite-checkpoint-of-another-model", RUN_LITE, ("does not fit efficientnetlite0", "_blocks.3.", "pip install"),
          data=lite_spec_with_weights(lite_checkpoint("efficientnetlite2"))),
-    Case("lite-checkpoint-missing", RUN_LITE, ("{tmp}/nowhere.pth does not exist",),
+    Case("lite-checkpoint-missing", RUN_LITE, ("{tmp}/nowhere.pth", "does not exist"),
          data=lite_spec_with_weights(lambda tmp: f"{tmp}/nowhere.pth")),
     # baselines
     Case("baseline-not-json", ["check", "--experiment", "ci", "--baseline", "{tmp}/bad.json"], ("{tmp}/bad.json", "JSON"),
