@@ -245,10 +245,12 @@ def write_baseline(baseline: Baseline, path: Path) -> None:
     path.write_text(json.dumps(baseline.model_dump(), indent=1) + "\n")
 
 
-def run_check(experiment: str, baseline_file: str | Path | None = None, update: bool = False,
+def run_check(experiment: str | spec.ExperimentSpec, baseline_file: str | Path | None = None, update: bool = False,
               fmt: str = "table", say=print) -> int:
     """The `check` command: 0 when every metric holds, 1 on a regression, 2 (BenchmarkError) when
-    there is nothing to compare."""
+    there is nothing to compare. The rows checked are the current spec's studies (kind sweep)."""
+    current = leaderboard.spec_of(experiment)
+    experiment = current.name if current else str(experiment)
     path = baseline_path(experiment, baseline_file)
     previous = None
     if not update:
@@ -259,7 +261,11 @@ def run_check(experiment: str, baseline_file: str | Path | None = None, update: 
         except BenchmarkError as e:
             say(f"replacing it: {e}")
     # Sweeps whose every trial failed are a regression to report (rows MISSING), not "no results".
-    board = leaderboard.leaderboard(experiment, require_complete=update)
+    board = leaderboard.leaderboard(current or experiment, require_complete=update)
+    board = board[board["kind"] == "sweep"].reset_index(drop=True)
+    if update and board.empty:
+        raise BenchmarkError(f"experiment '{experiment}' has no sweep results to record (only single runs); "
+                             f"run `python -m benchmark sweep --experiment {experiment}` first")
     if update:
         new = updated_baseline(experiment, board, previous, spread=f"experiments/{BASELINES_DIR}/README.md")
         write_baseline(new, path)

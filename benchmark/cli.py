@@ -46,10 +46,26 @@ def unfreeze_depth(text: str) -> int | str:
     return value
 
 
-def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", default="quick", help="experiment name in experiments/ or a .toml path (default: quick)")
-    parser.add_argument("--backbone", required=True, help="registry name, e.g. vgg16 (see `backbones`)")
-    parser.add_argument("--strategy", help="strategy name from the spec (default: its first)")
+def name_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be a name or comma-separated names, got {text!r}")
+    return names
+
+
+EXPERIMENT_HELP = "experiment name in experiments/ or a .toml spec path (default: quick)"
+
+
+def add_trial_arguments(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    parser.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    if many:
+        parser.add_argument("--backbone", type=name_list,
+                            help="registry name(s), e.g. vgg16 or vgg16,resnet50 (default: every backbone of the spec)")
+        parser.add_argument("--strategy", type=name_list,
+                            help="strategy name(s) from the spec (default: every strategy of the spec)")
+    else:
+        parser.add_argument("--backbone", required=True, help="registry name, e.g. vgg16 (see `backbones`)")
+        parser.add_argument("--strategy", help="strategy name from the spec (default: its first)")
     parser.add_argument("--data-dir", help="CIFAR-100 in the official cifar-100-python layout (overrides the spec)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines (for CI logs)")
 
@@ -66,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sweep = commands.add_parser("sweep", help="Optuna search of learning rate and unfreeze depth, tracked in MLflow")
-    add_trial_arguments(sweep)
+    sweep = commands.add_parser("sweep", help="Optuna search of learning rate and unfreeze depth, tracked in MLflow",
+                                description="Sweep every backbone x strategy of an experiment (or those selected): "
+                                            "one resumable Optuna study per pair and spec. Exit 1 when a pair ends "
+                                            "short of its target.")
+    add_trial_arguments(sweep, many=True)
     sweep.add_argument("--trials", type=positive_int, help="target number of finished trials in the study")
     sweep.add_argument("--timeout", type=positive_float, help="stop starting trials after this many seconds")
     sweep.add_argument("--storage", help="Optuna storage URL (default: $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.db)")
@@ -80,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=command_run)
 
     board = commands.add_parser("leaderboard", help="best trial per backbone x strategy, with plots and an HTML report")
-    board.add_argument("--experiment", default="quick", help="experiment name (default: quick)")
+    board.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    board.add_argument("--superseded", action="store_true",
+                       help="also list the studies of older versions of the spec (after the current rows)")
     board.add_argument("--format", default="table", choices=("table", "markdown", "csv", "json", "html"),
                        help="table (terminal), markdown, csv, json, or html (one self-contained page)")
     board.add_argument("--output", type=Path, help="write here instead of stdout; plots go in PATH's folder too")
@@ -90,11 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     board.set_defaults(handler=command_leaderboard)
 
     check = commands.add_parser("check", help="compare results with the stored baseline; exit 1 on a regression")
-    check.add_argument("--experiment", default="quick", help="experiment name (default: quick)")
+    check.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
     check.add_argument("--baseline", type=Path, help="baseline file (default: experiments/baselines/EXPERIMENT.json)")
     check.add_argument("--update", action="store_true", help="rewrite the baseline from the current results")
     check.add_argument("--format", default="table", choices=("table", "markdown"), help="the comparison table's format")
     check.set_defaults(handler=command_check)
+
+    confirm = commands.add_parser("confirm", help="retrain the best configuration of the top rows with new seeds")
+    confirm.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    confirm.add_argument("--top", type=positive_int, default=3, help="how many leaderboard rows (default: 3)")
+    confirm.add_argument("--seeds", type=positive_int, default=3, help="new training seeds per row (default: 3)")
+    confirm.add_argument("--resplit", action="store_true", help="also draw a new validation split for each seed")
+    confirm.add_argument("--quiet", action="store_true", help="no per-epoch lines (for CI logs)")
+    confirm.set_defaults(handler=command_confirm)
 
     speed = commands.add_parser("throughput", help="inference and training images/s of one backbone (like timm's benchmark.py)")
     speed.add_argument("--backbone", required=True, help="registry name, e.g. resnet50 (see `backbones`)")
@@ -116,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_run(args) -> int:
-    from benchmark import spec as specs
+    import time
+
+    from benchmark import spec as specs, study_identity
 
     experiment = specs.load_experiment(args.experiment)  # before TensorFlow loads: a bad spec is reported at once
     spec = experiment.resolve(args.backbone, args.strategy, args.data_dir)
@@ -125,11 +156,13 @@ def command_run(args) -> int:
     if unfreeze is None and spec.strategy.unfreeze == "search":
         unfreeze = experiment.search_space(spec.backbone.name, spec.strategy_name).unfreeze.low
         print(f"strategy '{spec.strategy_name}' searches its depth; using unfreeze={unfreeze} (set --unfreeze N)")
+    recipe = study_identity.recipe_fingerprint(spec, experiment.search_space(spec.backbone.name, spec.strategy_name),
+                                               experiment.search)  # the spec's, as the leaderboard matches it
     spec = with_values(spec, learning_rate=args.lr, unfreeze=unfreeze)
     prepared = trial.prepare(spec)  # rejects bad data or depth before anything is recorded
     track.configure()
-    name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}"
-    with track.trial_run(spec, "run", prepared.data.origin, run_name=name) as run:
+    name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    with track.trial_run(spec, "run", prepared.data.origin, run_name=name, extra_tags={"recipe_fingerprint": recipe}) as run:
         logger = track.EpochLogger(run.info.run_id).callback()
         result = trial.execute(prepared, callbacks=[logger], verbose=0 if args.quiet else 2)
         track.log_result(result, run.info.run_id)
@@ -171,28 +204,68 @@ def command_sweep(args) -> int:
 
     experiment = specs.load_experiment(args.experiment)
     sweep = import_training_modules()[2]
-    result = sweep.run_sweep(
-        experiment,
-        args.backbone,
-        strategy=args.strategy,
-        trials=args.trials,
-        timeout_s=args.timeout,
-        storage=args.storage,
-        data_dir=args.data_dir,
-        verbose=0 if args.quiet else 2,
-    )
+    options = dict(trials=args.trials, timeout_s=args.timeout, storage=args.storage, data_dir=args.data_dir,
+                   verbose=0 if args.quiet else 2)
+    pairs = sweep.pairs_of(experiment, args.backbone, args.strategy)
+    if len(pairs) == 1:  # one study: its input errors are the command's (exit 2)
+        result = sweep.run_sweep(experiment, *pairs[0], **options)
+        report_study(sweep, result)
+        print_next_steps(args.experiment)
+        return 0 if result.reached else 1
+    results = sweep.run_experiment(experiment, args.backbone, args.strategy, **options)
+    errors = {pair.error for pair in results}
+    if all(pair.result is None for pair in results) and len(errors) == 1:
+        raise BenchmarkError(errors.pop())  # the same problem for every pair: one line, not one per pair
+    print(f"experiment {experiment.name}: {sum(p.reached for p in results)} of {len(results)} pairs reached their target")
+    for pair in results:
+        print(f"  {pair.summary()}")
+    print_leaderboard(experiment)
+    print_next_steps(args.experiment)
+    return 0 if all(pair.reached for pair in results) else 1
+
+
+def report_study(sweep, result) -> None:
     counts = ", ".join(f"{v} {k}" for k, v in result.counts.items())
     print(f"study {result.study.study_name}: {counts}; MLflow parent run {result.parent_run_id}")
+    if not result.reached:
+        print(result.shortfall() + "; see the FAILED runs' 'error' tag in MLflow")
     best = result.best_trial
-    if best is None:
-        print("no trial completed; see the FAILED runs' 'error' tag in MLflow")
-        return 1
-    params = " ".join(f"{k}={v}" for k, v in best.params.items())
-    print(
-        f"best trial #{best.number}: {params} best_val_top1={best.value:.4f} "
-        f"test_top1={sweep.outcome(best)['test_top1']:.4f}"
-    )
-    return 0
+    if best is not None:
+        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+        print(f"best trial #{best.number}: {params} best_val_top1={best.value:.4f} "
+              f"test_top1={sweep.outcome(best)['test_top1']:.4f}")
+
+
+def print_leaderboard(experiment) -> None:
+    from benchmark import leaderboard
+
+    try:
+        board = leaderboard.leaderboard(experiment)
+    except BenchmarkError as e:  # nothing completed anywhere: the pair lines above say why
+        print(f"no leaderboard yet: {e}")
+        return
+    print()
+    print(leaderboard.render(board, "table"), end="")
+
+
+def print_next_steps(experiment: str) -> None:
+    from benchmark import track
+
+    ui = f"mlflow ui --backend-store-uri {track.local_uri()}" if track.uses_local_store() else \
+        f"open {track.display_uri()}"
+    print(f"next: python -m benchmark leaderboard --experiment {experiment} --format html --output report/index.html"
+          f" (the report); {ui} (the MLflow UI)")
+
+
+def experiment_argument(text: str):
+    """A spec path is loaded (its `name` is the MLflow experiment); a bare name is loaded when a
+    spec of that name exists, and read from the store as it is otherwise."""
+    from benchmark import spec as specs
+
+    path = Path(text)
+    if path.suffix == ".toml" or path.exists():
+        return specs.load_experiment(path)
+    return text
 
 
 def command_leaderboard(args) -> int:
@@ -200,22 +273,25 @@ def command_leaderboard(args) -> int:
 
     from benchmark import leaderboard, track
 
+    experiment = experiment_argument(args.experiment)
     track.configure_for_reading()
-    board = leaderboard.leaderboard(args.experiment)
+    board = leaderboard.leaderboard(experiment, superseded=args.superseded)
+    name = leaderboard.spec_name(experiment)
     plots = args.plots if args.plots is not None else (args.output is not None or args.format == "html")
     if not plots:
-        leaderboard.write(leaderboard.render(board, args.format), args.output)
+        text = report_page(name, board) if args.format == "html" else leaderboard.render(board, args.format)
+        leaderboard.write(text, args.output)
         return 0
     from benchmark import report
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.output.parent / f"{args.output.stem}_plots" if args.output else Path(tmp)
-        built = report.build_report(args.experiment, board, folder, storage=args.storage)
-        text = report.html_page(args.experiment, built) if args.format == "html" else leaderboard.render(board, args.format)
+        built = report.build_report(name, board, folder, storage=args.storage)
+        text = report.html_page(name, built) if args.format == "html" else leaderboard.render(board, args.format)
         tables = {"leaderboard.csv": leaderboard.render(board, "csv"), "leaderboard.md": leaderboard.render(board, "markdown"),
-                  "leaderboard.html": text if args.format == "html" else report.html_page(args.experiment, built)}
-        run_id = report.log_report(args.experiment, built, tables)
-        leaderboard.write(text, args.output)
+                  "leaderboard.html": text if args.format == "html" else report.html_page(name, built)}
+        leaderboard.write(text, args.output)  # the files first: nothing is logged about a report that was not written
+        run_id = report.log_report(name, built, tables)
     where = f"; plots in {folder}" if args.output else ""
     print(f"{len(built.figures)} plots logged to MLflow run {run_id}{where}", file=sys.stderr)
     for note in built.notes:
@@ -223,11 +299,38 @@ def command_leaderboard(args) -> int:
     return 0
 
 
+def report_page(name: str, board) -> str:
+    """The HTML page without plots (--no-plots)."""
+    from benchmark import report
+
+    return report.html_page(name, report.Report(board=board, figures=[], notes=[]))
+
+
 def command_check(args) -> int:
     from benchmark import check, track
 
+    experiment = experiment_argument(args.experiment)
     track.configure_for_reading()
-    return check.run_check(args.experiment, args.baseline, update=args.update, fmt=args.format)
+    return check.run_check(experiment, args.baseline, update=args.update, fmt=args.format)
+
+
+def command_confirm(args) -> int:
+    from benchmark import spec as specs
+
+    experiment = specs.load_experiment(args.experiment)
+    track = import_training_modules()[0]
+    from benchmark import confirm
+
+    track.configure_for_reading()
+    repeats = confirm.run_confirm(experiment, top=args.top, seeds=args.seeds, resplit=args.resplit,
+                                  verbose=0 if args.quiet else 2)
+    skipped = sum(r.skipped for r in repeats)
+    if skipped:
+        print(f"{skipped} repeat(s) already finished earlier: kept, not retrained")
+    for line in confirm.summary(repeats):
+        print(line)
+    print(f"the leaderboard's seeds@1 column shows them: python -m benchmark leaderboard --experiment {args.experiment}")
+    return 0
 
 
 def command_throughput(args) -> int:

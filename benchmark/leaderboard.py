@@ -1,8 +1,13 @@
 """Leaderboard: the best trial of each backbone x strategy, read back from MLflow.
 
-One row per (backbone, strategy): its best trial by validation top-1 (the test set never chooses),
-with test accuracy and a 95% bootstrap interval from the per-example predictions the trial kept,
-size and speed, the chosen hyperparameters, how many trials it took and the compute they used.
+One row per (backbone, strategy) and kind: the best trial (by validation top-1: the test set never
+chooses) of the study of the current spec (kind sweep), or the best single `benchmark run` (kind
+run). Each row has its test accuracy with a 95% bootstrap interval from the per-image predictions
+the trial kept, and a paired comparison with the best row on the same images: the exact McNemar
+p-value (p_vs_best), a paired bootstrap interval of the top-1 difference, and tied_with_best when
+p >= 0.05. Seed repeats (`confirm`) add the mean and std of their test top-1. Then size and speed,
+the chosen hyperparameters, how many trials the study took and the compute they used. Studies of
+older specs are never mixed into a row; `superseded` lists them after the current rows.
 COLUMNS is the fixed result schema of every format (csv, json, markdown, html).
 """
 
@@ -16,29 +21,35 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from benchmark import track
+from benchmark import study_identity, track
 from benchmark.errors import BenchmarkError
+from benchmark.spec import ExperimentSpec, find_experiment, load_experiment
 
 COLUMNS = (
-    "backbone", "strategy",
+    "backbone", "strategy", "kind",
     "val_top1", "val_top5",
     "test_top1", "test_top1_low", "test_top1_high",
     "test_top5", "test_top5_low", "test_top5_high",
+    "p_vs_best", "diff_vs_best_low", "diff_vs_best_high", "tied_with_best",
+    "confirm_runs", "confirm_test_top1_mean", "confirm_test_top1_std",
     "params", "model_size_mb", "infer_images_per_sec", "train_images_per_sec",
     "learning_rate", "unfreeze",
     "trials_complete", "trials_pruned", "trials_failed", "compute_s",
     "pareto_throughput", "pareto_size",
-    "trial_number", "run_id",
+    "trial_number", "run_id", "study",
 )  # fmt: skip
+KINDS = ("sweep", "run", "superseded")  # a study's best trial; the best single `run`; an older spec's study
 FORMATS = ("table", "markdown", "csv", "json", "html")
 BOOTSTRAP_SAMPLES = 2000
+SIGNIFICANCE = 0.05  # rows whose p_vs_best is at least this are tied with the best
 TABLE_WIDTH = 100
 
 RUN_COLUMNS = (
     *(f"metrics.{name}" for name in ("best_val_top1", "best_val_top5", "test_top1", "test_top5", "params_total",
                                      "model_size_mb", "infer_images_per_sec", "train_images_per_sec")),
     "params.training.learning_rate", "params.strategy.unfreeze", "tags.trial_number", "tags.backbone",
-    "tags.strategy", "tags.best_run_id", "end_time", "start_time", "status", "run_id",
+    "tags.strategy", "tags.best_run_id", "tags.study_name", "tags.recipe_fingerprint", "tags.confirm_of",
+    "end_time", "start_time", "status", "run_id",
     *(f"metrics.trials_{k}" for k in ("complete", "pruned", "failed", "compute_s")),
 )  # fmt: skip
 
@@ -55,72 +66,163 @@ def experiment_id_of(experiment: str) -> str:
     if found is None:
         raise BenchmarkError(
             f"no experiment '{experiment}' in the MLflow store {track.display_uri()}; run "
-            f"`python -m benchmark sweep --experiment {experiment} --backbone NAME` first, or point "
+            f"`python -m benchmark sweep --experiment {experiment}` first, or point "
             f"{track.STORE_ENV}/MLFLOW_TRACKING_URI at the store that holds it"
         )
     return found.experiment_id
 
 
-def candidate_runs(experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(candidates, bookkeeping). Candidates: each sweep's best trial run and every single
-    `benchmark run` that completed. Bookkeeping: per sweep and per single run, its backbone,
-    strategy, trials complete/pruned/failed and compute seconds.
+# ---------------------------------------------------------------- which studies are current
+
+
+def spec_of(experiment: str | ExperimentSpec) -> ExperimentSpec | None:
+    """The spec an experiment name refers to, or None when no spec file of that name exists (a
+    store read elsewhere): then each pair's newest study is its row."""
+    if isinstance(experiment, ExperimentSpec):
+        return experiment
+    try:
+        path = find_experiment(experiment)
+    except BenchmarkError:
+        return None
+    return load_experiment(path)
+
+
+def current_recipes(spec: ExperimentSpec) -> dict[tuple[str, str], str]:
+    """(backbone, strategy) -> the recipe fingerprint of the spec as it is now."""
+    recipes = {}
+    for backbone in spec.backbones:
+        for strategy in spec.strategies:
+            trial = spec.resolve(backbone, strategy)
+            space = spec.search_space(trial.backbone.name, strategy)
+            recipes[(trial.backbone.name, strategy)] = study_identity.recipe_fingerprint(trial, space, spec.search)
+    return recipes
+
+
+def is_current(runs: pd.DataFrame, recipes: dict[tuple[str, str], str] | None) -> pd.Series:
+    if recipes is None:
+        return pd.Series(True, index=runs.index)
+    keys = zip(runs["tags.backbone"], runs["tags.strategy"])
+    return pd.Series([recipes.get(k) == r for k, r in zip(keys, runs["tags.recipe_fingerprint"])], index=runs.index,
+                     dtype=bool)
+
+
+def newest_per_pair(parents: pd.DataFrame) -> pd.Series:
+    """True for each pair's most recently started study among `parents`."""
+    order = parents.sort_values("start_time", kind="stable")
+    newest = order.groupby(["tags.backbone", "tags.strategy"]).tail(1).index
+    return pd.Series(parents.index.isin(newest), index=parents.index)
+
+
+def split_studies(sweeps: pd.DataFrame, recipes) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(current, superseded) parent runs: one current study per pair (of the spec's recipe; the
+    newest if several share it); every other study of the experiment is superseded."""
+    matching = sweeps[is_current(sweeps, recipes)]
+    current = matching[newest_per_pair(matching)] if not matching.empty else matching
+    return current, sweeps.drop(current.index)
+
+
+# ---------------------------------------------------------------- reading runs
+
+
+def candidate_runs(experiment: str | ExperimentSpec, superseded: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(candidates, bookkeeping). Candidates: each current study's best trial run (kind sweep),
+    every completed single `benchmark run` of the current recipe (kind run) and, with
+    `superseded`, the best trial of every other study (kind superseded). Bookkeeping: per study
+    and per single run, its pair, kind, trials complete/pruned/failed and compute seconds.
 
     A sweep's counts, compute and best run come from its parent run, which the sweep rewrites
     after every trial (sweep.record_progress): a leaderboard over thousands of trials reads a
     few dozen runs, not every trial's params, tags and metrics."""
-    experiment_id = experiment_id_of(experiment)
+    spec = spec_of(experiment)
+    name = spec.name if spec else str(experiment)
+    experiment_id = experiment_id_of(name)
     sweeps = search(experiment_id, "tags.role = 'sweep'")
     singles = search(experiment_id, "tags.role = 'run'")
     if sweeps.empty and singles.empty:
         raise BenchmarkError(
-            f"experiment '{experiment}' has no sweeps or runs in {track.display_uri()}; run "
-            f"`python -m benchmark sweep --experiment {experiment} --backbone NAME` first"
+            f"experiment '{name}' has no sweeps or runs in {track.display_uri()}; run "
+            f"`python -m benchmark sweep --experiment {name}` first"
         )
-    best_ids = sweeps["tags.best_run_id"].dropna().tolist()
-    best = search(experiment_id, f"attributes.run_id IN ({', '.join(repr(i) for i in best_ids)})") if best_ids else sweeps[:0]
+    recipes = current_recipes(spec) if spec else None
+    current, older = split_studies(sweeps, recipes)
+    parents = pd.concat([current.assign(kind="sweep"), older.assign(kind="superseded")] if superseded
+                        else [current.assign(kind="sweep")], ignore_index=True)
+    singles = singles[is_current(singles, recipes)]
+    best = best_trial_runs(experiment_id, parents)
     single_done = (singles["status"] == "FINISHED") & singles["metrics.test_top1"].notna()
     started = pd.to_datetime(singles["start_time"], utc=True)
     ended = pd.to_datetime(singles["end_time"], utc=True).fillna(pd.Timestamp.now(tz="UTC"))  # still running
     books = pd.concat([
         pd.DataFrame({
-            "backbone": sweeps["tags.backbone"], "strategy": sweeps["tags.strategy"],
-            "complete": sweeps["metrics.trials_complete"], "pruned": sweeps["metrics.trials_pruned"],
-            "failed": sweeps["metrics.trials_failed"], "compute_s": sweeps["metrics.trials_compute_s"],
+            "backbone": parents["tags.backbone"], "strategy": parents["tags.strategy"], "kind": parents["kind"],
+            "study": parents["tags.study_name"],
+            "complete": parents["metrics.trials_complete"], "pruned": parents["metrics.trials_pruned"],
+            "failed": parents["metrics.trials_failed"], "compute_s": parents["metrics.trials_compute_s"],
         }),
         pd.DataFrame({
-            "backbone": singles["tags.backbone"], "strategy": singles["tags.strategy"],
+            "backbone": singles["tags.backbone"], "strategy": singles["tags.strategy"], "kind": "run", "study": "",
             "complete": single_done.astype(float), "pruned": 0.0,
             "failed": ((singles["status"] != "RUNNING") & ~single_done).astype(float),
             "compute_s": (ended - started).dt.total_seconds().clip(lower=0),
         }),
     ], ignore_index=True)  # fmt: skip
-    candidates = pd.concat([best, singles[single_done]], ignore_index=True)
-    return candidates[candidates["metrics.best_val_top1"].notna()], books.fillna(0.0)
+    candidates = pd.concat([best, singles[single_done].assign(kind="run", study="")], ignore_index=True)
+    return candidates[candidates["metrics.best_val_top1"].notna()], books.fillna({"complete": 0.0, "pruned": 0.0,
+                                                                                 "failed": 0.0, "compute_s": 0.0})
 
 
-def leaderboard(experiment: str, intervals: bool = True, require_complete: bool = True) -> pd.DataFrame:
-    """The leaderboard of an experiment, sorted by validation top-1 (best first). Without
-    require_complete, an experiment whose trials all failed or were pruned gives an empty table."""
-    candidates, books = candidate_runs(experiment)
+def best_trial_runs(experiment_id: str, parents: pd.DataFrame) -> pd.DataFrame:
+    """The best trial's run of each parent, with the parent's kind and study name."""
+    known = parents.dropna(subset=["tags.best_run_id"])
+    if known.empty:
+        return search(experiment_id, "tags.role = 'sweep'")[:0].assign(kind=[], study=[])
+    ids = ", ".join(repr(i) for i in known["tags.best_run_id"])
+    best = search(experiment_id, f"attributes.run_id IN ({ids})")
+    of = known.set_index("tags.best_run_id")
+    return best.assign(kind=best["run_id"].map(of["kind"]), study=best["run_id"].map(of["tags.study_name"]))
+
+
+def confirmations(experiment: str | ExperimentSpec) -> pd.DataFrame:
+    """Finished seed repeats (`confirm`): confirm_of (the trial run they repeat) and test_top1."""
+    spec = spec_of(experiment)
+    runs = search(experiment_id_of(spec.name if spec else str(experiment)), "tags.role = 'confirm'")
+    done = runs[(runs["status"] == "FINISHED") & runs["metrics.test_top1"].notna()]
+    return pd.DataFrame({"confirm_of": done["tags.confirm_of"], "test_top1": done["metrics.test_top1"]})
+
+
+def leaderboard(experiment: str | ExperimentSpec, intervals: bool = True, require_complete: bool = True,
+                superseded: bool = False) -> pd.DataFrame:
+    """The leaderboard of an experiment (a name, or its spec): the current studies' rows sorted by
+    validation top-1 (best first), each compared with the best row on the same test images; then,
+    with `superseded`, the rows of studies of older specs. Without require_complete, an experiment
+    whose trials all failed or were pruned gives an empty table."""
+    candidates, books = candidate_runs(experiment, superseded)
     if candidates.empty and not require_complete:
         return pd.DataFrame(columns=list(COLUMNS))
     if candidates.empty:
         raise BenchmarkError(
-            f"experiment '{experiment}' has no completed trial yet in {track.display_uri()} "
+            f"experiment '{spec_name(experiment)}' has no completed trial yet in {track.display_uri()} "
             f"(only running, pruned or failed ones); let a sweep finish one"
         )
-    totals = books.groupby(["backbone", "strategy"]).sum()
+    totals = books.groupby(["backbone", "strategy", "kind", "study"]).sum()
     rows = [
         summarize_group(group, totals.loc[key])
-        for key, group in candidates.groupby(["tags.backbone", "tags.strategy"], sort=False)
+        for key, group in candidates.groupby(["tags.backbone", "tags.strategy", "kind", "study"], sort=False)
     ]
     board = pd.DataFrame(rows, columns=list(COLUMNS))
-    if intervals:
-        add_bootstrap_intervals(board)
     board["pareto_throughput"] = pareto_front(board["val_top1"], board["infer_images_per_sec"])
     board["pareto_size"] = pareto_front(board["val_top1"], -board["model_size_mb"])
-    return board.sort_values(["val_top1", "test_top1"], ascending=False, kind="stable").reset_index(drop=True)
+    board["rank"] = board["kind"].map({"sweep": 0, "run": 0, "superseded": 1})
+    board = board.sort_values(["rank", "val_top1", "test_top1"], ascending=[True, False, False], kind="stable")
+    board = board.drop(columns="rank").reset_index(drop=True)
+    add_confirmations(board, confirmations(experiment))
+    if intervals:
+        add_statistics(board)
+    return board
+
+
+def spec_name(experiment: str | ExperimentSpec) -> str:
+    return experiment.name if isinstance(experiment, ExperimentSpec) else str(experiment)
 
 
 def summarize_group(candidates: pd.DataFrame, totals: pd.Series) -> dict:
@@ -129,6 +231,7 @@ def summarize_group(candidates: pd.DataFrame, totals: pd.Series) -> dict:
     return {
         "backbone": best["tags.backbone"],
         "strategy": best["tags.strategy"],
+        "kind": best["kind"],
         "val_top1": best["metrics.best_val_top1"],
         "val_top5": best["metrics.best_val_top5"],
         "test_top1": best["metrics.test_top1"],
@@ -145,7 +248,20 @@ def summarize_group(candidates: pd.DataFrame, totals: pd.Series) -> dict:
         "compute_s": float(totals["compute_s"]),
         "trial_number": int(best["tags.trial_number"]) if pd.notna(best["tags.trial_number"]) else -1,
         "run_id": best["run_id"],
+        "study": best["study"] if isinstance(best["study"], str) else "",
+        "confirm_runs": 0,
     }
+
+
+def add_confirmations(board: pd.DataFrame, confirms: pd.DataFrame) -> None:
+    """Mean and std (ddof 1) of test top-1 over each row's seed repeats."""
+    grouped = confirms.groupby("confirm_of")["test_top1"]
+    stats = pd.DataFrame({"n": grouped.count(), "mean": grouped.mean(), "std": grouped.std(ddof=1)})
+    for i, run_id in enumerate(board["run_id"]):
+        if run_id in stats.index:
+            board.loc[i, ["confirm_runs", "confirm_test_top1_mean", "confirm_test_top1_std"]] = (
+                int(stats.loc[run_id, "n"]), stats.loc[run_id, "mean"], stats.loc[run_id, "std"])
+    board["confirm_runs"] = board["confirm_runs"].astype(int)
 
 
 # ---------------------------------------------------------------- statistics
@@ -171,15 +287,53 @@ def bootstrap_interval(correct: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, se
     return float(low), float(high)
 
 
-def add_bootstrap_intervals(board: pd.DataFrame) -> None:
+def mcnemar_exact(row_correct: np.ndarray, best_correct: np.ndarray) -> float:
+    """Two-sided exact McNemar p-value of two classifiers on the same examples: under the null
+    the discordant pairs split Binomial(b + c, 1/2). p = 1 when they never disagree."""
+    from scipy.stats import binomtest
+
+    b = int(np.sum(best_correct & ~row_correct))
+    c = int(np.sum(row_correct & ~best_correct))
+    return 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5).pvalue)
+
+
+def paired_bootstrap(row_correct: np.ndarray, best_correct: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                     seed: int = 0) -> tuple[float, float]:
+    """95% paired bootstrap interval of top-1(row) - top-1(best), resampling test images. Each
+    image's difference is +1, -1 or 0, so resampling n images is a Multinomial(n, shares) draw:
+    the same distribution without n x samples indices."""
+    n = len(row_correct)
+    difference = row_correct.astype(int) - best_correct.astype(int)
+    shares = [np.mean(difference == 1), np.mean(difference == -1)]
+    counts = np.random.default_rng(seed).multinomial(n, [*shares, max(0.0, 1 - sum(shares))], size=samples)
+    low, high = np.percentile((counts[:, 0] - counts[:, 1]) / n, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def add_statistics(board: pd.DataFrame) -> None:
+    """Bootstrap intervals per row, and each row's paired comparison with the best row (the
+    first: best validation top-1) on the same test images. Rows whose predictions are lost, or
+    were made on other test images, get no comparison (NaN)."""
+    board["tied_with_best"] = pd.array([pd.NA] * len(board), dtype="boolean")
+    correct = {}
     for i, run_id in enumerate(board["run_id"]):
         try:
             saved = test_predictions(run_id)
         except Exception:  # a run from before predictions were kept, or a lost artifact: no interval
             continue
         labels, top5 = saved["labels"], saved["top5"]
-        board.loc[i, ["test_top1_low", "test_top1_high"]] = bootstrap_interval(top5[:, 0] == labels)
+        correct[i] = (labels, top5[:, 0] == labels)
+        board.loc[i, ["test_top1_low", "test_top1_high"]] = bootstrap_interval(correct[i][1])
         board.loc[i, ["test_top5_low", "test_top5_high"]] = bootstrap_interval((top5 == labels[:, None]).any(axis=1))
+    if 0 not in correct:
+        return
+    best_labels, best_correct = correct[0]
+    for i, (labels, row_correct) in correct.items():
+        if labels.shape != best_labels.shape or not np.array_equal(labels, best_labels):
+            continue
+        p = mcnemar_exact(row_correct, best_correct)
+        board.loc[i, ["p_vs_best", "diff_vs_best_low", "diff_vs_best_high"]] = (p, *paired_bootstrap(row_correct, best_correct))
+        board.loc[i, "tied_with_best"] = bool(p >= SIGNIFICANCE)
 
 
 def pareto_front(accuracy: pd.Series, other: pd.Series, tolerance: float = 0.01) -> pd.Series:
@@ -258,14 +412,39 @@ def shortened(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def versus_best(row) -> str:
+    """'best' for the first row; the p-value, with '=' when tied with the best at 5%."""
+    if row.name == 0:
+        return "best"
+    p = row["p_vs_best"]
+    if pd.isna(p):
+        return "-"
+    shown = "<.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+    return ("=" if bool(row["tied_with_best"]) else "") + shown
+
+
+def confirmed(row) -> str:
+    if not row["confirm_runs"]:
+        return "-"
+    std = row["confirm_test_top1_std"]
+    spread = f"±{100 * std:.1f}" if pd.notna(std) else ""
+    return f"{percent(row['confirm_test_top1_mean'])}{spread}/{int(row['confirm_runs'])}"
+
+
+def kind_mark(kind: str) -> str:
+    return {"sweep": "", "run": " (run)", "superseded": " (old)"}.get(kind, "")
+
+
 def display_rows(board: pd.DataFrame) -> list[dict[str, str]]:
     """The compact, human form of each row (terminal and markdown)."""
     return [
         {
             "backbone": shortened(str(row["backbone"]), 18),
-            "strategy": shortened(str(row["strategy"]), 10),
+            "strategy": shortened(str(row["strategy"]) + kind_mark(row["kind"]), 16),
             "val@1": percent(row["val_top1"]),
             "test@1±CI": plus_minus(row["test_top1"], row["test_top1_low"], row["test_top1_high"]),
+            "p": versus_best(row),
+            "seeds@1": confirmed(row),
             "test@5": percent(row["test_top5"]),
             "params": millions(row["params"]),
             "MB": size(row["model_size_mb"]),
@@ -282,11 +461,15 @@ def display_rows(board: pd.DataFrame) -> list[dict[str, str]]:
 
 
 LEGEND = (
-    "Best trial per backbone x strategy by validation top-1 (%). test@1±CI: half the width of its 95% "
-    "bootstrap interval. inf/s, trn/s: images per second. c/p/f: trials complete/pruned/failed; "
+    "Best trial per backbone x strategy by validation top-1 (%); (run): the best single run, (old): a study "
+    "of an older spec. test@1±CI: half the width of its 95% bootstrap interval. p: exact McNemar test against "
+    "the best row on the same test images; '=' marks a row not distinguishable from the best at 5% (tied). "
+    "seeds@1: test top-1 mean±std/count over seed repeats (`confirm`), the number to quote. "
+    "inf/s, trn/s: images per second. c/p/f: trials complete/pruned/failed; "
     "time: compute of all its trials. PF: on the Pareto front of accuracy vs throughput (T) or size (S)."
 )
-TERMINAL_HIDDEN = ("trn/s",)  # to fit 100 columns; every other format has it
+TERMINAL_HIDDEN = ("trn/s", "test@5", "MB")  # to fit 100 columns; every other format has them
+TERMINAL_LEGEND = LEGEND.replace("inf/s, trn/s: images per second", "inf/s: inference images per second")
 
 
 def terminal_table(board: pd.DataFrame) -> str:
@@ -299,7 +482,7 @@ def terminal_table(board: pd.DataFrame) -> str:
         return " ".join(cells[h].ljust(widths[h]) if h in left else cells[h].rjust(widths[h]) for h in headers).rstrip()
 
     lines = [line({h: h for h in headers}), *(line(r) for r in rows)]
-    return "\n".join(lines + wrap(LEGEND, TABLE_WIDTH)) + "\n"
+    return "\n".join(lines + wrap(TERMINAL_LEGEND, TABLE_WIDTH)) + "\n"
 
 
 def wrap(text: str, width: int) -> list[str]:

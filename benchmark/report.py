@@ -84,7 +84,7 @@ def build_report(experiment: str, board: pd.DataFrame, folder: Path, storage: st
             add("confusion_coarse.png", f"Confusion matrix by superclass, {label}", plot_confusion,
                 coarse[labels], coarse[predicted], CIFAR100_COARSE_LABEL_NAMES, label)
         add("test_images.png", f"Test images, {label}", plot_test_images, best["run_id"], labels, predicted, label)
-    for name in study_names(experiment):
+    for name in study_names(board):
         study = load_study(name, storage)
         if study is None:
             report.notes.append(f"study {name}: not in the Optuna storage {redact(storage or default_storage())}")
@@ -108,11 +108,9 @@ def best_predictions(run_id: str) -> dict[str, np.ndarray] | None:
         return None
 
 
-def study_names(experiment: str) -> list[str]:
-    """The Optuna studies of an experiment, as its sweeps' parent runs name them."""
-    experiment_id = leaderboard.experiment_id_of(experiment)
-    parents = mlflow.search_runs([experiment_id], filter_string="tags.role = 'sweep'", output_format="list")
-    return sorted({run.data.tags["study_name"] for run in parents if "study_name" in run.data.tags})
+def study_names(board: pd.DataFrame) -> list[str]:
+    """The Optuna studies of the board's rows (single runs have none)."""
+    return sorted({name for name in board["study"] if isinstance(name, str) and name})
 
 
 def load_study(name: str, storage: str | None) -> optuna.Study | None:

@@ -1,5 +1,8 @@
-"""Sweep: one Optuna study per (experiment, backbone, strategy); one MLflow parent run per study
-with a nested child run per trial.
+"""Sweep: one Optuna study per resolved spec of (experiment, backbone, strategy); one MLflow
+parent run per study with a nested child run per trial. `run_experiment` sweeps every pair.
+
+A study is one spec: its name ends in the spec's fingerprint (benchmark/study_identity.py), so a
+changed spec starts a new study and never adds trials to one of another recipe.
 
 Resuming: `trials` is the study's target number of finished (COMPLETE or PRUNED) trials, so
 rerunning the same command only runs what is missing. A failed trial does not count toward the
@@ -15,6 +18,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,7 +31,7 @@ from mlflow.entities import Metric, RunTag
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from benchmark import registry, runtime, track
+from benchmark import registry, runtime, study_identity, track
 from benchmark.data import load_dataset
 from benchmark.errors import BenchmarkError
 from benchmark.isolation import TrialJob, TrialRunner
@@ -61,10 +65,33 @@ class SweepResult:
     study: optuna.Study
     parent_run_id: str
     counts: dict[str, int]
+    target: int = 0
 
     @property
     def best_trial(self) -> optuna.trial.FrozenTrial | None:
         return best_with_model(self.study)
+
+    @property
+    def finished(self) -> int:
+        return self.counts["complete"] + self.counts["pruned"]
+
+    @property
+    def reached(self) -> bool:
+        """The target met, with at least one trial that completed (a study of only pruned trials has no result)."""
+        return self.finished >= self.target and self.best_trial is not None
+
+    def shortfall(self) -> str:
+        """Why a study missed its target, in one line ('' when it did not)."""
+        if self.reached:
+            return ""
+        errors = Counter(t.user_attrs["error"] for t in self.study.trials
+                         if t.state == TrialState.FAIL and "error" in t.user_attrs)
+        common = errors.most_common(1)
+        why = f"; most frequent error ({common[0][1]}x): {common[0][0]}" if common else ""
+        if self.finished >= self.target:
+            why = "; every finished trial was pruned" + why
+        return (f"study {self.study.study_name} ended short of its target: {self.finished} of {self.target} trials "
+                f"finished, {self.counts['failed']} failed{why}")
 
 
 def outcome(trial: optuna.trial.FrozenTrial) -> dict:
@@ -80,8 +107,52 @@ def best_with_model(study: optuna.Study, trials: list | None = None) -> optuna.t
     return max(saved, key=lambda t: (t.value, -t.number)) if saved else None
 
 
-def study_name(spec: TrialSpec) -> str:
+def pair_name(spec: TrialSpec) -> str:
     return f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}"
+
+
+def study_name(spec: TrialSpec, fingerprint: study_identity.Fingerprint) -> str:
+    return f"{pair_name(spec)}-{fingerprint.short}"
+
+
+def pair_studies(storage: optuna.storages.BaseStorage, experiment: str, backbone: str, strategy: str) -> list:
+    """The studies of one (experiment, backbone, strategy), oldest first (Optuna StudySummary)."""
+    pair = [experiment, backbone, strategy]
+    legacy = "-".join(pair)  # studies from before fingerprints were named by the pair alone
+    found = [s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+             if s.user_attrs.get("pair") == pair or s.study_name == legacy]
+    return sorted(found, key=lambda s: (s.datetime_start is None, s.datetime_start or 0, s._study_id))
+
+
+def superseded_note(studies: list, name: str, recipe: dict) -> str:
+    """', a new study: training.epochs 2 -> 5 since ci-vgg16-frozen-1a2b3c4d (2 trials, kept as it was)'."""
+    older = [s for s in studies if s.study_name != name]
+    if not older:
+        return ", a new study"
+    last = older[-1]
+    changed = study_identity.differences(last.user_attrs.get("recipe", {}), recipe) if "recipe" in last.user_attrs \
+        else "a spec from before fingerprints"
+    return f", a new study: {changed} since {last.study_name} ({last.n_trials} trial{'' if last.n_trials == 1 else 's'}, kept as it was)"
+
+
+def searched_params(spec: TrialSpec, space: SearchSpace) -> dict[str, str]:
+    """The MLflow params (of the parent run) that the sweep searches, as their ranges: a study has
+    no single value of them (each trial's run, and the parent's best_* metrics, hold those)."""
+    def span(r, log=True) -> str:
+        return f"searched {r.low:g}..{r.high:g}" + (" (log)" if log else "")
+
+    searched = {"training.learning_rate": span(space.learning_rate)}
+    if spec.strategy.unfreeze == "search":
+        searched["strategy.unfreeze"] = span(space.unfreeze, log=False)
+    if space.dropout is not None:
+        searched["head.dropout"] = span(space.dropout, log=False)
+    if space.dense_units:
+        searched["head.dense_units"] = "searched " + ", ".join(str(u) for u in space.dense_units)
+    if space.weight_decay is not None:
+        searched["training.weight_decay"] = span(space.weight_decay)
+    if space.finetune_lr_scale is not None and spec.strategy.schedule == "two_phase":
+        searched["strategy.finetune_lr_scale"] = span(space.finetune_lr_scale)
+    return searched
 
 
 def make_sampler(search: SearchSpec, worker: int = 0) -> optuna.samplers.BaseSampler:
@@ -158,9 +229,10 @@ def check_unfreeze_fits(spec: TrialSpec, space: SearchSpace) -> None:
 # ---------------------------------------------------------------- MLflow parent run
 
 
-def parent_run_id(spec: TrialSpec, name: str) -> str:
+def parent_run_id(spec: TrialSpec, name: str, space: SearchSpace, identity: dict[str, str]) -> str:
     """The study's parent run: found by tag, created once. If two workers create one at the same
-    moment, the later deletes its own and both use the earliest."""
+    moment, the later deletes its own and both use the earliest. Its params are the spec's, with
+    the searched ones given as their ranges; `identity` (the fingerprints) goes in its tags."""
     experiment_id = track.experiment_id(spec.experiment)
 
     def parents():
@@ -174,12 +246,12 @@ def parent_run_id(spec: TrialSpec, name: str) -> str:
     found = parents()
     if found:
         return found[0].info.run_id
-    tags = {**track.trial_tags(spec, role="sweep", data_origin=""), "study_name": name}
+    tags = {**track.trial_tags(spec, role="sweep", data_origin=""), "study_name": name, **identity}
     client = mlflow.MlflowClient()
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     mine = run.info.run_id
-    for key, value in spec.params().items():
-        client.log_param(mine, key, value)
+    params = {**spec.params(), **searched_params(spec, space)}
+    client.log_batch(mine, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
     earliest = parents()[0].info.run_id
     if earliest != mine:
         client.delete_run(mine)
@@ -327,16 +399,19 @@ def run_sweep(
     space = experiment.search_space(spec.backbone.name, spec.strategy_name)
     target = trials or spec.strategy.trials or experiment.search.trials
     timeout_s = timeout_s or experiment.search.timeout_s
-    name = study_name(spec)
 
     # Everything that can reject bad input happens before anything is recorded.
     check_unfreeze_fits(spec, space)
     data = load_dataset(spec.data)
+    fingerprint = study_identity.fingerprint(spec, space, experiment.search, data)
+    name = study_name(spec, fingerprint)
     storage_url = storage or default_storage()
     with track.store_lock():  # two processes creating one new SQLite database's tables collide
         optuna_storage = open_storage(storage_url)  # a bad URL or a dead server: before MLflow records anything
     track.configure()
+    recipe = study_identity.recipe(spec, space, experiment.search)
     with track.store_lock():
+        existing = pair_studies(optuna_storage, spec.experiment, spec.backbone.name, spec.strategy_name)
         study = optuna.create_study(
             study_name=name,
             storage=optuna_storage,
@@ -344,15 +419,21 @@ def run_sweep(
             direction="maximize",
             load_if_exists=True,
         )
+        if "fingerprint" not in study.user_attrs:
+            for key, value in study_attrs(spec, fingerprint, recipe).items():
+                study.set_user_attr(key, value)
         study.sampler = make_sampler(experiment.search, worker=register_worker(study))
+    is_new = name not in {s.study_name for s in existing}
     interrupted = fail_trials_of_dead_workers(study)
     optuna.storages.fail_stale_trials(study)  # dead workers elsewhere: after the heartbeat's grace period
     experiment_id = track.experiment_id(spec.experiment)
-    parent = parent_run_id(spec, name)
+    parent = parent_run_id(spec, name, space, identity_tags(fingerprint))
     closed = close_orphan_runs(study, name, experiment_id)
     remaining = target - sum(trial_counts(study)[k] for k in ("complete", "pruned"))
     say(
-        f"study {name} on {redact(storage_url)}: {target - remaining} of {target} trials finished"
+        f"study {name} on {redact(storage_url)}"
+        + (superseded_note(existing, name, recipe) if is_new else "")
+        + f": {target - remaining} of {target} trials finished"
         + (f", {interrupted} interrupted trial(s) marked FAIL" if interrupted else "")
         + (f", {closed} interrupted run(s) marked KILLED" if closed else "")
         + (f"; running {remaining} more" if remaining > 0 else "; nothing to do")
@@ -382,9 +463,83 @@ def run_sweep(
                     raise
         finally:
             runner.close()
-    result = SweepResult(study=study, parent_run_id=parent, counts=trial_counts(study))
+    result = SweepResult(study=study, parent_run_id=parent, counts=trial_counts(study), target=target)
     summarize_parent(result)
     return result
+
+
+def study_attrs(spec: TrialSpec, fingerprint: study_identity.Fingerprint, recipe: dict) -> dict:
+    """What a new study records about itself: which pair it is, and the spec it is (for the next
+    study's first line, which names what changed)."""
+    return {"pair": [spec.experiment, spec.backbone.name, spec.strategy_name], "fingerprint": fingerprint.full,
+            "recipe_fingerprint": fingerprint.recipe, "recipe": recipe}
+
+
+def identity_tags(fingerprint: study_identity.Fingerprint) -> dict[str, str]:
+    return {"spec_fingerprint": fingerprint.full, "recipe_fingerprint": fingerprint.recipe,
+            "data_fingerprint": fingerprint.data, "weights_fingerprint": fingerprint.weights}
+
+
+# ---------------------------------------------------------------- a whole experiment
+
+
+@dataclass
+class PairResult:
+    backbone: str
+    strategy: str
+    result: SweepResult | None = None
+    error: str = ""
+
+    @property
+    def reached(self) -> bool:
+        return self.result is not None and self.result.reached
+
+    def summary(self) -> str:
+        if self.result is None:
+            return f"{self.backbone}/{self.strategy}: FAILED: {self.error}"
+        if not self.reached:
+            return f"{self.backbone}/{self.strategy}: SHORT: {self.result.shortfall()}"
+        best = self.result.best_trial
+        return (f"{self.backbone}/{self.strategy}: {self.result.finished} of {self.result.target} trials, "
+                f"best #{best.number} val_top1={best.value:.4f} test_top1={outcome(best)['test_top1']:.4f}")
+
+
+def pairs_of(experiment: ExperimentSpec, backbones: list[str] | None = None,
+             strategies: list[str] | None = None) -> list[tuple[str, str]]:
+    """Every backbone x strategy the experiment lists, or the selected ones (each checked)."""
+    chosen_backbones = [experiment.resolve(b).backbone.name for b in backbones] if backbones else experiment.backbones
+    for name in strategies or []:
+        experiment.resolve(chosen_backbones[0], name)  # an unknown strategy: the one-line error, before any sweep
+    return [(b, s) for b in dict.fromkeys(chosen_backbones) for s in dict.fromkeys(strategies or experiment.strategies)]
+
+
+def run_experiment(
+    experiment: ExperimentSpec,
+    backbones: list[str] | None = None,
+    strategies: list[str] | None = None,
+    say: Callable[[str], None] = print,
+    **options,
+) -> list[PairResult]:
+    """run_sweep for each pair, in order. A pair that fails (bad weights, every trial failed) is
+    reported and the others go on; each pair is its own study, so rerunning resumes all of them
+    and several workers can share the experiment."""
+    pairs = pairs_of(experiment, backbones, strategies)
+    results = []
+    for i, (backbone, strategy) in enumerate(pairs, start=1):
+        def tell(line: str, prefix=f"[{i}/{len(pairs)} {backbone}/{strategy}] ") -> None:
+            say(prefix + line)
+
+        pair = PairResult(backbone, strategy)
+        try:
+            pair.result = run_sweep(experiment, backbone, strategy, say=tell, **options)
+        except BenchmarkError as e:
+            pair.error = str(e)
+        except Exception as e:  # one broken pair must not take the others down
+            pair.error = f"{type(e).__name__}: {e}".splitlines()[0]
+        if not pair.reached:
+            tell(pair.summary())
+        results.append(pair)
+    return results
 
 
 class Objective:
@@ -410,8 +565,10 @@ class Objective:
                 reported = trial.storage.get_trial(trial._trial_id).intermediate_values.values()
                 mlflow.log_metric(OBJECTIVE, max(reported, default=float("nan")))
                 mlflow.set_tag("trial_state", "PRUNED")
-            except BaseException:
+            except BaseException as e:
                 mlflow.set_tag("trial_state", "FAIL")
+                if isinstance(e, Exception):  # the most frequent one is named when a sweep ends short
+                    trial.set_user_attr("error", f"{type(e).__name__}: {e}".splitlines()[0][:300])
                 raise
         if pruned is not None:
             raise pruned

@@ -1,0 +1,103 @@
+"""Seed repeats: the best configuration of each top row, retrained with new training seeds.
+
+A row's selected trial is the best of many on validation, so its own test score is optimistic;
+retraining its configuration with N new seeds (the split fixed unless `resplit`) gives the mean
+and spread a result should be quoted with. Each repeat is an MLflow run of role `confirm`, tagged
+with the trial run it repeats (confirm_of) and its repeat number (confirm_seed); rerunning skips
+the repeats already finished, so it resumes like a sweep.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from typing import Callable
+
+import mlflow
+import pandas as pd
+
+from benchmark import leaderboard, report, track, trial
+from benchmark.data import load_dataset
+from benchmark.errors import BenchmarkError
+from benchmark.spec import ExperimentSpec, TrialSpec
+
+SEED_STEP = 1000  # repeat k trains with seed + k * SEED_STEP: far from the seeds a study's trials used
+
+
+@dataclass
+class Repeat:
+    row: str
+    seed: int
+    test_top1: float
+    skipped: bool  # finished by an earlier invocation
+
+
+def repeat_spec(spec: TrialSpec, k: int, resplit: bool) -> TrialSpec:
+    training = spec.training.model_copy(update={"seed": spec.training.seed + k * SEED_STEP})
+    data = spec.data.model_copy(update={"seed": spec.data.seed + k * SEED_STEP}) if resplit else spec.data
+    return spec.model_copy(update={"training": training, "data": data})
+
+
+def finished_repeats(experiment_id: str, run_id: str, resplit: bool) -> dict[int, float]:
+    """confirm_seed -> test_top1 of the finished repeats of one trial run."""
+    runs = mlflow.search_runs(
+        [experiment_id], output_format="list",
+        filter_string=(f"tags.role = 'confirm' and tags.confirm_of = '{run_id}' and "
+                       f"tags.confirm_resplit = '{resplit}' and attributes.status = 'FINISHED'"),
+    )
+    return {int(r.data.tags["confirm_seed"]): r.data.metrics["test_top1"] for r in runs if "test_top1" in r.data.metrics}
+
+
+def top_rows(experiment: ExperimentSpec, top: int) -> pd.DataFrame:
+    board = leaderboard.leaderboard(experiment, intervals=False)
+    rows = board[board["kind"] == "sweep"].head(top)
+    if rows.empty:
+        raise BenchmarkError(f"experiment '{experiment.name}' has no sweep results to confirm; "
+                             f"run `python -m benchmark sweep --experiment {experiment.name}` first")
+    return rows
+
+
+def run_confirm(experiment: ExperimentSpec, top: int = 3, seeds: int = 3, resplit: bool = False,
+                verbose: int = 0, say: Callable[[str], None] = print) -> list[Repeat]:
+    rows = top_rows(experiment, top)
+    experiment_id = leaderboard.experiment_id_of(experiment.name)
+    repeats = []
+    for number, row in enumerate(rows.itertuples(), start=1):
+        label = f"{row.backbone}/{row.strategy}"
+        base = report.trial_spec(row.run_id)  # the selected trial's own spec: its searched values included
+        done = finished_repeats(experiment_id, row.run_id, resplit)
+        data = None
+        for k in range(1, seeds + 1):
+            if k in done:
+                repeats.append(Repeat(label, k, done[k], skipped=True))
+                continue
+            spec = repeat_spec(base, k, resplit)
+            if data is None or resplit:
+                data = load_dataset(spec.data)
+            result = repeat_once(spec, data, row, k, resplit, verbose)
+            repeats.append(Repeat(label, k, result, skipped=False))
+            say(f"[{number}/{len(rows)} {label}] repeat {k}/{seeds} (seed {spec.training.seed}"
+                f"{f', split seed {spec.data.seed}' if resplit else ''}): test_top1={result:.4f}")
+    return repeats
+
+
+def repeat_once(spec: TrialSpec, data, row, k: int, resplit: bool, verbose: int) -> float:
+    tags = {"confirm_of": row.run_id, "confirm_seed": str(k), "confirm_resplit": str(resplit),
+            "study_name": row.study, "trial_number": str(row.trial_number)}
+    name = f"{row.study or spec.experiment}-t{row.trial_number:03d}-seed{k}" + ("-resplit" if resplit else "")
+    prepared = trial.prepare(spec, data)
+    with track.trial_run(spec, "confirm", data.origin, run_name=name, extra_tags=tags) as run:
+        logger = track.EpochLogger(run.info.run_id).callback()
+        result = trial.execute(prepared, callbacks=[logger], verbose=verbose)
+        track.log_result(result, run.info.run_id)
+    shutil.rmtree(result.model_path.parent, ignore_errors=True)  # a repeat keeps its curves and predictions, not a model
+    return result.metrics["test_top1"]
+
+
+def summary(repeats: list[Repeat]) -> list[str]:
+    lines = []
+    for row in dict.fromkeys(r.row for r in repeats):
+        scores = pd.Series([r.test_top1 for r in repeats if r.row == row])
+        spread = f" ± {100 * scores.std(ddof=1):.1f}" if len(scores) > 1 else ""
+        lines.append(f"{row}: test_top1 {100 * scores.mean():.1f}{spread} over {len(scores)} seeds")
+    return lines
