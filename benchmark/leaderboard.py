@@ -424,7 +424,7 @@ def versus_best(row) -> str:
 
 
 def confirmed(row) -> str:
-    if not row["confirm_runs"]:
+    if pd.isna(row["confirm_runs"]) or not row["confirm_runs"]:
         return "-"
     std = row["confirm_test_top1_std"]
     spread = f"±{100 * std:.1f}" if pd.notna(std) else ""
@@ -440,7 +440,7 @@ def display_rows(board: pd.DataFrame) -> list[dict[str, str]]:
     return [
         {
             "backbone": shortened(str(row["backbone"]), 18),
-            "strategy": shortened(str(row["strategy"]) + kind_mark(row["kind"]), 16),
+            "strategy": shortened(str(row["strategy"]), 10) + kind_mark(row["kind"]),
             "val@1": percent(row["val_top1"]),
             "test@1±CI": plus_minus(row["test_top1"], row["test_top1_low"], row["test_top1_high"]),
             "p": versus_best(row),
@@ -468,7 +468,7 @@ LEGEND = (
     "inf/s, trn/s: images per second. c/p/f: trials complete/pruned/failed; "
     "time: compute of all its trials. PF: on the Pareto front of accuracy vs throughput (T) or size (S)."
 )
-TERMINAL_HIDDEN = ("trn/s", "test@5", "MB")  # to fit 100 columns; every other format has them
+TERMINAL_HIDDEN = ("trn/s", "test@5", "MB", "params", "lr")  # to fit 100 columns; every other format has them
 TERMINAL_LEGEND = LEGEND.replace("inf/s, trn/s: images per second", "inf/s: inference images per second")
 
 

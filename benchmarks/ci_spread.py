@@ -28,7 +28,8 @@ def sweep(backbones: list[str]) -> str:
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("BENCHMARK_OPTUNA_STORAGE", None)
     for backbone in backbones:
-        command = [sys.executable, "-m", "benchmark", "sweep", "--experiment", "ci", "--backbone", backbone, "--quiet"]
+        command = [sys.executable, "-m", "benchmark", "sweep", "--experiment", "ci", "--backbone", backbone, "--strategy", "frozen",
+                   "--quiet"]
         subprocess.run(command, env=env, check=True, capture_output=True)
     return store
 

@@ -20,8 +20,6 @@ import uuid
 import optuna
 import psycopg
 
-STUDY = "ci-vgg16-frozen"
-
 
 def fresh_database(admin_url: str) -> str:
     name = f"bench_tph_{uuid.uuid4().hex[:8]}"
@@ -42,7 +40,10 @@ def run_workers(workers: int, trials: int, admin_url: str) -> dict:
     codes = [p.wait() for p in processes]
     wall = time.perf_counter() - started
     assert codes == [0] * workers, codes
-    states = [t.state.name for t in optuna.load_study(study_name=STUDY, storage=storage).trials]
+    from benchmark import sweep
+
+    name = sweep.pair_studies(optuna.storages.RDBStorage(storage), "ci", "vgg16", "frozen")[-1].study_name
+    states = [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
     with psycopg.connect(admin_url, autocommit=True) as connection:
         connection.execute(f"DROP DATABASE {storage.rsplit('/', 1)[1]} WITH (FORCE)")
     finished = sum(s in ("COMPLETE", "PRUNED") for s in states)

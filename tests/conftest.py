@@ -85,3 +85,17 @@ def ci_store_copy(ci_store, tmp_path, monkeypatch):
     monkeypatch.delenv("BENCHMARK_OPTUNA_STORAGE", raising=False)
     mlflow.set_tracking_uri(track.local_uri())
     return copy
+
+
+def pair_study(storage, backbone: str, strategy: str, experiment: str = "ci"):
+    """The newest Optuna study of one (experiment, backbone, strategy): its name ends in the spec's fingerprint."""
+    import optuna
+
+    from benchmark import sweep
+    from benchmark.storage import open_storage
+
+    opened = open_storage(storage, heartbeat=False) if isinstance(storage, str) else storage
+    summaries = sweep.pair_studies(opened, experiment, backbone, strategy)
+    if not summaries:
+        raise KeyError(f"no study of {experiment}/{backbone}/{strategy} yet")
+    return optuna.load_study(study_name=summaries[-1].study_name, storage=opened)

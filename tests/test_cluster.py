@@ -22,11 +22,11 @@ import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from benchmark import track
+from conftest import pair_study
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCHMARK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "pg-s3cret-7431"
-STUDY = "ci-vgg16-frozen"
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_two_workers_share_one_study_on_postgres(store, new_database):
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
 
-    study = optuna.load_study(study_name=STUDY, storage=storage)
+    study = pair_study(storage, "vgg16", "frozen")
     numbers = [t.number for t in study.trials]
     assert sorted(numbers) == list(range(len(numbers)))  # unique, none lost
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
@@ -103,7 +103,7 @@ def test_two_workers_share_one_study_on_postgres(store, new_database):
     mlflow.set_tracking_uri(track.tracking_uri())
     assert sorted(int(r.data.tags["trial_number"]) for r in trial_runs()) == sorted(numbers)
     assert_no_secret_recorded(study, outputs)
-    assert dashboard_studies(storage) == {STUDY: len(numbers)}  # what the compose stack's dashboard shows
+    assert dashboard_studies(storage) == {study.study_name: len(numbers)}  # what the compose stack's dashboard shows
 
 
 def dashboard_studies(storage: str) -> dict[str, int]:
@@ -146,7 +146,7 @@ def test_a_worker_killed_on_another_machine_is_failed_by_the_heartbeat_and_retri
     worker_b = subprocess.run(SWEEP + ["--trials", "2"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert worker_b.returncode == 0, worker_b.stdout + worker_b.stderr
 
-    study = optuna.load_study(study_name=STUDY, storage=storage)
+    study = pair_study(storage, "vgg16", "frozen")
     killed = study.trials[0]
     assert killed.state.name == "FAIL" and killed.user_attrs["worker"]["host"] == "other-machine"
     retries = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
@@ -161,7 +161,7 @@ def test_a_worker_killed_on_another_machine_is_failed_by_the_heartbeat_and_retri
 
 def trial_states(storage: str) -> list[str]:
     try:
-        return [t.state.name for t in optuna.load_study(study_name=STUDY, storage=storage).trials]
+        return [t.state.name for t in pair_study(storage, "vgg16", "frozen").trials]
     except KeyError:  # no study yet
         return []
 
@@ -207,7 +207,7 @@ def test_runs_land_on_an_mlflow_server_backed_by_postgres(store, new_database, m
     assert not (store / "mlflow.db").exists()  # nothing went to the local store
 
     mlflow.set_tracking_uri(mlflow_server)
-    study = optuna.load_study(study_name=STUDY, storage=storage)
+    study = pair_study(storage, "vgg16", "frozen")
     runs = trial_runs()
     assert sorted(int(r.data.tags["trial_number"]) for r in runs) == [t.number for t in study.trials]
     best = max(runs, key=lambda r: r.data.metrics.get("best_val_top1", -1))

@@ -22,8 +22,10 @@ import optuna
 import pandas as pd
 import pytest
 from conftest import CI_SWEEPS as SWEEPS  # what the ci_store fixture ran
+from conftest import pair_study
 
 from benchmark import cli, leaderboard, sweep, track
+from benchmark.spec import load_experiment
 
 
 def expected_rows() -> dict[tuple[str, str], dict]:
@@ -31,7 +33,7 @@ def expected_rows() -> dict[tuple[str, str], dict]:
     directly (not through the leaderboard's pandas path)."""
     expected = {}
     for backbone, strategy in SWEEPS:
-        study = optuna.load_study(study_name=f"ci-{backbone}-{strategy}", storage=sweep.default_storage())
+        study = pair_study(sweep.default_storage(), backbone, strategy)
         complete = [t for t in study.trials if t.state.name == "COMPLETE"]
         best = max(complete, key=lambda t: (t.value, -t.number))
         run = mlflow.get_run(best.user_attrs["mlflow_run_id"])
@@ -70,28 +72,69 @@ def test_rows_are_the_best_trials(in_ci_store):
     assert board["pareto_throughput"].any() and board["pareto_size"].any()
 
 
-def test_single_runs_join_the_row_of_their_backbone_and_strategy(ci_store_copy):
-    """`benchmark run` runs have no sweep parent: they are counted and compete one by one."""
+def test_single_runs_are_rows_of_their_own_never_a_sweeps_trials(ci_store_copy):
+    """`benchmark run` runs of the current spec compete as their own kind of row: the sweep's row
+    keeps its trial counts, and a run of an older recipe is not shown."""
     before = leaderboard.leaderboard("ci").set_index(["backbone", "strategy"]).loc[("vgg16", "frozen")]
     template = mlflow.get_run(before["run_id"])
     client = mlflow.MlflowClient()
     experiment_id = template.info.experiment_id
+    recipe = leaderboard.current_recipes(load_experiment("ci"))[("vgg16", "frozen")]
     tags = {k: v for k, v in template.data.tags.items() if not k.startswith("mlflow.") and k != "trial_number"}
     singles = {}
-    for outcome, val_top1 in (("FINISHED", 0.99), ("FAILED", None)):
-        run = client.create_run(experiment_id, tags={**tags, "role": "run"}).info.run_id
+    for outcome, val_top1, fingerprint in (("FINISHED", 0.99, recipe), ("FAILED", None, recipe),
+                                           ("FINISHED", 0.999, "an older recipe")):
+        run = client.create_run(experiment_id, tags={**tags, "role": "run", "recipe_fingerprint": fingerprint}).info.run_id
         metrics = {**template.data.metrics, "best_val_top1": val_top1} if val_top1 else {}
         for key, value in metrics.items():
             client.log_metric(run, key, value)
         client.set_terminated(run, status=outcome)
-        singles[outcome] = run
+        singles[(outcome, fingerprint)] = run
 
     after = leaderboard.leaderboard("ci")
-    row = after.set_index(["backbone", "strategy"]).loc[("vgg16", "frozen")]
-    assert row["run_id"] == singles["FINISHED"] and row["val_top1"] == pytest.approx(0.99)
-    assert row["trial_number"] == -1 and after.iloc[0]["run_id"] == singles["FINISHED"]
-    assert (row["trials_complete"], row["trials_failed"]) == (before["trials_complete"] + 1, before["trials_failed"] + 1)
-    assert row["trials_pruned"] == before["trials_pruned"]
+    rows = after[(after["backbone"] == "vgg16") & (after["strategy"] == "frozen")].set_index("kind")
+    assert sorted(rows.index) == ["run", "sweep"]
+    single, swept = rows.loc["run"], rows.loc["sweep"]
+    assert single["run_id"] == singles[("FINISHED", recipe)] and single["val_top1"] == pytest.approx(0.99)
+    assert single["trial_number"] == -1 and single["study"] == "" and after.iloc[0]["run_id"] == single["run_id"]
+    assert (single["trials_complete"], single["trials_failed"], single["trials_pruned"]) == (1, 1, 0)
+    assert swept["run_id"] == before["run_id"]
+    assert (swept["trials_complete"], swept["trials_failed"]) == (before["trials_complete"], before["trials_failed"])
+
+
+def correctness(n: int, b: int, c: int, both: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image correctness of (row, best): b images only the best gets right, c only the row, `both` both."""
+    row, best = np.zeros(n, bool), np.zeros(n, bool)
+    best[:b] = True
+    row[b:b + c] = True
+    row[b + c:b + c + both] = best[b + c:b + c + both] = True
+    return row, best
+
+
+def test_p_vs_best_is_the_exact_mcnemar_test():
+    from math import comb
+
+    row, best = correctness(n=100, b=9, c=2, both=40)
+    by_hand = min(1.0, 2 * sum(comb(11, k) for k in range(0, 3)) / 2 ** 11)  # two-sided, k <= min(b, c)
+    assert leaderboard.mcnemar_exact(row, best) == pytest.approx(by_hand) == pytest.approx(0.06543, abs=1e-5)
+    assert leaderboard.mcnemar_exact(*correctness(n=100, b=20, c=2, both=40)[::-1]) < 0.001
+    assert leaderboard.mcnemar_exact(best, best) == 1.0  # a row against itself
+    low, high = leaderboard.paired_bootstrap(row, best)
+    assert low < -0.07 < high < 0.0  # the true difference is (2 - 9) / 100
+
+
+def test_rows_tied_with_the_best_are_marked_in_every_format(in_ci_store):
+    board = leaderboard.leaderboard("ci")
+    assert board.loc[0, "p_vs_best"] == 1.0 and board.loc[0, "tied_with_best"]
+    for i, row in board.iterrows():
+        saved = {k: leaderboard.test_predictions(r) for k, r in (("row", row["run_id"]), ("best", board.loc[0, "run_id"]))}
+        row_correct, best_correct = (saved[k]["top5"][:, 0] == saved[k]["labels"] for k in ("row", "best"))
+        assert row["p_vs_best"] == pytest.approx(leaderboard.mcnemar_exact(row_correct, best_correct))
+        assert row["tied_with_best"] == (row["p_vs_best"] >= 0.05)
+        assert row["diff_vs_best_low"] <= row_correct.mean() - best_correct.mean() <= row["diff_vs_best_high"]
+    shown = leaderboard.display_rows(board)
+    assert shown[0]["p"] == "best"
+    assert all(r["p"].startswith("=") == bool(t) for r, t in zip(shown[1:], board["tied_with_best"][1:]))
 
 
 def test_every_format_carries_the_same_rows(in_ci_store, tmp_path, capsys):
@@ -146,18 +189,22 @@ def test_the_terminal_table_fits_100_columns_with_long_names():
                test_top1_low=0.05, test_top1_high=0.15, test_top5=0.3, params=143_667_240.0, model_size_mb=1234.5,
                infer_images_per_sec=123_456.0, train_images_per_sec=98_765.0, learning_rate=1.2345e-4, unfreeze="all",
                trials_complete=100, trials_pruned=250, trials_failed=12, compute_s=86_400.0 * 3,
-               pareto_throughput=True, pareto_size=True)
-    text = leaderboard.terminal_table(pd.DataFrame([row], columns=list(leaderboard.COLUMNS)))
+               pareto_throughput=True, pareto_size=True, kind="superseded", p_vs_best=0.0123, tied_with_best=False,
+               confirm_runs=10, confirm_test_top1_mean=0.4567, confirm_test_top1_std=0.1234)
+    board = pd.DataFrame([row, row], columns=list(leaderboard.COLUMNS))
+    text = leaderboard.terminal_table(board)
     assert max(len(line) for line in text.splitlines()) <= leaderboard.TABLE_WIDTH
     assert "efficientnetv2b0" in text and "12.3" in text and "TS" in text
 
 
 def test_optuna_opens_our_studies_from_the_storage_url(in_ci_store):
     url = f"sqlite:///{in_ci_store / 'optuna.db'}"
-    assert sorted(optuna.get_all_study_names(url)) == sorted(f"ci-{b}-{s}" for b, s in SWEEPS)
+    names = sorted(optuna.get_all_study_names(url))
+    assert [n.rsplit("-", 1)[0] for n in names] == sorted(f"ci-{b}-{s}" for b, s in SWEEPS)
+    assert all(re.fullmatch(r"[0-9a-f]{8}", n.rsplit("-", 1)[1]) for n in names)  # the spec's fingerprint
     board = leaderboard.leaderboard("ci").set_index(["backbone", "strategy"])
     for (backbone, strategy), target in SWEEPS.items():
-        study = optuna.load_study(study_name=f"ci-{backbone}-{strategy}", storage=url)
+        study = pair_study(url, backbone, strategy)
         finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
         assert len(finished) == target
         assert study.best_value == pytest.approx(board.loc[(backbone, strategy), "val_top1"])

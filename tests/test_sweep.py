@@ -2,6 +2,7 @@
 several processes, and the best model reloads."""
 
 import errno
+import re
 import os
 import sqlite3
 import subprocess
@@ -18,7 +19,7 @@ from benchmark import registry, sweep, track
 from benchmark.spec import load_experiment
 
 REPO = Path(__file__).resolve().parent.parent
-from conftest import CI_SWEEPS  # noqa: E402  (what the shared ci_store fixture ran)
+from conftest import CI_SWEEPS, pair_study  # noqa: E402  (what the shared ci_store fixture ran)
 
 
 def ci(**search):
@@ -66,8 +67,8 @@ def assert_optuna_matches_mlflow(result: sweep.SweepResult):
 def test_ci_sweeps_track_every_trial_and_the_best_model_reloads(in_ci_store):
     """On the shared store of real ci sweeps (conftest.ci_store: two backbones)."""
     for (backbone, strategy), trials in CI_SWEEPS.items():
-        name = f"ci-{backbone}-{strategy}"
-        study = optuna.load_study(study_name=name, storage=sweep.default_storage())
+        study = pair_study(sweep.default_storage(), backbone, strategy)
+        name = study.study_name
         parents = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                      filter_string=f"tags.role = 'sweep' and tags.study_name = '{name}'")
         assert len(parents) == 1
@@ -162,7 +163,7 @@ def test_two_processes_share_the_embedded_storage(store):
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
     assert not any("database is locked" in out for out in outputs), outputs
-    study = optuna.load_study(study_name="ci-vgg16-frozen", storage=sweep.default_storage())
+    study = pair_study(sweep.default_storage(), "vgg16", "frozen")
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
@@ -253,13 +254,13 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
     first.wait()
     _, alive = psutil.wait_procs(trial_processes, timeout=5)  # killed by the kernel with it (PR_SET_PDEATHSIG)
     assert not alive, "the trial process outlived its sweep"
-    killed = next(t.number for t in optuna.load_study(study_name="ci-vgg16-frozen", storage=storage).trials
+    killed = next(t.number for t in pair_study(storage, "vgg16", "frozen").trials
                   if t.state.name == "RUNNING")
 
     rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert "1 interrupted trial(s) marked FAIL" in rerun.stdout and "1 interrupted run(s) marked KILLED" in rerun.stdout
-    study = optuna.load_study(study_name="ci-vgg16-frozen", storage=storage)
+    study = pair_study(storage, "vgg16", "frozen")
     states = {t.number: t.state.name for t in study.trials}
     assert states[killed] == "FAIL" and states[0] in ("COMPLETE", "PRUNED")
     assert sum(s in ("COMPLETE", "PRUNED") for s in states.values()) == 3 and "RUNNING" not in states.values()
@@ -273,7 +274,7 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
 
 def trial_states(storage: str) -> list[str]:
     try:
-        return [t.state.name for t in optuna.load_study(study_name="ci-vgg16-frozen", storage=storage).trials]
+        return [t.state.name for t in pair_study(storage, "vgg16", "frozen").trials]
     except Exception:  # the storage or study does not exist yet
         return []
 
@@ -349,9 +350,123 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(store):
     out, err = sweep_process.communicate(timeout=120)
     assert sweep_process.returncode == 130, out + err
     assert "rerun the same command to resume" in err and "Traceback" not in out + err
-    study = optuna.load_study(study_name="ci-vgg16-frozen", storage=f"sqlite:///{store / 'optuna.db'}")
+    study = pair_study(f"sqlite:///{store / 'optuna.db'}", "vgg16", "frozen")
     assert [t.state.name for t in study.trials] == ["FAIL"]
     mlflow.set_tracking_uri(track.tracking_uri())
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     status = {r.data.tags["role"]: r.info.status for r in runs}
     assert status == {"trial": "FAILED", "sweep": "KILLED"}
+
+
+# ---------------------------------------------------------------- one study is one spec
+
+
+def in_process(experiment, **training):
+    """The experiment with trials in the sweep's own process (and any training fields changed)."""
+    search = experiment.search.model_copy(update={"trials_per_process": 0})
+    return experiment.model_copy(update={
+        "search": search, "training": experiment.training.model_copy(update=training)})
+
+
+def test_a_changed_spec_starts_a_new_study_and_the_old_trials_stay_out_of_its_row(store):
+    from benchmark import leaderboard
+
+    said = []
+    first = sweep.run_sweep(in_process(ci(pruner="none")), "vgg16", "frozen", trials=2, verbose=0)
+    changed = in_process(ci(pruner="none"), epochs=2)
+    second = sweep.run_sweep(changed, "vgg16", "frozen", trials=1, verbose=0, say=said.append)
+    assert second.study.study_name != first.study.study_name and len(second.study.trials) == 1
+    assert second.study.study_name.startswith("ci-vgg16-frozen-")
+    assert f"a new study: training.epochs 3 -> 2 since {first.study.study_name} (2 trials, kept as it was)" in said[0]
+    assert len(first.study.trials) == 2  # the old study is as it was
+
+    row = leaderboard.leaderboard(changed).set_index(["backbone", "strategy"]).loc[("vgg16", "frozen")]
+    assert row["study"] == second.study.study_name and row["trials_complete"] == 1
+    assert row["run_id"] == second.best_trial.user_attrs["mlflow_run_id"]
+    board = leaderboard.leaderboard(changed, superseded=True)
+    assert list(board["kind"]) == ["sweep", "superseded"] and board.loc[1, "study"] == first.study.study_name
+    assert leaderboard.leaderboard(ci(pruner="none")).loc[0, "study"] == first.study.study_name  # the old spec's row
+
+    said.clear()  # an unchanged rerun resumes its own study
+    again = sweep.run_sweep(changed, "vgg16", "frozen", trials=1, verbose=0, say=said.append)
+    assert again.study.study_name == second.study.study_name and "nothing to do" in said[0]
+    assert "new study" not in said[0]
+
+
+def test_the_fingerprint_covers_the_data_and_the_weights_not_the_study_size(tmp_path):
+    from benchmark import study_identity
+    from benchmark.data import load_dataset
+
+    experiment = ci()
+    spec = experiment.resolve("vgg16", "frozen")
+    space = experiment.search_space("vgg16", "frozen")
+    data = load_dataset(spec.data)
+    base = study_identity.fingerprint(spec, space, experiment.search, data)
+    bigger = experiment.search.model_copy(update={"trials": 40, "timeout_s": 60.0, "trials_per_process": 0})
+    assert study_identity.fingerprint(spec, space, bigger, data) == base
+    data.y_test = data.y_test[::-1].copy()
+    assert study_identity.fingerprint(spec, space, experiment.search, data).data != base.data
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"one")
+    with_file = spec.model_copy(update={"backbone": spec.backbone.model_copy(update={"weights": str(weights)})})
+    first = study_identity.weights_fingerprint(with_file)
+    weights.write_bytes(b"two")
+    assert study_identity.weights_fingerprint(with_file) != first != base.weights
+
+
+def test_the_parent_run_shows_searched_params_as_ranges_and_the_best_values_as_metrics(store):
+    result = sweep.run_sweep(in_process(ci(pruner="none")), "vgg16", "top", trials=1, verbose=0)
+    parent = mlflow.get_run(result.parent_run_id)
+    assert parent.data.params["training.learning_rate"] == "searched 0.001..0.01 (log)"
+    assert parent.data.params["strategy.unfreeze"] == "searched 0..4"
+    assert parent.data.params["training.epochs"] == "3"  # not searched: the spec's value
+    best = result.best_trial
+    assert parent.data.metrics["best_learning_rate"] == pytest.approx(best.params["learning_rate"])
+    assert parent.data.tags["spec_fingerprint"].startswith(result.study.study_name.rsplit("-", 1)[1])
+    names = [r.info.run_name for r in mlflow.search_runs(search_all_experiments=True, output_format="list")]
+    assert len(names) == len(set(names))
+
+
+def test_a_whole_experiment_sweep_fills_every_row_and_resumes(store):
+    from benchmark import leaderboard
+
+    said = []
+    experiment = in_process(ci(pruner="none"))
+    results = sweep.run_experiment(experiment, trials=1, verbose=0, say=said.append)
+    pairs = [(b, s) for b in experiment.backbones for s in experiment.strategies]
+    assert [(p.backbone, p.strategy) for p in results] == pairs and all(p.reached for p in results)
+    assert said[0].startswith("[1/4 vgg16/frozen] study ci-vgg16-frozen-")
+    board = leaderboard.leaderboard(experiment)
+    assert sorted(zip(board["backbone"], board["strategy"])) == sorted(pairs) and set(board["kind"]) == {"sweep"}
+    said.clear()
+    again = sweep.run_experiment(experiment, trials=1, verbose=0, say=said.append)
+    assert all(p.reached for p in again) and sum("nothing to do" in line for line in said) == 4
+
+
+def test_a_failing_pair_does_not_stop_the_others_and_the_exit_code_is_1(store, tmp_path, capsys):
+    from benchmark import cli
+
+    spec = tmp_path / "two.toml"  # ci, frozen only, trials in-process, and vgg16's weights a file that is not there
+    text = (REPO / "experiments" / "ci.toml").read_text().replace('[strategies.top]\nunfreeze = "search"\n', "")
+    text = text.replace("startup_trials = 2", "startup_trials = 2\ntrials_per_process = 0")
+    spec.write_text(text + '\n[backbone_overrides.vgg16]\nweights = "missing.h5"\n')
+    code = cli.main(["sweep", "--experiment", str(spec), "--trials", "1", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "experiment ci: 1 of 2 pairs reached their target" in out
+    assert "vgg16/frozen: FAILED: backbone.weights = 'missing.h5' for vgg16 is not a file" in out
+    assert "resnet50/frozen: 1 of 1 trials" in out
+    assert re.search(r"^resnet50 +frozen ", out, re.M), out  # the leaderboard's table ends the run
+    assert "next: python -m benchmark leaderboard" in out
+
+
+def test_a_sweep_that_ends_short_of_its_target_exits_1_naming_the_error(store, capsys, monkeypatch):
+    from benchmark import cli
+
+    monkeypatch.setattr(sweep, "suggest", fixed_learning_rates({}, default=1e35))  # every trial's loss overflows
+    code = cli.main(["sweep", "--experiment", "ci", "--backbone", "vgg16", "--strategy", "frozen", "--trials", "1",
+                     "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert re.search(r"ended short of its target: 0 of 1 trials finished, 2 failed; most frequent error \(2x\): "
+                     r"\w+: .*loss became", out), out
