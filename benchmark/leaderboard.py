@@ -199,6 +199,11 @@ def leaderboard(experiment: str | ExperimentSpec, intervals: bool = True, requir
     candidates, books = candidate_runs(experiment, superseded)
     if candidates.empty and not require_complete:
         return pd.DataFrame(columns=list(COLUMNS))
+    if candidates.empty and not superseded and not candidate_runs(experiment, superseded=True)[0].empty:
+        raise BenchmarkError(
+            f"experiment '{spec_name(experiment)}' has results only from older versions of its spec in "
+            f"{track.display_uri()}; sweep the spec as it is now, or see the old ones with --superseded"
+        )
     if candidates.empty:
         raise BenchmarkError(
             f"experiment '{spec_name(experiment)}' has no completed trial yet in {track.display_uri()} "
@@ -413,14 +418,16 @@ def shortened(text: str, width: int) -> str:
 
 
 def versus_best(row) -> str:
-    """'best' for the first row; the p-value, with '=' when tied with the best at 5%."""
+    """'best' for the first row; the p-value, with '=' when tied with the best at 5%, '+' when
+    better than it on test (the row chosen on validation is not the best on test)."""
     if row.name == 0:
         return "best"
     p = row["p_vs_best"]
     if pd.isna(p):
         return "-"
     shown = "<.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
-    return ("=" if bool(row["tied_with_best"]) else "") + shown
+    better = bool(row["diff_vs_best_low"] + row["diff_vs_best_high"] > 0)  # NaN compares False
+    return ("=" if bool(row["tied_with_best"]) else "+" if better else "") + shown
 
 
 def confirmed(row) -> str:
@@ -463,7 +470,8 @@ def display_rows(board: pd.DataFrame) -> list[dict[str, str]]:
 LEGEND = (
     "Best trial per backbone x strategy by validation top-1 (%); (run): the best single run, (old): a study "
     "of an older spec. test@1±CI: half the width of its 95% bootstrap interval. p: exact McNemar test against "
-    "the best row on the same test images; '=' marks a row not distinguishable from the best at 5% (tied). "
+    "the best row on the same test images; '=' marks a row not distinguishable from the best at 5% (tied), '+' one "
+    "better than it on test. "
     "seeds@1: test top-1 mean±std/count over seed repeats (`confirm`), the number to quote. "
     "inf/s, trn/s: images per second. c/p/f: trials complete/pruned/failed; "
     "time: compute of all its trials. PF: on the Pareto front of accuracy vs throughput (T) or size (S)."

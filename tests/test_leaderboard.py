@@ -267,6 +267,9 @@ def test_the_html_report_renders_in_chromium(ci_store_copy, tmp_path):
     assert len(rows) == len(board)
     for row, backbone in zip(rows, board["backbone"]):
         assert f"<td>{backbone}</td>" in row
+    assert "<td>best</td>" in rows[0] and "not distinguishable from the best at 5% (tied)" in dom
+    for row, tied in zip(rows[1:], board["tied_with_best"][1:]):
+        assert bool(re.search(r"<td>=[0-9.]+</td>", row)) == bool(tied)  # tied rows are marked on the page
     assert pixels.std() > 0.05 and len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 50  # not blank
 
     # Self-contained: every image is embedded and decodes; nothing refers outside the page.

@@ -16,6 +16,7 @@ import optuna
 import pytest
 
 from benchmark import registry, sweep, track
+from benchmark.errors import BenchmarkError
 from benchmark.spec import load_experiment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -386,6 +387,8 @@ def test_a_changed_spec_starts_a_new_study_and_the_old_trials_stay_out_of_its_ro
     board = leaderboard.leaderboard(changed, superseded=True)
     assert list(board["kind"]) == ["sweep", "superseded"] and board.loc[1, "study"] == first.study.study_name
     assert leaderboard.leaderboard(ci(pruner="none")).loc[0, "study"] == first.study.study_name  # the old spec's row
+    with pytest.raises(BenchmarkError, match="only from older versions of its spec.*--superseded"):
+        leaderboard.leaderboard(in_process(ci(pruner="none"), epochs=5))  # a spec no study has run yet
 
     said.clear()  # an unchanged rerun resumes its own study
     again = sweep.run_sweep(changed, "vgg16", "frozen", trials=1, verbose=0, say=said.append)
