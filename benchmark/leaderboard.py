@@ -38,7 +38,6 @@ COLUMNS = (
     "pareto_throughput", "pareto_size",
     "trial_number", "run_id", "study",
 )  # fmt: skip
-KINDS = ("sweep", "run", "superseded")  # a study's best trial; the best single `run`; an older spec's study
 FORMATS = ("table", "markdown", "csv", "json", "html")
 BOOTSTRAP_SAMPLES = 2000
 SIGNIFICANCE = 0.05  # rows whose p_vs_best is at least this are tied with the best
@@ -167,8 +166,9 @@ def candidate_runs(experiment: str | ExperimentSpec, superseded: bool = False) -
         }),
     ], ignore_index=True)  # fmt: skip
     candidates = pd.concat([best, singles[single_done].assign(kind="run", study="")], ignore_index=True)
-    return candidates[candidates["metrics.best_val_top1"].notna()], books.fillna({"complete": 0.0, "pruned": 0.0,
-                                                                                 "failed": 0.0, "compute_s": 0.0})
+    candidates["study"] = candidates["study"].fillna("")  # a NaN key would drop the row from groupby
+    books = books.fillna({"study": "", "complete": 0.0, "pruned": 0.0, "failed": 0.0, "compute_s": 0.0})
+    return candidates[candidates["metrics.best_val_top1"].notna()], books
 
 
 def best_trial_runs(experiment_id: str, parents: pd.DataFrame) -> pd.DataFrame:
@@ -196,6 +196,7 @@ def leaderboard(experiment: str | ExperimentSpec, intervals: bool = True, requir
     validation top-1 (best first), each compared with the best row on the same test images; then,
     with `superseded`, the rows of studies of older specs. Without require_complete, an experiment
     whose trials all failed or were pruned gives an empty table."""
+    experiment = spec_of(experiment) or experiment  # read the spec file once
     candidates, books = candidate_runs(experiment, superseded)
     if candidates.empty and not require_complete:
         return pd.DataFrame(columns=list(COLUMNS))
@@ -217,9 +218,9 @@ def leaderboard(experiment: str | ExperimentSpec, intervals: bool = True, requir
     board = pd.DataFrame(rows, columns=list(COLUMNS))
     board["pareto_throughput"] = pareto_front(board["val_top1"], board["infer_images_per_sec"])
     board["pareto_size"] = pareto_front(board["val_top1"], -board["model_size_mb"])
-    board["rank"] = board["kind"].map({"sweep": 0, "run": 0, "superseded": 1})
-    board = board.sort_values(["rank", "val_top1", "test_top1"], ascending=[True, False, False], kind="stable")
-    board = board.drop(columns="rank").reset_index(drop=True)
+    board["old"] = board["kind"] == "superseded"  # after every current row
+    board = board.sort_values(["old", "val_top1", "test_top1"], ascending=[True, False, False], kind="stable")
+    board = board.drop(columns="old").reset_index(drop=True)
     add_confirmations(board, confirmations(experiment))
     if intervals:
         add_statistics(board)

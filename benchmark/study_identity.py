@@ -115,7 +115,8 @@ def flatten(value, prefix: str = "") -> dict[str, str]:
 def differences(old: dict, new: dict, limit: int = 4) -> str:
     """'training.epochs 2 -> 5, head.dropout 0.0 -> 0.2' between two recipes."""
     before, after = flatten(old), flatten(new)
-    changed = [f"{k.removeprefix('trial.')} {before.get(k, '-')} -> {after.get(k, '-')}" for k in sorted(set(before) | set(after))
+    keys = sorted(set(before) | set(after))
+    changed = [f"{k.removeprefix('trial.')} {before.get(k, '-')} -> {after.get(k, '-')}" for k in keys
                if before.get(k) != after.get(k)]
     shown = ", ".join(changed[:limit]) + (f" (+{len(changed) - limit} more)" if len(changed) > limit else "")
-    return shown or "the data or the weights"
+    return shown or "the same recipe on other data or weights"

@@ -121,7 +121,7 @@ def pair_studies(storage: optuna.storages.BaseStorage, experiment: str, backbone
     legacy = "-".join(pair)  # studies from before fingerprints were named by the pair alone
     found = [s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
              if s.user_attrs.get("pair") == pair or s.study_name == legacy]
-    return sorted(found, key=lambda s: (s.datetime_start is None, s.datetime_start or 0, s._study_id))
+    return sorted(found, key=lambda s: (s.datetime_start is None, s.datetime_start or 0, s.study_name))
 
 
 def superseded_note(studies: list, name: str, recipe: dict) -> str:

@@ -72,7 +72,7 @@ def test_the_worker_command_is_a_valid_sweep_of_a_real_experiment():
     args = build_parser().parse_args(argv)
     assert args.command == "sweep"
     experiment = load_experiment(args.experiment)
-    assert args.backbone in experiment.backbones
+    assert set(args.backbone) <= set(experiment.backbones)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
