@@ -231,8 +231,8 @@ def test_a_two_phase_search_never_samples_a_frozen_phase_two():
 def test_weight_decay_is_searched_on_a_log_scale_when_the_space_has_it():
     experiment = ci()
     spec = experiment.resolve("vgg16", "frozen")
-    space = experiment.search_space("vgg16").model_copy(update={"weight_decay": {"low": 0.01, "high": 100.0}})
-    space = type(space).model_validate(space.model_dump())
+    space = experiment.search_space("vgg16").model_validate(
+        {**experiment.search_space("vgg16").model_dump(), "weight_decay": {"low": 0.01, "high": 100.0}})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     decays = [sweep.suggest(study.ask(), spec, space)["weight_decay"] for _ in range(40)]
     assert 0.01 <= min(decays) and max(decays) <= 100.0
