@@ -156,8 +156,7 @@ def command_run(args) -> int:
     if unfreeze is None and spec.strategy.unfreeze == "search":
         unfreeze = experiment.search_space(spec.backbone.name, spec.strategy_name).unfreeze.low
         print(f"strategy '{spec.strategy_name}' searches its depth; using unfreeze={unfreeze} (set --unfreeze N)")
-    recipe = study_identity.recipe_fingerprint(spec, experiment.search_space(spec.backbone.name, spec.strategy_name),
-                                               experiment.search)  # the spec's, as the leaderboard matches it
+    recipe = study_identity.experiment_recipe(experiment, spec)  # the spec's, before --lr/--unfreeze: as the leaderboard matches it
     spec = with_values(spec, learning_rate=args.lr, unfreeze=unfreeze)
     prepared = trial.prepare(spec)  # rejects bad data or depth before anything is recorded
     track.configure()

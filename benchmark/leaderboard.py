@@ -88,13 +88,8 @@ def spec_of(experiment: str | ExperimentSpec) -> ExperimentSpec | None:
 
 def current_recipes(spec: ExperimentSpec) -> dict[tuple[str, str], str]:
     """(backbone, strategy) -> the recipe fingerprint of the spec as it is now."""
-    recipes = {}
-    for backbone in spec.backbones:
-        for strategy in spec.strategies:
-            trial = spec.resolve(backbone, strategy)
-            space = spec.search_space(trial.backbone.name, strategy)
-            recipes[(trial.backbone.name, strategy)] = study_identity.recipe_fingerprint(trial, space, spec.search)
-    return recipes
+    pairs = [spec.resolve(backbone, strategy) for backbone in spec.backbones for strategy in spec.strategies]
+    return {(trial.backbone.name, trial.strategy_name): study_identity.experiment_recipe(spec, trial) for trial in pairs}
 
 
 def is_current(runs: pd.DataFrame, recipes: dict[tuple[str, str], str] | None) -> pd.Series:

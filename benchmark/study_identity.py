@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmark import checkpoint, registry
 from benchmark.errors import BenchmarkError
-from benchmark.spec import SearchSpace, SearchSpec, TrialSpec
+from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
 
 SHORT = 8  # hex digits of the fingerprint in a study's name
 NOT_RESULTS = {"trials", "timeout_s", "trials_per_process"}  # how long and where, not what
@@ -63,6 +63,12 @@ def recipe(spec: TrialSpec, space: SearchSpace, search: SearchSpec) -> dict:
 
 def recipe_fingerprint(spec: TrialSpec, space: SearchSpace, search: SearchSpec) -> str:
     return digest(recipe(spec, space, search))
+
+
+def experiment_recipe(experiment: ExperimentSpec, spec: TrialSpec) -> str:
+    """The recipe fingerprint of one of the experiment's resolved pairs, with its search space."""
+    space = experiment.search_space(spec.backbone.name, spec.strategy_name)
+    return recipe_fingerprint(spec, space, experiment.search)
 
 
 def data_fingerprint(data) -> str:
