@@ -425,6 +425,8 @@ def describe_error(err: dict[str, Any]) -> str:
         return f"{location}: unknown field; allowed fields here: {', '.join(_allowed_fields(err['loc']))}"
     if kind == "missing":
         return f"{location}: required field is missing; add it (experiments/ci.toml is a complete example)"
+    if kind == "model_type":  # a table's place holds something else: name its keys, not the class behind it
+        return f"{location}: {table_expected(err['loc'], err.get('input'))}"
     message = message.removeprefix("Value error, ")
     got = err.get("input")
     if kind not in ("value_error",) and not isinstance(got, (dict, list)):
@@ -432,11 +434,27 @@ def describe_error(err: dict[str, Any]) -> str:
     return f"{location}: {message}"
 
 
+def table_expected(loc: tuple, got: Any) -> str:
+    """'must be a table with keys low, high, e.g. learning_rate = { low = 0.0001, high = 0.01 } (got [...])'."""
+    keys = list(_model_holding((*loc, None)).model_fields)  # declared order: low before high
+    field = next((str(part) for part in reversed(loc) if isinstance(part, str) and not _is_union_tag(part)), "field")
+    message = f"must be a table with keys {', '.join(keys)}"
+    if len(keys) <= 3:
+        values = [repr(v) for v in got] if isinstance(got, list) and len(got) == len(keys) else ["..."] * len(keys)
+        message += f", e.g. {field} = {{ {', '.join(f'{k} = {v}' for k, v in zip(keys, values))} }}"
+    return f"{message} (got {got!r})"
+
+
 def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part in {"int", "str", "float", "literal"} or part.startswith("function-"))
 
 
 def _allowed_fields(loc: tuple) -> list[str]:
+    return sorted(_model_holding(loc).model_fields)
+
+
+def _model_holding(loc: tuple) -> type[BaseModel]:
+    """The model whose field is loc's last part."""
     model: type[BaseModel] = ExperimentSpec
     for part in loc[:-1]:
         if isinstance(part, int) or _is_union_tag(part):
@@ -449,7 +467,7 @@ def _allowed_fields(loc: tuple) -> list[str]:
         if annotation is None:
             break
         model = annotation
-    return sorted(model.model_fields)
+    return model
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
