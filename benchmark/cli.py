@@ -230,7 +230,7 @@ def report_study(sweep, result) -> None:
         print(result.shortfall() + "; see the FAILED runs' 'error' tag in MLflow")
     best = result.best_trial
     if best is not None:
-        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+        params = sweep.format_params(best.params)
         print(f"best trial #{best.number}: {params} best_val_top1={best.value:.4f} "
               f"test_top1={sweep.outcome(best)['test_top1']:.4f}")
 

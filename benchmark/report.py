@@ -302,7 +302,7 @@ def html_page(experiment: str, report: Report) -> str:
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return PAGE.format(
         title=html.escape(f"Leaderboard: {experiment}"),
-        meta=html.escape(f"{len(board)} rows from {track.display_uri()}, generated {generated}"),
+        meta=html.escape(f"{len(board)} row{'' if len(board) == 1 else 's'} from {track.display_uri()}, generated {generated}"),
         legend=html.escape(leaderboard.LEGEND),
         table=table,
         images=images,

@@ -601,6 +601,11 @@ def matches_best(study: optuna.Study, value: float) -> bool:
         return True
 
 
+def format_params(params: dict) -> str:
+    """'learning_rate=0.00519 unfreeze=3': one way, in the progress lines and the summary."""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 class Progress:
     """One line per trial: i/N, state, params, val top-1, best so far, time left."""
 
@@ -612,7 +617,7 @@ class Progress:
         finished = sum(t.state in FINISHED for t in study.trials)
         if trial.duration:
             self.durations.append(trial.duration.total_seconds())
-        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        params = format_params(trial.params)
         value = f"val_top1={trial.value:.4f}" if trial.value is not None else ""
         if trial.state == TrialState.PRUNED and trial.intermediate_values:
             value = f"val_top1={max(trial.intermediate_values.values()):.4f} (at prune)"
