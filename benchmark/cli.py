@@ -211,7 +211,7 @@ def command_sweep(args) -> int:
         report_study(sweep, result)
         print_next_steps(args.experiment)
         return 0 if result.reached else 1
-    results = sweep.run_experiment(experiment, args.backbone, args.strategy, **options)
+    results = sweep.run_experiment(experiment, pairs, **options)
     errors = {pair.error for pair in results}
     if all(pair.result is None for pair in results) and len(errors) == 1:
         raise BenchmarkError(errors.pop())  # the same problem for every pair: one line, not one per pair

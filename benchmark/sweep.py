@@ -515,15 +515,14 @@ def pairs_of(experiment: ExperimentSpec, backbones: list[str] | None = None,
 
 def run_experiment(
     experiment: ExperimentSpec,
-    backbones: list[str] | None = None,
-    strategies: list[str] | None = None,
+    pairs: list[tuple[str, str]] | None = None,
     say: Callable[[str], None] = print,
     **options,
 ) -> list[PairResult]:
-    """run_sweep for each pair, in order. A pair that fails (bad weights, every trial failed) is
-    reported and the others go on; each pair is its own study, so rerunning resumes all of them
-    and several workers can share the experiment."""
-    pairs = pairs_of(experiment, backbones, strategies)
+    """run_sweep for each pair (default: every pair, see pairs_of), in order. A pair that fails
+    (bad weights, every trial failed) is reported and the others go on; each pair is its own
+    study, so rerunning resumes all of them and several workers can share the experiment."""
+    pairs = pairs if pairs is not None else pairs_of(experiment)
     results = []
     for i, (backbone, strategy) in enumerate(pairs, start=1):
         def tell(line: str, prefix=f"[{i}/{len(pairs)} {backbone}/{strategy}] ") -> None:

@@ -41,8 +41,9 @@ def run_workers(workers: int, trials: int, admin_url: str) -> dict:
     wall = time.perf_counter() - started
     assert codes == [0] * workers, codes
     from benchmark import sweep
+    from benchmark.storage import open_storage
 
-    name = sweep.pair_studies(optuna.storages.RDBStorage(storage), "ci", "vgg16", "frozen")[-1].study_name
+    name = sweep.pair_studies(open_storage(storage, heartbeat=False), "ci", "vgg16", "frozen")[-1].study_name
     states = [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
     with psycopg.connect(admin_url, autocommit=True) as connection:
         connection.execute(f"DROP DATABASE {storage.rsplit('/', 1)[1]} WITH (FORCE)")
