@@ -1,10 +1,12 @@
-"""Command line: a thin layer over the library. `python -m benchmark --help`."""
+"""Command line of the benchmark: each command is a few lines over the library (`benchmark.sweep`,
+`benchmark.leaderboard`, ...), which the tests call directly. `python -m benchmark --help`."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported: its C++ log lines are noise here
@@ -77,28 +79,72 @@ class OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrors(prog="python -m benchmark", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+DESCRIPTION = """\
+Pick a pretrained backbone and a fine-tuning recipe for CIFAR-100, and defend the choice with
+numbers: Optuna sweeps on a validation split, every trial tracked in MLflow, a leaderboard with
+confidence intervals, and regression checks against stored baselines."""
 
-    sweep = commands.add_parser("sweep", help="Optuna search of learning rate and unfreeze depth, tracked in MLflow",
-                                description="Sweep every backbone x strategy of an experiment (or those selected): "
-                                            "one resumable Optuna study per pair and spec. Exit 1 when a pair ends "
-                                            "short of its target.")
+EXAMPLES = """\
+examples:
+  python -m benchmark sweep --experiment transfer --backbone efficientnetlite0 --strategy frozen
+  python -m benchmark leaderboard --experiment transfer --format html --output report/index.html
+  python -m benchmark run --experiment ci --backbone vgg16 --lr 0.001 --unfreeze 0
+
+`python -m benchmark COMMAND --help` describes a command and its options."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; command names and options in a column wide enough for
+    `leaderboard` and `--image-size IMAGE_SIZE`."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=32, width=100)
+
+
+def add_command(commands, name: str, summary: str, description: str, *examples: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help says what it does and shows how it is called."""
+    epilog = "example" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(
+        f"  python -m benchmark {example}" for example in examples)
+    text = textwrap.fill(f"{summary[0].upper()}{summary[1:]}. {description}", width=100)
+    return commands.add_parser(name, help=summary, description=text,
+                               epilog=epilog, formatter_class=HelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrors(prog="python -m benchmark", description=DESCRIPTION, epilog=EXAMPLES,
+                           formatter_class=HelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+
+    sweep = add_command(
+        commands, "sweep", "search learning rate and unfreeze depth with Optuna, every trial tracked in MLflow",
+        "Sweeps every backbone x strategy of an experiment (or those selected): one resumable Optuna study per "
+        "pair and spec; rerunning the same command resumes it. Exits 1 when a pair ends short of its target.",
+        "sweep --experiment transfer --backbone efficientnetlite0 --strategy frozen",
+        "sweep --experiment transfer --trials 20          # every backbone x strategy",
+        "sweep --experiment ci --storage postgresql://user@db/optuna   # many workers, one study")
     add_trial_arguments(sweep, many=True)
     sweep.add_argument("--trials", type=positive_int, help="target number of finished trials in the study")
     sweep.add_argument("--timeout", type=positive_float, help="stop starting trials after this many seconds")
     sweep.add_argument("--storage", help="Optuna storage URL (default: $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.db)")
     sweep.set_defaults(handler=command_sweep)
 
-    run = commands.add_parser("run", help="train and measure one configuration, tracked in MLflow")
+    run = add_command(
+        commands, "run", "train and measure one configuration, tracked in MLflow",
+        "No search: the spec's values, or those given with --lr and --unfreeze.",
+        "run --experiment ci --backbone vgg16 --lr 0.001 --unfreeze 0",
+        "run --experiment transfer --backbone efficientnetlite0 --strategy top --unfreeze 10")
     add_trial_arguments(run)
     run.add_argument("--lr", type=positive_float, help="learning rate (default: the spec's)")
     run.add_argument("--unfreeze", type=unfreeze_depth, help='top N weighted layers to train, 0 or "all"')
     run.set_defaults(handler=command_run)
 
-    board = commands.add_parser("leaderboard", help="best trial per backbone x strategy, with plots and an HTML report")
+    board = add_command(
+        commands, "leaderboard", "best trial per backbone x strategy, with plots and an HTML report",
+        "Rows are ranked by validation top-1; test top-1 comes with a 95% interval and a paired test against "
+        "the best row. Reads the stores only.",
+        "leaderboard --experiment transfer",
+        "leaderboard --experiment transfer --format html --output report/index.html")
     board.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
     board.add_argument("--superseded", action="store_true",
                        help="also list the studies of older versions of the spec (after the current rows)")
@@ -110,14 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--storage", help="Optuna storage of the studies (default: $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.db)")
     board.set_defaults(handler=command_leaderboard)
 
-    check = commands.add_parser("check", help="compare results with the stored baseline; exit 1 on a regression")
+    check = add_command(
+        commands, "check", "compare results with the stored baseline; exit 1 on a regression",
+        "Each checked metric (accuracy, size, throughput) must stay within the tolerance the baseline file gives it.",
+        "check --experiment ci",
+        "check --experiment ci --update      # accept the current results as the new baseline")
     check.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
     check.add_argument("--baseline", type=Path, help="baseline file (default: experiments/baselines/EXPERIMENT.json)")
     check.add_argument("--update", action="store_true", help="rewrite the baseline from the current results")
     check.add_argument("--format", default="table", choices=("table", "markdown"), help="the comparison table's format")
     check.set_defaults(handler=command_check)
 
-    confirm = commands.add_parser("confirm", help="retrain the best configuration of the top rows with new seeds")
+    confirm = add_command(
+        commands, "confirm", "retrain the best configuration of the top rows with new seeds",
+        "Shows whether a ranking survives a new seed (and, with --resplit, a new validation split); the "
+        "leaderboard's seeds@1 column reports the repeats.",
+        "confirm --experiment transfer --top 3 --seeds 3")
     confirm.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
     confirm.add_argument("--top", type=positive_int, default=3, help="how many leaderboard rows (default: 3)")
     confirm.add_argument("--seeds", type=positive_int, default=3, help="new training seeds per row (default: 3)")
@@ -125,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("--quiet", action="store_true", help="no per-epoch lines (for CI logs)")
     confirm.set_defaults(handler=command_confirm)
 
-    speed = commands.add_parser("throughput", help="inference and training images/s of one backbone (like timm's benchmark.py)")
+    speed = add_command(
+        commands, "throughput", "inference and training images/s of one backbone (like timm's benchmark.py)",
+        "Synthetic input, random weights; the result is logged to MLflow.",
+        "throughput --backbone resnet50 --image-size 224 --batch-size 64")
     speed.add_argument("--backbone", required=True, help="registry name, e.g. resnet50 (see `backbones`)")
     speed.add_argument("--image-size", type=positive_int, required=True, help="pixels the backbone sees, e.g. 224")
     speed.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default: 64)")
@@ -138,8 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--steps", type=positive_int, default=10, help="timed steps; their median counts (default: 10)")
     speed.set_defaults(handler=command_throughput)
 
-    backbones = commands.add_parser("backbones", help="list the supported backbones")
-    backbones.add_argument("--fast", action="store_true", help="skip building each model (no parameter counts)")
+    backbones = add_command(
+        commands, "backbones", "list the supported backbones with their depth and size",
+        "Depth (weighted layers, what --unfreeze counts) and parameter counts come from the registry's table; "
+        "--build measures them by building each model.",
+        "backbones",
+        "backbones --build")
+    backbones.add_argument("--build", action="store_true", help="build each model to measure depth and parameters (slow)")
     backbones.set_defaults(handler=command_backbones)
     return parser
 
@@ -158,7 +220,8 @@ def command_run(args) -> int:
         print(f"strategy '{spec.strategy_name}' searches its depth; using unfreeze={unfreeze} (set --unfreeze N)")
     recipe = study_identity.experiment_recipe(experiment, spec)  # the spec's, before --lr/--unfreeze: as the leaderboard matches it
     spec = with_values(spec, learning_rate=args.lr, unfreeze=unfreeze)
-    prepared = trial.prepare(spec)  # rejects bad data or depth before anything is recorded
+    with experiment.naming_its_file():
+        prepared = trial.prepare(spec)  # rejects bad data or depth before anything is recorded
     track.configure()
     name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with track.trial_run(spec, "run", prepared.data.origin, run_name=name, extra_tags={"recipe_fingerprint": recipe}) as run:
@@ -361,7 +424,10 @@ def format_throughput(result: dict) -> str:
 def command_backbones(args) -> int:
     from benchmark import registry
 
-    table = registry.describe_backbones(with_params=not args.fast)
+    if args.build:
+        with tensorflow_start_up_silenced():
+            import keras  # noqa: F401  (its start-up lines, once, out of sight)
+    table = registry.describe_backbones(build=args.build)
     print(table.to_string(index=False))
     return 0
 

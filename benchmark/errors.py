@@ -26,6 +26,11 @@ class SpecError(BenchmarkError):
         super().__init__("\n".join(f"{source}: {p}" for p in problems))
 
 
+class SpecValueError(BenchmarkError):
+    """A spec value that the data cannot satisfy (a subset larger than its split...). The message
+    names the field; `ExperimentSpec.naming_its_file` adds the spec file it is written in."""
+
+
 @contextlib.contextmanager
 def tensorflow_start_up_silenced():
     """TensorFlow writes native start-up lines ("oneDNN custom operations are on", "Could not find

@@ -451,14 +451,61 @@ def _batchnorm_class() -> type:
 # ---------------------------------------------------------------- catalogue
 
 
-def describe_backbones(with_params: bool = True) -> "pandas.DataFrame":
+# Depth (weighted layers, what `unfreeze` counts) and parameter count of each no-top model, as
+# `python -m benchmark backbones --build` measures them; tests/test_registry.py builds every model
+# and compares, so the table cannot go stale. Neither depends on the input size.
+ARCHITECTURE: dict[str, tuple[int, int]] = {
+    "vgg16": (13, 14714688),
+    "vgg19": (16, 20024384),
+    "resnet50": (53, 23587712),
+    "resnet101": (104, 42658176),
+    "resnet152": (155, 58370944),
+    "resnet50v2": (53, 23564800),
+    "resnet101v2": (104, 42626560),
+    "resnet152v2": (155, 58331648),
+    "mobilenetv2": (52, 2257984),
+    "mobilenetv3small": (52, 939120),
+    "mobilenetv3large": (62, 2996352),
+    "densenet121": (120, 7037504),
+    "densenet169": (168, 12642880),
+    "densenet201": (200, 18321984),
+    "efficientnetb0": (81, 4049571),
+    "efficientnetb1": (115, 6575239),
+    "efficientnetb2": (115, 7768569),
+    "efficientnetb3": (130, 10783535),
+    "efficientnetb4": (160, 17673823),
+    "efficientnetb5": (194, 28513527),
+    "efficientnetb6": (224, 40960143),
+    "efficientnetb7": (273, 64097687),
+    "efficientnetv2b0": (91, 5919312),
+    "efficientnetv2b1": (111, 6931124),
+    "efficientnetv2b2": (116, 8769374),
+    "efficientnetv2b3": (136, 12930622),
+    "efficientnetv2s": (170, 20331360),
+    "efficientnetv2m": (245, 53150388),
+    "efficientnetv2l": (339, 117746848),
+    "efficientnetlite0": (49, 3413024),
+    "efficientnetlite1": (64, 4189344),
+    "efficientnetlite2": (64, 4869168),
+    "convnexttiny": (76, 27820128),
+    "convnextsmall": (148, 49454688),
+    "convnextbase": (148, 87566464),
+    "convnextlarge": (148, 196230336),
+    "convnextxlarge": (148, 348147968),
+    "xception": (40, 20861480),
+    "inceptionv3": (94, 21802784),
+}
+
+
+def describe_backbones(build: bool = False) -> "pandas.DataFrame":
+    """One row per backbone; depth and parameters from ARCHITECTURE, or measured with build=True."""
     import pandas
 
-    rows = [_describe(backbone, with_params) for backbone in BACKBONES.values()]
+    rows = [_describe(backbone, build) for backbone in BACKBONES.values()]
     return pandas.DataFrame(rows)
 
 
-def _describe(backbone: Backbone, with_params: bool) -> dict:
+def _describe(backbone: Backbone, build: bool) -> dict:
     row = {
         "name": backbone.name,
         "family": backbone.family,
@@ -467,21 +514,20 @@ def _describe(backbone: Backbone, with_params: bool) -> dict:
         "min_size": backbone.min_size,
         "imagenet_sizes": ",".join(map(str, backbone.imagenet_sizes)) if backbone.imagenet_sizes else "any",
     }
-    if with_params:
-        row.update(_measure(backbone))
+    depth_, params = measure_architecture(backbone) if build else ARCHITECTURE[backbone.name]
+    row.update({"depth": depth_, "params_m": round(params / 1e6, 2), "size_mb": round(params * 4 / 1e6, 1)})
     return row
 
 
-def _measure(backbone: Backbone) -> dict:
-    """Depth and size of the no-top model; parameter counts do not depend on the input size."""
+def measure_architecture(backbone: Backbone) -> tuple[int, int]:
+    """(depth, parameters) of the no-top model with random weights."""
     import keras
 
     try:
         base = _construct(backbone, backbone.min_size, keras_weights=None)
     except ValueError:
         base = _construct(backbone, backbone.default_size, keras_weights=None)
-    params = base.count_params()
-    measured = {"depth": depth(base), "params_m": round(params / 1e6, 2), "size_mb": round(params * 4 / 1e6, 1)}
+    measured = depth(base), base.count_params()
     del base
     keras.backend.clear_session()
     return measured

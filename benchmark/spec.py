@@ -6,15 +6,16 @@ TrialSpec (one backbone, one strategy, concrete values), which is all a trial ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from benchmark import registry
-from benchmark.errors import BenchmarkError, SpecError
+from benchmark.errors import BenchmarkError, SpecError, SpecValueError
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -242,6 +243,18 @@ class ExperimentSpec(Strict):
     head: HeadSpec = HeadSpec()
     training: TrainingSpec = TrainingSpec()
     search: SearchSpec = SearchSpec()
+    _file: str | None = PrivateAttr(default=None)  # the spec file it was read from, for messages
+
+    @contextlib.contextmanager
+    def naming_its_file(self):
+        """A value the data cannot satisfy is reported as `spec file: field = value ...`, so the user
+        knows which file to edit (the data layer sees only the values)."""
+        try:
+            yield
+        except SpecValueError as e:
+            if self._file is None:
+                raise
+            raise SpecValueError(f"{self._file}: {e}") from None
 
     @model_validator(mode="after")
     def _backbones_exist_and_fit(self) -> ExperimentSpec:
@@ -403,9 +416,18 @@ def load_experiment(name_or_path: str | Path) -> ExperimentSpec:
         raise SpecError(str(path), ["the file is empty; a spec needs at least name, backbones and strategies "
                                     "(experiments/ci.toml is a complete example)"])
     spec = parse_experiment(raw, source=str(path))
+    spec._file = shown_path(path)
     if spec.data.dir is not None and not spec.data.dir.is_absolute():
         spec.data.dir = (path.parent / spec.data.dir).resolve()  # relative to the spec file, not the cwd
     return spec
+
+
+def shown_path(path: Path) -> str:
+    """A path as a user would type it: relative to the current directory when it lies under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def parse_experiment(raw: dict[str, Any], source: str = "<spec>") -> ExperimentSpec:

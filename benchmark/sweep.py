@@ -402,7 +402,8 @@ def run_sweep(
 
     # Everything that can reject bad input happens before anything is recorded.
     check_unfreeze_fits(spec, space)
-    data = load_dataset(spec.data)
+    with experiment.naming_its_file():
+        data = load_dataset(spec.data)
     fingerprint = study_identity.fingerprint(spec, space, experiment.search, data)
     name = study_name(spec, fingerprint)
     storage_url = storage or default_storage()

@@ -246,6 +246,9 @@ CASES = [
     Case("data-truncated", RUN_CI + ["--data-dir", "{data}"], ("train", "re-stage"), data=truncated),
     Case("data-wrong-shape", RUN_CI + ["--data-dir", "{data}"], ("train", "3072"), data=wrong_shape),
     Case("data-labels-out-of-range", RUN_CI + ["--data-dir", "{data}"], ("test", "label"), data=labels_out_of_range),
+    Case("data-subset-larger-than-the-data", ["run", "--experiment", "quick", "--backbone", "vgg16", "--data-dir", "{data}"],
+         ("quick.toml: data.subset.train = 5000 is larger than the train split", "at most"),
+         data=lambda tmp, sample: cifar_copy(tmp, sample)),
     Case("data-pickle-runs-code", RUN_CI + ["--data-dir", "{data}"], ("refusing", "system", "re-download"), data=code_pickle),
     # weights
     Case("weights-wrong-hash", ["run", "--experiment", "{spec}", "--backbone", "vgg16"],

@@ -1,6 +1,7 @@
 """The command line as a process. Bad input case by case: tests/test_bad_input.py."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +9,41 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_every_command_has_help():
-    for command in ("run", "sweep", "throughput", "backbones"):
-        out = subprocess.run([sys.executable, "-m", "benchmark", command, "--help"], capture_output=True, text=True)
-        assert out.returncode == 0 and "usage: python -m benchmark" in out.stdout
+COMMANDS = ("sweep", "run", "leaderboard", "check", "confirm", "throughput", "backbones")
+
+
+def benchmark_process(*argv: str, **options) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmark", *argv], capture_output=True, text=True, **options)
+
+
+def test_the_top_level_help_describes_every_command_and_shows_examples():
+    out = benchmark_process("--help")
+    assert out.returncode == 0
+    listing = out.stdout.split("commands:")[1].split("examples:")[0]
+    described = dict(re.findall(r"^    (\w+)\s+(\S.*)$", listing, re.M))  # a long name has its text on the next line
+    assert set(described) == set(COMMANDS)
+    assert all(len(text) > 20 for text in described.values()), described
+    examples = [line for line in out.stdout.splitlines() if line.startswith("  python -m benchmark ")]
+    assert len(examples) == 3 and "thin layer" not in out.stdout
+
+
+def test_every_command_has_a_description_and_an_example():
+    for command in COMMANDS:
+        out = benchmark_process(command, "--help")
+        assert out.returncode == 0 and out.stdout.startswith(f"usage: python -m benchmark {command}")
+        text = out.stdout.split("\n\n", 2)[1]  # after the usage: the description
+        assert not text.startswith("options:") and len(text) > 40, (command, text)
+        assert f"\n  python -m benchmark {command} " in out.stdout.split("example")[-1], command
+
+
+def test_backbones_reads_its_table_without_loading_tensorflow():
+    code = "import sys; from benchmark.cli import main; main(['backbones']); print('keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "False"  # no Keras, no TensorFlow: about a second, no start-up lines
+    lite0 = next(line.split() for line in lines if line.startswith("efficientnetlite0 "))
+    assert lite0[-3:] == ["49", "3.41", "13.7"]  # depth, params (millions), MB
 
 
 def test_errors_from_the_real_process_are_one_line_and_debug_shows_the_traceback(tmp_path):

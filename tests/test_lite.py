@@ -57,7 +57,7 @@ def wheel_file(name: str) -> Path:
 
 
 def test_the_registry_lists_the_three_lite_models():
-    table = registry.describe_backbones(with_params=False).set_index("name")
+    table = registry.describe_backbones().set_index("name")
     for name, size in NATIVE_SIZES.items():
         assert table.loc[name, "family"] == "EfficientNetLite"
         assert table.loc[name, "default_size"] == size

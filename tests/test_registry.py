@@ -399,20 +399,33 @@ def test_weights_that_are_not_a_file_kind_are_refused():
 # ---------------------------------------------------------------- catalogue
 
 
-def test_describe_backbones_without_params_is_metadata_only():
-    table = describe_backbones(with_params=False)
-    assert list(table.columns) == ["name", "family", "preprocessing", "default_size", "min_size", "imagenet_sizes"]
-    assert len(table) == len(BACKBONES)
-    row = table.set_index("name").loc["mobilenetv2"]
-    assert row["imagenet_sizes"] == "96,128,160,192,224"
-    assert table.set_index("name").loc["resnet50", "imagenet_sizes"] == "any"
+def test_the_catalogue_reads_depth_and_size_from_the_table():
+    table = describe_backbones()
+    assert list(table.columns) == ["name", "family", "preprocessing", "default_size", "min_size", "imagenet_sizes",
+                                   "depth", "params_m", "size_mb"]
+    assert set(table["name"]) == set(BACKBONES) == set(registry.ARCHITECTURE)
+    rows = table.set_index("name")
+    assert rows.loc["mobilenetv2", "imagenet_sizes"] == "96,128,160,192,224"
+    assert rows.loc["resnet50", "imagenet_sizes"] == "any"
+    depth_, params = registry.ARCHITECTURE["vgg16"]
+    assert rows.loc["vgg16", "depth"] == depth_ and rows.loc["vgg16", "params_m"] == round(params / 1e6, 2)
+    assert rows.loc["vgg16", "size_mb"] == round(params * 4 / 1e6, 1)
 
 
-def test_describe_backbones_measures_depth_and_size(monkeypatch):
+def test_build_measures_depth_and_size(monkeypatch):
     monkeypatch.setattr(registry, "BACKBONES", {name: BACKBONES[name] for name in ("mobilenetv2", "vgg16")})
-    table = describe_backbones().set_index("name")
+    monkeypatch.setattr(registry, "ARCHITECTURE", {})  # measured, not looked up
+    table = describe_backbones(build=True).set_index("name")
     assert table.loc["mobilenetv2", "depth"] == 52
     assert table.loc["mobilenetv2", "params_m"] == pytest.approx(2.26, abs=0.01)
     assert table.loc["vgg16", "depth"] == 13
     assert table.loc["vgg16", "params_m"] == pytest.approx(14.71, abs=0.01)
     assert table.loc["vgg16", "size_mb"] == pytest.approx(14.71 * 4, abs=0.1)
+
+
+@pytest.mark.slow
+def test_the_architecture_table_matches_every_built_model():
+    """Builds all of them (about 80 s on 2 cores): a Keras upgrade that changes a model shows here."""
+    measured = {name: registry.measure_architecture(backbone) for name, backbone in BACKBONES.items()}
+    stale = {name: (registry.ARCHITECTURE[name], now) for name, now in measured.items() if registry.ARCHITECTURE[name] != now}
+    assert not stale, f"registry.ARCHITECTURE is stale (table, built): {stale}; update it from `backbones --build`"
