@@ -272,7 +272,7 @@ def command_sweep(args) -> int:
     if len(pairs) == 1:  # one study: its input errors are the command's (exit 2)
         result = sweep.run_sweep(experiment, *pairs[0], **options)
         report_study(sweep, result)
-        print_next_steps(args.experiment)
+        print_next_steps(args.experiment, experiment.name)
         return 0 if result.reached else 1
     results = sweep.run_experiment(experiment, pairs, **options)
     errors = {pair.error for pair in results}
@@ -282,7 +282,7 @@ def command_sweep(args) -> int:
     for pair in results:
         print(f"  {pair.summary()}")
     print_leaderboard(experiment)
-    print_next_steps(args.experiment)
+    print_next_steps(args.experiment, experiment.name)
     return 0 if all(pair.reached for pair in results) else 1
 
 
@@ -310,13 +310,13 @@ def print_leaderboard(experiment) -> None:
     print(leaderboard.render(board, "table"), end="")
 
 
-def print_next_steps(experiment: str) -> None:
-    from benchmark import track
+def print_next_steps(argument: str, name: str) -> None:
+    """Where to look next: the report, and the experiment's runs in the MLflow UI."""
+    from benchmark import leaderboard, track
 
-    ui = f"mlflow ui --backend-store-uri {track.local_uri()}" if track.uses_local_store() else \
-        f"open {track.display_uri()}"
-    print(f"next: python -m benchmark leaderboard --experiment {experiment} --format html --output report/index.html"
-          f" (the report); {ui} (the MLflow UI)")
+    start = f"{track.ui_command()}, then " if track.ui_command() else ""
+    print(f"next: python -m benchmark leaderboard --experiment {argument} --format html --output report/index.html"
+          f" (the report); {start}open {track.experiment_url(leaderboard.experiment_id_of(name))} (the runs in MLflow)")
 
 
 def experiment_argument(text: str):
@@ -340,6 +340,8 @@ def command_leaderboard(args) -> int:
     board = leaderboard.leaderboard(experiment, superseded=args.superseded)
     name = leaderboard.spec_name(experiment)
     plots = args.plots if args.plots is not None else (args.output is not None or args.format == "html")
+    if args.format == "table":
+        print(f"compare these rows in the MLflow UI: {compare_rows_url(name, board)}", file=sys.stderr)
     if not plots:
         text = report_page(name, board) if args.format == "html" else leaderboard.render(board, args.format)
         leaderboard.write(text, args.output)
@@ -359,6 +361,12 @@ def command_leaderboard(args) -> int:
     for note in built.notes:
         print(f"not drawn: {note}", file=sys.stderr)
     return 0
+
+
+def compare_rows_url(name: str, board) -> str:
+    from benchmark import leaderboard, track
+
+    return track.compare_url(leaderboard.experiment_id_of(name), [r for r in board["run_id"] if isinstance(r, str)])
 
 
 def report_page(name: str, board) -> str:

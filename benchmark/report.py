@@ -303,12 +303,23 @@ def html_page(experiment: str, report: Report) -> str:
     return PAGE.format(
         title=html.escape(f"Leaderboard: {experiment}"),
         meta=html.escape(f"{len(board)} row{'' if len(board) == 1 else 's'} from {track.display_uri()}, generated {generated}"),
+        compare=compare_link(experiment, board),
         legend=html.escape(leaderboard.LEGEND),
         table=table,
         images=images,
         notes=f"<h2>Not drawn</h2><ul>{notes}</ul>" if notes else "",
         data=html.escape(json.dumps(leaderboard.to_records(board), indent=1)),
     )
+
+
+def compare_link(experiment: str, board: pd.DataFrame) -> str:
+    """A link to MLflow's compare page for the rows' runs (parallel coordinates, scatter, every column)."""
+    run_ids = [r for r in board["run_id"] if isinstance(r, str)]
+    if not run_ids:
+        return ""
+    url = track.compare_url(leaderboard.experiment_id_of(experiment), run_ids)
+    start = f" (start <code>{html.escape(track.ui_command())}</code> first)" if track.ui_command() else ""
+    return f'<p class="meta"><a href="{html.escape(url)}">Compare these rows in the MLflow UI</a>{start}</p>'
 
 
 PAGE = """<!DOCTYPE html>
@@ -335,6 +346,7 @@ details pre {{ font-size: 0.75rem; }}
 <p class="meta">{meta}</p>
 {table}
 <p class="meta">{legend}</p>
+{compare}
 <h2>Plots</h2>
 {images}
 {notes}

@@ -16,6 +16,7 @@ import os
 import re
 import tempfile
 import time
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -49,6 +50,9 @@ FINAL_METRICS = (
 # feature_cache: "hit", "miss" (computed and saved) or "off: <why>" (benchmark/features.py)
 TAGS = ("backbone", "strategy", "experiment", "role", "git_commit", "device", "data_origin", "feature_cache")
 EXPERIMENT_PREFIX = "benchmark/"
+# MLflow 3's UI opens an experiment on its GenAI overview (traces, prompts) unless this tag says the
+# experiment trains models; with it, the experiment opens on its runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 STORE_ENV = "BENCHMARK_STORE"
 
 
@@ -91,6 +95,41 @@ def display_uri() -> str:
 
 def uses_local_store() -> bool:
     return tracking_uri() == local_uri()
+
+
+# ---------------------------------------------------------------- links into the MLflow UI
+
+MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+# MLflow 3's UI opens in its GenAI mode (traces, tokens) unless the URL asks for model training.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_base() -> str:
+    """The UI of the tracking server (without credentials: the browser asks), or of `mlflow ui`."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return MLFLOW_UI_DEFAULT
+    parts = urllib.parse.urlsplit(uri)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path.rstrip("/"), "", ""))
+
+
+def ui_command() -> str:
+    """How to open the UI: start `mlflow ui` over the local store, or nothing to start."""
+    return f"mlflow ui --backend-store-uri {local_uri()}" if uses_local_store() else ""
+
+
+def experiment_url(experiment_id: str) -> str:
+    """The experiment's runs table."""
+    return f"{ui_base()}/#/experiments/{experiment_id}?{TRAINING_VIEW}"
+
+
+def compare_url(experiment_id: str, run_ids: list[str]) -> str:
+    """MLflow's compare page for these runs: every param and metric side by side, and the
+    parallel-coordinates, scatter and contour plots over them."""
+    def as_list(values: list[str]) -> str:
+        return urllib.parse.quote(json.dumps(values, separators=(",", ":")))
+
+    return f"{ui_base()}/#/compare-runs?runs={as_list(run_ids)}&experiments={as_list([experiment_id])}&{TRAINING_VIEW}"
 
 
 REACH_TIMEOUT_S = 5
@@ -167,15 +206,23 @@ def experiment_id(experiment: str) -> str:
     name = EXPERIMENT_PREFIX + experiment
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
+        mark_as_model_training(found)
         return found.experiment_id
     artifacts = (store_dir() / "artifacts").as_uri() if uses_local_store() else None
     try:
-        return mlflow.create_experiment(name, artifact_location=artifacts)
+        return mlflow.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
     except mlflow.exceptions.MlflowException as e:  # another worker created it a moment ago
         found = mlflow.get_experiment_by_name(name)
         if found is None:
             raise BenchmarkError(f"cannot create the MLflow experiment {name} ({str(e).splitlines()[0]})") from None
         return found.experiment_id
+
+
+def mark_as_model_training(experiment) -> None:
+    """Tags an experiment made before the kind tag existed (or by hand), so the UI opens on its runs."""
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in experiment.tags:  # a kind the user chose stays
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
 
 
 def trial_tags(spec: TrialSpec, role: str, data_origin: str) -> dict[str, str]:

@@ -461,6 +461,7 @@ def test_a_failing_pair_does_not_stop_the_others_and_the_exit_code_is_1(store, t
     assert "resnet50/frozen: 1 of 1 trials" in out
     assert re.search(r"^resnet50 +frozen ", out, re.M), out  # the leaderboard's table ends the run
     assert "next: python -m benchmark leaderboard" in out
+    assert re.search(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+\?workflowType=machine_learning \(the runs", out)
 
 
 def test_a_sweep_that_ends_short_of_its_target_exits_1_naming_the_error(store, capsys, monkeypatch):

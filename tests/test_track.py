@@ -26,3 +26,17 @@ def test_a_users_tracking_uri_wins_and_stays(tmp_path, monkeypatch):
 def test_shown_uris_have_no_password():
     assert track.redact("postgresql://bench:s3cret@db:5432/mlflow") == "postgresql://bench:***@db:5432/mlflow"
     assert track.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_ui_links_point_at_the_training_view_without_credentials(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCHMARK_STORE", str(tmp_path / "mlruns"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert track.experiment_url("7") == "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    assert track.ui_command() == f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlruns/mlflow.db"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://bench:s3cr%2Ft@mlflow.example.org:8443/prefix/")
+    assert track.ui_command() == ""  # a server: nothing to start
+    url = track.compare_url("7", ["a1", "b2"])
+    assert url == ("https://mlflow.example.org:8443/prefix/#/compare-runs?runs=%5B%22a1%22%2C%22b2%22%5D"
+                   "&experiments=%5B%227%22%5D&workflowType=machine_learning")
+    assert "s3cr" not in url and "bench" not in url
