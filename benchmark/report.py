@@ -79,7 +79,10 @@ def build_report(experiment: str, board: pd.DataFrame, folder: Path, storage: st
     else:
         labels, predicted = predictions["labels"], predictions["top5"][:, 0]
         add("confusion_fine.png", f"Confusion matrix, {label}", plot_confusion, labels, predicted, None, label)
-        if mlflow.get_run(best["run_id"]).data.params.get("data.label_mode") == "fine":
+        params = mlflow.get_run(best["run_id"]).data.params
+        if params.get("data.source") == "synthetic":
+            report.notes.append("confusion matrix by superclass: synthetic classes have no CIFAR-100 superclasses")
+        elif params.get("data.label_mode") == "fine":
             coarse = np.asarray(CIFAR100_COARSE_OF_FINE)
             add("confusion_coarse.png", f"Confusion matrix by superclass, {label}", plot_confusion,
                 coarse[labels], coarse[predicted], CIFAR100_COARSE_LABEL_NAMES, label)
@@ -145,12 +148,16 @@ def plot_pareto(board: pd.DataFrame, path: Path) -> None:
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.11, top=0.9)
     params = known["params"].fillna(known["params"].max() if known["params"].notna().any() else 1.0)
     sizes = 40 + 600 * params / max(params.max(), 1.0)
-    front = known["pareto_throughput"].astype(bool)
-    ax.scatter(known["infer_images_per_sec"], 100 * known["val_top1"], s=sizes, alpha=0.45,
-               c=np.where(front, "tab:orange", "tab:blue"), edgecolors="black", linewidths=0.6)
+    front = known["pareto_throughput"].astype(bool).to_numpy()
+    for on_front, colour, label in ((True, "tab:orange", "on the Pareto front"), (False, "tab:blue", "dominated")):
+        chosen = front == on_front
+        if chosen.any():
+            ax.scatter(known["infer_images_per_sec"][chosen], 100 * known["val_top1"][chosen], s=sizes[chosen],
+                       alpha=0.45, c=colour, edgecolors="black", linewidths=0.6, label=label)
     line = known[front].sort_values("infer_images_per_sec")
-    ax.step(line["infer_images_per_sec"], 100 * line["val_top1"], where="post", color="tab:orange", alpha=0.7,
-            label="Pareto front (accuracy vs throughput)")
+    if len(line) > 1:  # one point is a front of its own: there is no line to draw
+        ax.step(line["infer_images_per_sec"], 100 * line["val_top1"], where="post", color="tab:orange", alpha=0.7,
+                label="Pareto front (accuracy vs throughput)")
     for _, row in known.iterrows():
         ax.annotate(row_label(row), (row["infer_images_per_sec"], 100 * row["val_top1"]), fontsize=8,
                     xytext=(6, 4), textcoords="offset points")
@@ -247,6 +254,8 @@ def plot_optuna(study: optuna.Study, kind: str, path: Path) -> None:
         logging.getLogger("optuna").setLevel(logging.ERROR)
         if kind == "history":
             ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name="validation top-1")
+            add_pruned_trials(ax, study)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # trial numbers
         else:
             ax = optuna.visualization.matplotlib.plot_param_importances(study)
     fig = ax.figure
@@ -257,6 +266,18 @@ def plot_optuna(study: optuna.Study, kind: str, path: Path) -> None:
     fig.subplots_adjust(left=0.17 if kind == "importance" else 0.1, right=0.97 if kind == "importance" else 0.74,
                         bottom=0.13, top=0.9)  # the history legend sits right of the axes
     save(fig, path)
+
+
+def add_pruned_trials(ax, study: optuna.Study) -> None:
+    """Optuna's history plot shows completed trials only; a pruned trial is drawn at the last
+    value it reported, so the plot shows what the pruner stopped."""
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values]
+    if not pruned:
+        return
+    last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
+    ax.scatter([t.number for t in pruned], last, marker="x", color="tab:gray", zorder=3,
+               label="pruned (last reported value)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
 
 
 # ---------------------------------------------------------------- MLflow and HTML

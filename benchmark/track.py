@@ -2,7 +2,7 @@
 
 The sweep, the leaderboard and the regression checks read these names; change them here only.
   params   the flattened TrialSpec: data.*, backbone.*, strategy.*, head.*, training.* (+ experiment)
-  metrics  per epoch (step = epoch, 0-based): EPOCH_METRICS
+  metrics  per epoch (step = epoch, counted from 1 like best_epoch and Keras's log): EPOCH_METRICS
            once per run: FINAL_METRICS (accuracies are fractions in [0, 1])
   tags     TAGS, plus versions.<package>
 """
@@ -269,7 +269,7 @@ class EpochLogger:
         start = time.perf_counter()
         logs = logs or {}
         metrics = {k: float(logs[k]) for k in EPOCH_METRICS if k in logs and np.isfinite(float(logs[k]))}
-        mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
+        mlflow.log_metrics(metrics, step=epoch + 1, run_id=self.run_id)  # Keras passes 0-based epochs
         self.seconds += time.perf_counter() - start
 
     def callback(self):

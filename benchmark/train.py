@@ -32,8 +32,8 @@ class History:
         return [logs[name] for logs in self.epochs if name in logs]
 
     @property
-    def best_epoch(self) -> int:
-        """0-based index of the epoch with the highest validation top-1 (first one on ties)."""
+    def best_index(self) -> int:
+        """Position in `epochs` of the epoch with the highest validation top-1 (first one on ties)."""
         return int(np.argmax(self.series(MONITOR)))
 
 

@@ -70,7 +70,7 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | 
     cache = features.cached_features(spec, built, data) if not_cached is None else None
     history = train(built, spec, data, callbacks=list(callbacks), verbose=verbose,
                     features=cache.data if cache else None)
-    best, last = history.epochs[history.best_epoch], history.epochs[-1]
+    best, last = history.epochs[history.best_index], history.epochs[-1]
     # A frozen trial's head is measured on the cached features: the same numbers as the full model on images.
     test_model, test_data = (built.head, cache.data) if cache and spec.strategy.unfreeze == 0 else (model, data)
     test = measure.evaluate(test_model, test_data.x_test, data.y_test, spec.training.batch_size)
@@ -80,7 +80,7 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | 
     metrics = {
         "best_val_top1": best["val_top1"],
         "best_val_top5": best["val_top5"],
-        "best_epoch": float(history.best_epoch),
+        "best_epoch": float(history.best_index + 1),  # counted from 1, as Keras prints epochs
         "last_val_top1": last["val_top1"],
         "last_val_top5": last["val_top5"],
         "test_top1": test["top1"],

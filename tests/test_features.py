@@ -183,6 +183,6 @@ def test_a_best_epoch_in_the_head_phase_restores_the_backbone_from_before_phase_
     prepared = prepare(two_phase_spec())
     before = prepared.built.base.get_weights()
     result = execute(prepared, callbacks=[ZeroBackboneInPhaseTwo(prepared.built.base, head_epochs=3)])
-    assert result.metrics["best_epoch"] < 3 and result.history.series("val_top1")[3] < 0.05
+    assert result.metrics["best_epoch"] <= 3 and result.history.series("val_top1")[3] < 0.05
     for kept, original in zip(prepared.built.base.get_weights(), before):
         np.testing.assert_array_equal(kept, original)

@@ -275,7 +275,8 @@ def test_the_html_report_renders_in_chromium(ci_store_copy, tmp_path):
     # Self-contained: every image is embedded and decodes; nothing refers outside the page.
     sources = re.findall(r'<img [^>]*src="([^"]+)"', page.read_text())
     assert not [s for s in sources if not s.startswith("data:image/png;base64,")]
-    expected = {"pareto", "learning_curves", "confusion_fine", "confusion_coarse", "test_images"}
+    expected = {"pareto", "learning_curves", "confusion_fine", "test_images"}  # synthetic data: no superclasses
+    assert "synthetic classes have no CIFAR-100 superclasses" in dom
     assert len(sources) == len(expected) + 2 * len(SWEEPS)  # + history and importances per study
     for source in sources:
         image = matplotlib.image.imread(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))

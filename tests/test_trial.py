@@ -70,7 +70,10 @@ def test_trial_metrics_land_in_mlflow_under_documented_names(store, capsys):
         assert np.isfinite(run[f"metrics.{name}"]), name
     for name in ("val_top1", "val_top5", "loss", "learning_rate"):
         history = mlflow.MlflowClient().get_metric_history(run.run_id, name)
-        assert [m.step for m in history] == [0, 1, 2], name
+        assert [m.step for m in history] == [1, 2, 3], name
+    val_top1 = mlflow.MlflowClient().get_metric_history(run.run_id, "val_top1")
+    best = max(val_top1, key=lambda m: (m.value, -m.step))  # the first of equals, as the sweep picks it
+    assert run["metrics.best_epoch"] == best.step and run["metrics.best_val_top1"] == best.value  # both count from 1
     assert run["params.backbone.name"] == "vgg16" and run["params.training.learning_rate"] == str(load_experiment("ci").training.learning_rate)
     assert run["tags.backbone"] == "vgg16" and run["tags.strategy"] == "frozen" and run["tags.role"] == "run"
     assert run["tags.versions.keras"] and run["tags.device"].endswith("cpu")
