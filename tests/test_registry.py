@@ -327,6 +327,7 @@ def test_imagenet_download_failure_explains_how_to_prestage(offline_keras_home, 
     assert f"'{expected_file}'" in message
     assert str(offline_keras_home / "models") in message
     assert "could not download" in message and "none" in message
+    assert "--experiment transfer needs no download" in message  # the way out that works offline
     assert "\n" not in message
 
 

@@ -172,3 +172,35 @@ def test_a_strategys_unknown_field_is_named(tmp_path):
     raw["strategies"]["top"]["space"] = {"learning_rat": {"low": 1e-5, "high": 1e-4}}
     problems = problems_of(raw, tmp_path)
     assert any(p.startswith("strategies.top.space.learning_rat: unknown field") and "learning_rate" in p for p in problems)
+
+
+def every_table_path(table: dict, prefix: tuple = ()):
+    for key, value in table.items():
+        yield prefix + (key,)
+        if isinstance(value, dict):
+            yield from every_table_path(value, prefix + (key,))
+
+
+def test_no_spec_error_names_a_class_only_the_keys_a_user_writes():
+    """Every field of a real spec, and the tables it may add, given a value of each wrong shape."""
+    from benchmark import spec as module
+
+    classes = {name for name, value in vars(module).items() if isinstance(value, type)}
+    base = tomllib.loads((EXPERIMENTS_DIR / "transfer.toml").read_text())
+    added = [("head",), ("training",), ("search", "space", "dropout"), ("backbone_overrides", "efficientnetlite0"),
+             ("search", "per_backbone", "efficientnetlite0"), ("strategies", "frozen", "space", "learning_rate")]
+    leaks = []
+    for path in [*every_table_path(base), *added]:
+        for wrong in ([1, 2], 3, "x", {"nosuch": 1}, True, -1.5):
+            raw = copy.deepcopy(base)
+            table = raw
+            for key in path[:-1]:
+                table = table.setdefault(key, {})
+            table[path[-1]] = wrong
+            try:
+                parse_experiment(raw)
+            except SpecError as e:
+                named = [c for c in classes if c in str(e).replace("SpecError", "")]
+                if named or "model_type" in str(e) or "instance of" in str(e):
+                    leaks.append(f"{'.'.join(path)} = {wrong!r}: {e}")
+    assert not leaks, "\n".join(leaks[:5])

@@ -1,0 +1,38 @@
+"""The README and docs: links that lead somewhere, and the README's first commands."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "experiments" / "baselines" / "README.md"]
+
+
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    return {github_anchor(h) for h in re.findall(r"^#+ (.*)$", page.read_text(), re.M)}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_relative_link_and_image_leads_somewhere(page):
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path, _, fragment = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.name}: {target} does not exist"
+        if fragment:
+            assert fragment in anchors(linked), f"{page.name}: no heading #{fragment} in {linked.name}"
+
+
+def test_the_readme_starts_with_the_two_commands_ci_runs():
+    block = REPO.joinpath("README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert len(block) == 2
+    assert block[0].startswith("python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && ")
+    assert "python -m benchmark sweep " in block[0]
+    assert block[1] == "python -m pytest" and "\npython -m pytest\n" in REPO.joinpath(".ci", "run").read_text()
