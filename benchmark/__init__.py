@@ -1,6 +1,42 @@
 """Experiment-tracked transfer-learning benchmarks on CIFAR-100.
 
 Data flows one way: spec -> data -> model -> train -> measure -> track -> report.
+
+Words, used in one sense each in the code, the messages and the docs:
+  experiment  a spec file in experiments/ (ExperimentSpec): backbones, strategies, data, training, search
+  spec        a validated description: an ExperimentSpec, or the TrialSpec of one configuration
+  strategy    how much of the backbone trains (unfreeze depth, one or two phases)
+  pair        one backbone x strategy of an experiment
+  study       the Optuna search of one pair for one version of its spec (named by its fingerprint)
+  trial       one training and measurement of one configuration; in a study, an Optuna trial
+  run         an MLflow run: a trial's record (role "trial"), a study's parent ("sweep"), a single
+              `run` command ("run"), a seed repeat ("confirm"), a report ("report")
+  row         a leaderboard line: the best trial of a pair's current study, or its best single run
+
+The modules, in the order data flows through them:
+  spec            pydantic specs of experiments and trials; every field checked where it enters
+  data            CIFAR-100 (Keras download, an official folder, the packaged slice, synthetic), split and subsets
+  registry        the backbones: how to build, preprocess and unfreeze each; their depth and size
+  lite            EfficientNet-Lite0/1/2 in Keras layers
+  checkpoint      reads PyTorch checkpoints without torch (Lite's ImageNet weights)
+  model           a trial's Keras model: preprocessing, backbone, head
+  features        the frozen-feature cache (head-only trials train on stored backbone outputs)
+  train           fitting: phases, callbacks, the history of every epoch
+  measure         top-1/top-5, parameter counts, size, throughput of a model
+  throughput      the `throughput` command: one backbone's images/s
+  runtime         device, accelerator defaults, seeds, versions (the only backend-specific code)
+  track           MLflow: where runs go, and the names of every param, metric and tag
+  trial           one trial: prepare, train, measure
+  isolation       trials in a child process, replaced every few trials
+  storage         Optuna storage URLs: open, redact, time out
+  study_identity  a study's fingerprint: recipe, data and weights
+  sweep           Optuna studies of an experiment's pairs, each trial tracked in MLflow
+  leaderboard     the ranked rows, with intervals and significance against the best
+  confirm         seed repeats of the top rows
+  report          plots and the self-contained HTML page
+  check           the leaderboard against a stored baseline
+  errors          one-line errors and quiet native start-up
+  cli             the command line over all of the above
 """
 
 __version__ = "0.1.0"

@@ -22,7 +22,7 @@ from typing import Literal
 
 import mlflow
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from benchmark import leaderboard, spec
 from benchmark.errors import BenchmarkError
@@ -42,24 +42,26 @@ DEFAULT_TOLERANCES: dict[str, tuple[str, float, str]] = {
 }
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class Record(spec.Strict):
+    """A baseline file's parts: unknown keys and loose types (a number written as a string) are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
-class MetricBaseline(Strict):
+class MetricBaseline(Record):
     value: float
     tolerance: float = Field(ge=0)
     kind: Literal["absolute", "relative"]
     direction: Literal["higher", "equal"]
 
 
-class RowBaseline(Strict):
+class RowBaseline(Record):
     backbone: str
     strategy: str
     metrics: dict[str, MetricBaseline] = Field(min_length=1)
 
 
-class Baseline(Strict):
+class Baseline(Record):
     experiment: str
     recorded_at: str
     environment: dict[str, str]

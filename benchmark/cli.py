@@ -37,15 +37,12 @@ def non_negative_int(text: str) -> int:
 
 
 def unfreeze_depth(text: str) -> int | str:
-    if text == "all":
-        return text
+    from benchmark.registry import UnfreezeError, check_unfreeze  # a table: no Keras
+
     try:
-        value = int(text)
-    except ValueError:
+        return check_unfreeze(text)
+    except UnfreezeError:
         raise argparse.ArgumentTypeError(f'must be a layer count >= 0 or "all", got {text!r}') from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be a layer count >= 0 or "all", got {text}')
-    return value
 
 
 def name_list(text: str) -> list[str]:
@@ -224,7 +221,7 @@ def command_run(args) -> int:
         prepared = trial.prepare(spec)  # rejects bad data or depth before anything is recorded
     track.configure()
     name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    with track.trial_run(spec, "run", prepared.data.origin, run_name=name, extra_tags={"recipe_fingerprint": recipe}) as run:
+    with track.open_run(spec, "run", prepared.data.origin, run_name=name, extra_tags={"recipe_fingerprint": recipe}) as run:
         logger = track.EpochLogger(run.info.run_id).callback()
         result = trial.execute(prepared, callbacks=[logger], verbose=0 if args.quiet else 2)
         track.log_result(result, run.info.run_id)
@@ -295,7 +292,7 @@ def report_study(sweep, result) -> None:
     if best is not None:
         params = sweep.format_params(best.params)
         print(f"best trial #{best.number}: {params} best_val_top1={best.value:.4f} "
-              f"test_top1={sweep.outcome(best)['test_top1']:.4f}")
+              f"test_top1={sweep.trial_record(best)['test_top1']:.4f}")
 
 
 def print_leaderboard(experiment) -> None:
@@ -408,7 +405,7 @@ def command_throughput(args) -> int:
 
     spec = throughput.throughput_spec(args.backbone, args.image_size, args.batch_size, args.precision, args.jit, args.unfreeze)
     track = import_training_modules()[0]
-    model = throughput.build(spec)  # rejects an unfreeze depth beyond the backbone before anything is recorded
+    model = throughput.compiled_model(spec)  # rejects an unfreeze depth beyond the backbone before anything is recorded
     track.configure()
     result = throughput.measure_model(model, spec, args.warmup, args.steps)
     run_id = throughput.log_run(result)

@@ -86,7 +86,7 @@ def repeat_once(spec: TrialSpec, data, row, k: int, resplit: bool, verbose: int)
             "study_name": row.study, "trial_number": str(row.trial_number)}
     name = f"{row.study or spec.experiment}-t{row.trial_number:03d}-seed{k}" + ("-resplit" if resplit else "")
     prepared = trial.prepare(spec, data)
-    with track.trial_run(spec, "confirm", data.origin, run_name=name, extra_tags=tags) as run:
+    with track.open_run(spec, "confirm", data.origin, run_name=name, extra_tags=tags) as run:
         logger = track.EpochLogger(run.info.run_id).callback()
         result = trial.execute(prepared, callbacks=[logger], verbose=verbose)
         track.log_result(result, run.info.run_id)

@@ -35,13 +35,13 @@ class TrialJob:
     tracking_uri: str
     storage_url: str
     study_name: str
-    trial_id: int
+    trial_number: int
     pruner: optuna.pruners.BasePruner | None  # None: no pruning
     verbose: int
 
 
 @dataclass
-class TrialOutcome:
+class JobResult:
     metrics: dict[str, float]
     model_path: str
     compute_s: float  # preparing, training and measuring; not logging
@@ -64,7 +64,7 @@ def dataset_for(spec: DataSpec) -> Dataset:
     return _datasets[key]
 
 
-def run_job(job: TrialJob, data: Dataset | None = None) -> TrialOutcome:
+def run_job(job: TrialJob, data: Dataset | None = None) -> JobResult:
     """Prepare, train, measure and log one trial. Runs in the child (or in-process)."""
     from optuna_integration import KerasPruningCallback
 
@@ -76,10 +76,11 @@ def run_job(job: TrialJob, data: Dataset | None = None) -> TrialOutcome:
     epoch_logger = track.EpochLogger(job.run_id)
     callbacks = [epoch_logger.callback()]
     if job.pruner is not None:
-        study = optuna.load_study(
-            study_name=job.study_name, storage=open_storage(job.storage_url, heartbeat=False), pruner=job.pruner
-        )
-        callbacks.append(KerasPruningCallback(optuna.Trial(study, job.trial_id), MONITOR))
+        storage = open_storage(job.storage_url, heartbeat=False)
+        study = optuna.load_study(study_name=job.study_name, storage=storage, pruner=job.pruner)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(job.study_name), job.trial_number)
+        callbacks.append(KerasPruningCallback(optuna.Trial(study, trial_id), MONITOR))
     started = time.perf_counter()
     try:
         result = execute(prepare(job.spec, data or dataset_for(job.spec.data)), callbacks=callbacks, verbose=job.verbose)
@@ -89,7 +90,7 @@ def run_job(job: TrialJob, data: Dataset | None = None) -> TrialOutcome:
         raise TrialFailed(f"{type(e).__name__}: {e}") from None
     compute_s = time.perf_counter() - started - epoch_logger.seconds
     track.log_result(result, job.run_id)
-    return TrialOutcome(
+    return JobResult(
         metrics=result.metrics, model_path=str(result.model_path), compute_s=compute_s, started_at=started_at
     )
 
@@ -128,7 +129,7 @@ class TrialRunner:
     def isolated(self) -> bool:
         return self.trials_per_process > 0
 
-    def run(self, job: TrialJob) -> TrialOutcome:
+    def run(self, job: TrialJob) -> JobResult:
         if not self.isolated:
             return run_job(job, self.data)
         if self.pool is None:
@@ -142,7 +143,7 @@ class TrialRunner:
         new_process = self.jobs_in_process % self.trials_per_process == 0
         self.jobs_in_process += 1
         try:
-            outcome = self.pool.submit(run_job, job).result()
+            result = self.pool.submit(run_job, job).result()
         except BrokenProcessPool:
             self.pool, self.jobs_in_process = None, 0
             raise TrialFailed(
@@ -150,8 +151,8 @@ class TrialRunner:
                 "lower training.batch_size or the image size"
             ) from None
         if new_process:
-            outcome.process_start_s = outcome.started_at - submitted
-        return outcome
+            result.process_start_s = result.started_at - submitted
+        return result
 
     def close(self) -> None:
         if self.pool is not None:

@@ -1,5 +1,8 @@
 """Model: uint8 32x32 images in; resize, augmentation and the backbone's preprocessing inside
-the model (so they run on the accelerator, on every Keras backend); then backbone; then head."""
+the model (so they run on the accelerator, on every Keras backend); then backbone; then head.
+
+`create_model(spec, num_classes)` is the one way to build a trial's model (like timm's
+create_model): seeded, under the spec's dtype policy, with its final trainable layers."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from dataclasses import dataclass
 
 import keras
 
-from benchmark import registry
+from benchmark import registry, runtime
 from benchmark.spec import TrialSpec
 
 CIFAR_SIZE = 32
@@ -22,7 +25,20 @@ class BuiltModel:
     head: keras.Model  # pooled features -> logits; shares its layers (and so its weights) with `model`
 
 
-def build_model(spec: TrialSpec, num_classes: int) -> BuiltModel:
+def create_model(spec: TrialSpec, num_classes: int) -> BuiltModel:
+    """The trial's model for `spec`. A depth beyond the backbone is a BenchmarkError here, before
+    a two-phase trial's first phase has trained."""
+    keras.backend.clear_session()
+    runtime.seed_everything(spec.training.seed)
+    keras.config.set_dtype_policy(runtime.mixed_precision_policy(spec.training.mixed_precision))
+    built = assemble(spec, num_classes)
+    set_trainable(built, spec.strategy.unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
+    set_batchnorm_momentum(built, spec.strategy.batchnorm_momentum)
+    return built
+
+
+def assemble(spec: TrialSpec, num_classes: int) -> BuiltModel:
+    """Input, augmentation, resize, preprocessing, backbone, pooling, head: every layer trainable."""
     backbone = registry.get_backbone(spec.backbone.name)
     base = registry.build_base(backbone, spec.backbone.image_size, spec.backbone.weights)
 

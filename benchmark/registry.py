@@ -394,24 +394,45 @@ def depth(base: "keras.Model") -> int:
     return len(weighted_layers(base))
 
 
+class UnfreezeError(ValueError):
+    """An unfreeze depth that is not one (`too_deep` False) or is deeper than the backbone (True).
+    Each caller (a CLI flag, a spec field, a search range) words the fix in its own terms."""
+
+    def __init__(self, value, depth: int | None = None):
+        self.value, self.depth, self.too_deep = value, depth, depth is not None
+        super().__init__(f"{value!r} is beyond the backbone's {depth} weighted layers" if self.too_deep
+                         else f'{value!r} is not a layer count >= 0 or "all"')
+
+
+def check_unfreeze(value: int | str, depth: int | None = None) -> int | str:
+    """The one check of an unfreeze depth: a count of weighted layers >= 0 (digits in a string
+    count) or "all", and, given the backbone's `depth`, at most that. Returns the int or "all"."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "all":
+            return "all"
+        value = int(text) if text.isdigit() else value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UnfreezeError(value)
+    if depth is not None and value > depth:
+        raise UnfreezeError(value, depth)
+    return value
+
+
 def _means_all(unfreeze: int | str) -> bool:
     return isinstance(unfreeze, str) and unfreeze.strip().lower() == "all"
 
 
 def _unfrozen_count(unfreeze: int | str, total: int, backbone_name: str) -> int:
     """How many weighted layers from the top to unfreeze; `total` for "all"."""
-    if _means_all(unfreeze):
-        return total
-    if isinstance(unfreeze, str) and unfreeze.strip().isdigit():
-        unfreeze = int(unfreeze)
-    if isinstance(unfreeze, bool) or not isinstance(unfreeze, int) or unfreeze < 0:
-        raise BenchmarkError(f"unfreeze must be an integer 0..{total} or \"all\", got {unfreeze!r}; fix the value")
-    if unfreeze > total:
-        raise BenchmarkError(
-            f"unfreeze depth {unfreeze} is beyond {backbone_name}'s {total} weighted layers; "
-            f"use 0..{total} or \"all\""
-        )
-    return unfreeze
+    try:
+        checked = check_unfreeze(unfreeze, total)
+    except UnfreezeError as e:
+        if e.too_deep:
+            raise BenchmarkError(f"unfreeze depth {unfreeze} is beyond {backbone_name}'s {total} weighted layers; "
+                                 f"use 0..{total} or \"all\"") from None
+        raise BenchmarkError(f"unfreeze must be an integer 0..{total} or \"all\", got {unfreeze!r}; fix the value") from None
+    return total if checked == "all" else checked
 
 
 def apply_unfreeze(

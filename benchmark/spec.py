@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from benchmark import registry
 from benchmark.errors import BenchmarkError, SpecError, SpecValueError
@@ -98,7 +98,13 @@ class HeadSpec(Strict):
     dropout: Probability = 0.0
 
 
-Unfreeze = Union[Annotated[int, Field(ge=0)], Literal["all", "search"]]
+def _an_unfreeze_depth(value: int | str) -> int | str:
+    """The spec's shape (pydantic's types above) and registry.check_unfreeze's rule, which every
+    other entry point (CLI flags, the throughput command, search ranges) applies too."""
+    return value if value == "search" else registry.check_unfreeze(value)
+
+
+Unfreeze = Annotated[Union[Annotated[int, Field(ge=0)], Literal["all", "search"]], AfterValidator(_an_unfreeze_depth)]
 
 
 class StrategySpec(Strict):

@@ -94,8 +94,9 @@ class SweepResult:
                 f"finished, {self.counts['failed']} failed{why}")
 
 
-def outcome(trial: optuna.trial.FrozenTrial) -> dict:
-    """What a finished trial recorded: test_top1, model_saved, compute_s, process_start_s."""
+def trial_record(trial: optuna.trial.FrozenTrial) -> dict:
+    """What a finished trial recorded in its study (user attr "outcome"): test_top1, model_saved,
+    compute_s, process_start_s."""
     return trial.user_attrs.get("outcome", {})
 
 
@@ -103,7 +104,7 @@ def best_with_model(study: optuna.Study, trials: list | None = None) -> optuna.t
     """The best completed trial that saved its model (on ties, the lowest number). Trials save their
     model when they match or beat the best so far, so this is the study's best value."""
     trials = study.trials if trials is None else trials
-    saved = [t for t in trials if t.state == TrialState.COMPLETE and outcome(t).get("model_saved")]
+    saved = [t for t in trials if t.state == TrialState.COMPLETE and trial_record(t).get("model_saved")]
     return max(saved, key=lambda t: (t.value, -t.number)) if saved else None
 
 
@@ -214,16 +215,17 @@ def check_unfreeze_fits(spec: TrialSpec, space: SearchSpace) -> None:
     depth = registry.depth(registry.build_base(backbone, spec.backbone.image_size, "none"))
     keras.backend.clear_session()
     unfreeze = spec.strategy.unfreeze
-    if unfreeze == "search" and space.unfreeze.high > depth:
-        raise BenchmarkError(
-            f"search.space.unfreeze.high = {space.unfreeze.high} is beyond {backbone.name}'s {depth} weighted layers; "
-            f"set [search.per_backbone.{backbone.name}] unfreeze = {{ low = {min(space.unfreeze.low, depth)}, high = {depth} }}"
-        )
-    if isinstance(unfreeze, int) and unfreeze > depth:
+    try:
+        registry.check_unfreeze(space.unfreeze.high if unfreeze == "search" else unfreeze, depth)
+    except registry.UnfreezeError:
+        if unfreeze == "search":
+            raise BenchmarkError(
+                f"search.space.unfreeze.high = {space.unfreeze.high} is beyond {backbone.name}'s {depth} weighted "
+                f"layers; set [search.per_backbone.{backbone.name}] unfreeze = "
+                f"{{ low = {min(space.unfreeze.low, depth)}, high = {depth} }}") from None
         raise BenchmarkError(
             f"strategy '{spec.strategy_name}' unfreezes {unfreeze} layers, beyond {backbone.name}'s {depth} weighted "
-            f'layers; use 0..{depth} or "all"'
-        )
+            f'layers; use 0..{depth} or "all"') from None
 
 
 # ---------------------------------------------------------------- MLflow parent run
@@ -502,7 +504,7 @@ class PairResult:
             return f"{self.backbone}/{self.strategy}: SHORT: {self.result.shortfall()}"
         best = self.result.best_trial
         return (f"{self.backbone}/{self.strategy}: {self.result.finished} of {self.result.target} trials, "
-                f"best #{best.number} val_top1={best.value:.4f} test_top1={outcome(best)['test_top1']:.4f}")
+                f"best #{best.number} val_top1={best.value:.4f} test_top1={trial_record(best)['test_top1']:.4f}")
 
 
 def pairs_of(experiment: ExperimentSpec, backbones: list[str] | None = None,
@@ -556,14 +558,13 @@ class Objective:
         tags = {"study_name": self.name, "trial_number": str(trial.number), "trial_state": "RUNNING"}
         data_origin = self.runner.data.origin
         pruned = None
-        with track.trial_run(spec, "trial", data_origin, f"{self.name}-t{trial.number:03d}", tags) as run:
+        with track.open_run(spec, "trial", data_origin, f"{self.name}-t{trial.number:03d}", tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 value = self.run_and_keep_model(trial, spec, run.info.run_id)
             except optuna.TrialPruned as e:
                 pruned = e
-                reported = trial.storage.get_trial(trial._trial_id).intermediate_values.values()
-                mlflow.log_metric(OBJECTIVE, max(reported, default=float("nan")))
+                mlflow.log_metric(OBJECTIVE, max(reported_values(trial), default=float("nan")))
                 mlflow.set_tag("trial_state", "PRUNED")
             except BaseException as e:
                 mlflow.set_tag("trial_state", "FAIL")
@@ -577,21 +578,27 @@ class Objective:
     def run_and_keep_model(self, trial: optuna.Trial, spec: TrialSpec, run_id: str) -> float:
         job = TrialJob(
             spec=spec, run_id=run_id, tracking_uri=track.tracking_uri(), storage_url=self.storage_url,
-            study_name=self.name, trial_id=trial._trial_id, pruner=self.pruner, verbose=self.verbose,
+            study_name=self.name, trial_number=trial.number, pruner=self.pruner, verbose=self.verbose,
         )
-        outcome = self.runner.run(job)
-        value = outcome.metrics[OBJECTIVE]
+        result = self.runner.run(job)
+        value = result.metrics[OBJECTIVE]
         model_saved = matches_best(trial.study, value)
         if model_saved:
-            mlflow.log_artifact(outcome.model_path, "model")  # the parent re-logs the winner as a Keras model
-        shutil.rmtree(Path(outcome.model_path).parent, ignore_errors=True)
+            mlflow.log_artifact(result.model_path, "model")  # the parent re-logs the winner as a Keras model
+        shutil.rmtree(Path(result.model_path).parent, ignore_errors=True)
         # One write: each user attribute is a storage transaction (~30 ms on SQLite).
         trial.set_user_attr("outcome", {
-            "test_top1": outcome.metrics["test_top1"], "model_saved": model_saved,
-            "compute_s": outcome.compute_s, "process_start_s": outcome.process_start_s,
+            "test_top1": result.metrics["test_top1"], "model_saved": model_saved,
+            "compute_s": result.compute_s, "process_start_s": result.process_start_s,
         })
         mlflow.set_tag("trial_state", "COMPLETE")
         return value
+
+
+def reported_values(trial: optuna.Trial) -> list[float]:
+    """The validation top-1 a trial reported to its pruner, epoch by epoch (its frozen record)."""
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    return list(frozen.intermediate_values.values())
 
 
 def matches_best(study: optuna.Study, value: float) -> bool:

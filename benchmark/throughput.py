@@ -13,13 +13,13 @@ import typing
 from typing import TYPE_CHECKING
 
 from benchmark import registry
+from benchmark.data import NUM_CLASSES
 from benchmark.errors import BenchmarkError
 from benchmark.spec import BackboneSpec, DataSpec, HeadSpec, StrategySpec, TrainingSpec, TrialSpec
 
 if TYPE_CHECKING:
     import keras
 
-NUM_CLASSES = 100  # CIFAR-100's fine labels: the head a trial builds
 EXPERIMENT = "throughput"  # MLflow experiment (track.EXPERIMENT_PREFIX + this)
 PRECISIONS = typing.get_args(TrainingSpec.model_fields["mixed_precision"].annotation)
 JIT_SETTINGS = typing.get_args(TrainingSpec.model_fields["jit_compile"].annotation)
@@ -45,8 +45,10 @@ def throughput_spec(
         raise BenchmarkError(f"unknown precision {precision!r}; use --precision {'|'.join(PRECISIONS)}")
     if jit not in JIT_SETTINGS:
         raise BenchmarkError(f"unknown jit setting {jit!r}; use --jit {'|'.join(JIT_SETTINGS)}")
-    if unfreeze != "all" and not (isinstance(unfreeze, int) and not isinstance(unfreeze, bool) and unfreeze >= 0):
-        raise BenchmarkError(f'unfreeze must be a layer count >= 0 or "all", got {unfreeze!r}; fix --unfreeze')
+    try:
+        unfreeze = registry.check_unfreeze(unfreeze)
+    except registry.UnfreezeError:
+        raise BenchmarkError(f'unfreeze must be a layer count >= 0 or "all", got {unfreeze!r}; fix --unfreeze') from None
     return TrialSpec(
         experiment=EXPERIMENT,
         backbone=BackboneSpec(name=found.name, weights="none", image_size=image_size),
@@ -58,17 +60,17 @@ def throughput_spec(
     )
 
 
-def build(spec: TrialSpec) -> keras.Model:
-    """The model a trial builds for `spec` (trial.build), compiled as for training.
+def compiled_model(spec: TrialSpec) -> keras.Model:
+    """The model a trial builds for `spec` (model.create_model), compiled as for training.
     A depth beyond the backbone is a BenchmarkError here."""
     import keras
 
-    from benchmark import trial
+    from benchmark.model import create_model
     from benchmark.train import compile_model
 
     previous = keras.config.dtype_policy()
     try:
-        model = trial.build(spec, NUM_CLASSES).model
+        model = create_model(spec, NUM_CLASSES["fine"]).model
         compile_model(model, spec, spec.training.learning_rate)
     finally:
         keras.config.set_dtype_policy(previous)  # the policy is global; layers keep the one they were built with
@@ -116,7 +118,7 @@ def measure_throughput(
     spec = throughput_spec(backbone, image_size, batch_size, precision, jit, unfreeze)
     if warmup < 0 or steps < 1:
         raise BenchmarkError(f"need warmup >= 0 and steps >= 1, got {warmup} and {steps}; fix --warmup or --steps")
-    return measure_model(build(spec), spec, warmup, steps)
+    return measure_model(compiled_model(spec), spec, warmup, steps)
 
 
 def log_run(result: dict) -> str:

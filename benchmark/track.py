@@ -242,7 +242,7 @@ def trial_tags(spec: TrialSpec, role: str, data_origin: str) -> dict[str, str]:
 
 
 @contextmanager
-def trial_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_tags: dict | None = None) -> Iterator:
+def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_tags: dict | None = None) -> Iterator:
     """A run (nested under the active one, if any) with the spec as params and the standard tags.
     An exception marks it FAILED with the error recorded, and propagates."""
     tags = {**trial_tags(spec, role, data_origin), **(extra_tags or {})}

@@ -15,9 +15,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmark import features, measure, runtime
+from benchmark import features, measure
 from benchmark.data import Dataset, load_dataset
-from benchmark.model import BuiltModel, build_model, set_batchnorm_momentum, set_trainable
+from benchmark.model import BuiltModel, create_model
 from benchmark.spec import TrialSpec
 from benchmark.train import History, train
 
@@ -48,19 +48,7 @@ class TrialResult:
 def prepare(spec: TrialSpec, data: Dataset | None = None) -> Prepared:
     started = time.perf_counter()
     data = data if data is not None else load_dataset(spec.data)
-    return Prepared(spec=spec, data=data, built=build(spec, data.num_classes), started=started)
-
-
-def build(spec: TrialSpec, num_classes: int) -> BuiltModel:
-    """The trial's model: seeded, under its dtype policy, with its final trainable layers."""
-    keras.backend.clear_session()
-    runtime.seed_everything(spec.training.seed)
-    keras.config.set_dtype_policy(runtime.mixed_precision_policy(spec.training.mixed_precision))
-    built = build_model(spec, num_classes)
-    # Checks the final depth now, not after a two-phase trial's first phase has trained.
-    set_trainable(built, spec.strategy.unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
-    set_batchnorm_momentum(built, spec.strategy.batchnorm_momentum)
-    return built
+    return Prepared(spec=spec, data=data, built=create_model(spec, data.num_classes), started=started)
 
 
 def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | None = None) -> TrialResult:

@@ -44,7 +44,8 @@ from benchmark import model as models  # noqa: E402
 from benchmark import registry, runtime, sweep, train  # noqa: E402
 from benchmark.data import load_dataset  # noqa: E402
 from benchmark.spec import ExperimentSpec, load_experiment  # noqa: E402
-from benchmark.trial import build, prepare, run_trial  # noqa: E402
+from benchmark.model import create_model  # noqa: E402
+from benchmark.trial import prepare, run_trial  # noqa: E402
 
 
 def fresh_stores(tag: str) -> None:
@@ -134,9 +135,9 @@ def notebook_trial(spec, data) -> float:
 
 
 def bookkeeping(result: sweep.SweepResult) -> dict:
-    trials = [t for t in result.study.trials if sweep.outcome(t)]
+    trials = [t for t in result.study.trials if sweep.trial_record(t)]
     in_trials = sum(t.duration.total_seconds() for t in trials)
-    compute = sum(sweep.outcome(t)["compute_s"] + sweep.outcome(t).get("process_start_s", 0.0) for t in trials)
+    compute = sum(sweep.trial_record(t)["compute_s"] + sweep.trial_record(t).get("process_start_s", 0.0) for t in trials)
     return {"trials": len(trials), "per_trial_s": (in_trials - compute) / len(trials), "share": 1 - compute / in_trials,
             "trial_s": in_trials / len(trials)}
 
@@ -318,6 +319,7 @@ def pruning(args) -> list[str]:
     results, walls = pruned_and_unpruned(args, make_spec, args.backbone, "top2")
     table, target = pruning_table(args, results, walls)
     books = bookkeeping(results["none"])
+    spec = make_spec()  # the settings both sweeps ran with, for the text
     return [
         "### 4. Pruned vs unpruned sweep\n",
         f"{args.backbone} on the ci experiment's synthetic set (random-init features do not separate 100 real "
@@ -378,7 +380,7 @@ def resize(args) -> list[str]:
     ours, notebook = [], []  # epoch seconds, the first of each run (tracing) dropped
     for repeat in range(args.repeats):  # alternated: the machine's drift hits both alike
         keras.backend.clear_session()
-        built = build(spec, data.num_classes)  # frozen (the spec's strategy), as in the notebook model
+        built = create_model(spec, data.num_classes)  # frozen (the spec's strategy), as in the notebook model
         train.compile_model(built.model, spec, 1e-3)
         clock = EpochClock()
         built.model.fit(data.x_train, y, batch_size=batch, epochs=args.fit_epochs, verbose=0, callbacks=[clock])

@@ -3,6 +3,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import CI_SWEEPS
 
 REPO = Path(__file__).resolve().parent.parent
 # Tests (and the processes they start) never write the user's ~/.cache; tests about the cache set their own.
@@ -30,9 +31,6 @@ def store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("BENCHMARK_OPTUNA_STORAGE", raising=False)
     return path
-
-
-CI_SWEEPS = {("vgg16", "frozen"): 3, ("resnet50", "frozen"): 2}
 
 
 @pytest.fixture(scope="session")
@@ -85,17 +83,3 @@ def ci_store_copy(ci_store, tmp_path, monkeypatch):
     monkeypatch.delenv("BENCHMARK_OPTUNA_STORAGE", raising=False)
     mlflow.set_tracking_uri(track.local_uri())
     return copy
-
-
-def pair_study(storage, backbone: str, strategy: str, experiment: str = "ci"):
-    """The newest Optuna study of one (experiment, backbone, strategy): its name ends in the spec's fingerprint."""
-    import optuna
-
-    from benchmark import sweep
-    from benchmark.storage import open_storage
-
-    opened = open_storage(storage, heartbeat=False) if isinstance(storage, str) else storage
-    summaries = sweep.pair_studies(opened, experiment, backbone, strategy)
-    if not summaries:
-        raise KeyError(f"no study of {experiment}/{backbone}/{strategy} yet")
-    return optuna.load_study(study_name=summaries[-1].study_name, storage=opened)

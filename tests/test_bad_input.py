@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from test_data import write_official
+from helpers import free_port, write_official
 
 from benchmark.cli import main
 
@@ -164,12 +164,6 @@ class SilentServer:
                 self.held.append(self.sock.accept()[0])
             except OSError:
                 return
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- the table
@@ -373,7 +367,7 @@ def run_as_process(argv: list[str], wrap: str | None, env: dict[str, str]) -> tu
 
 @pytest.mark.parametrize("case", corpus(), ids=lambda case: case.id)
 def test_bad_input_fails_cleanly(case, corpus_store, ci_store, silent_server, cifar_sample_dir, tmp_path, capfd, monkeypatch):
-    values = {"tmp": str(tmp_path), "silent": str(silent_server.port), "closed": str(closed_port()), "secret": SECRET}
+    values = {"tmp": str(tmp_path), "silent": str(silent_server.port), "closed": str(free_port()), "secret": SECRET}
     if case.data:
         values["data"] = values["spec"] = str(case.data(tmp_path, Path(cifar_sample_dir)))
     if case.prepare:

@@ -6,7 +6,6 @@ it must never show up in output, MLflow params or tags, or Optuna's records."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,8 +20,10 @@ import requests
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from helpers import free_port, pair_study
+from helpers import mlflow_server as start_mlflow_server
+
 from benchmark import track
-from conftest import pair_study
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCHMARK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -166,37 +167,15 @@ def trial_states(storage: str) -> list[str]:
         return []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(new_database, tmp_path):
     """`mlflow server` configured as docker/compose.yaml configures it, on a PostgreSQL backend."""
     settings = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())["services"]["mlflow"]["environment"]
-    port = free_port()
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": new_database(), "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "served"),
            "MLFLOW_SERVER_ALLOWED_HOSTS": settings["MLFLOW_SERVER_ALLOWED_HOSTS"]}
     env.pop("MLFLOW_TRACKING_URI", None)
-    mlflow_cli = Path(sys.executable).parent / "mlflow"
-    server = subprocess.Popen([str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                               "--serve-artifacts"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            pass
-        assert server.poll() is None, server.stderr.read()
-        assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
-        time.sleep(0.5)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    with start_mlflow_server(tmp_path / "server.log", "--serve-artifacts", env=env) as url:
+        yield url
 
 
 def test_runs_land_on_an_mlflow_server_backed_by_postgres(store, new_database, mlflow_server, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_official
 
 from benchmark import data
 from benchmark.data import (
@@ -26,29 +27,6 @@ from benchmark.spec import DataSpec, SubsetSpec, SyntheticSpec
 
 REPO = Path(__file__).resolve().parent.parent
 FIX_HINTS = ("re-stage", "--data-dir")
-
-
-def write_official(folder: Path, train_size: int = 30, test_size: int = 20, protocol: int = 2, seed: int = 0) -> dict:
-    """A small train/test/meta in the official layout (bytes keys, N x 3072 uint8 rows)."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, size in (("train", train_size), ("test", test_size)):
-        content = {
-            b"batch_label": f"{name} batch".encode(),
-            b"data": rng.integers(0, 256, size=(size, 3072), dtype=np.uint8),
-            b"fine_labels": [int(v) for v in np.arange(size) % 100],
-            b"coarse_labels": [int(v) for v in np.arange(size) % 20],
-            b"filenames": [f"img_{i}.png".encode() for i in range(size)],
-        }
-        (folder / name).write_bytes(pickle.dumps(content, protocol=protocol))
-        written[name] = content
-    meta = {
-        b"fine_label_names": [f"fine_{i}".encode() for i in range(100)],
-        b"coarse_label_names": [f"coarse_{i}".encode() for i in range(20)],
-    }
-    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=protocol))
-    return written
 
 
 class Py2StylePickler(pickle._Pickler):

@@ -36,3 +36,11 @@ def test_the_readme_starts_with_the_two_commands_ci_runs():
     assert block[0].startswith("python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && ")
     assert "python -m benchmark sweep " in block[0]
     assert block[1] == "python -m pytest" and "\npython -m pytest\n" in REPO.joinpath(".ci", "run").read_text()
+
+
+def test_the_package_docstring_names_every_module_once():
+    import benchmark
+
+    modules = {p.stem for p in (REPO / "benchmark").glob("*.py") if not p.stem.startswith("_")}
+    listed = re.findall(r"^  (\w+) {2,}", benchmark.__doc__.split("The modules")[1], re.M)
+    assert sorted(listed) == sorted(modules) and len(listed) == len(set(listed))

@@ -5,13 +5,9 @@ server and Optuna's own tools read our stores."""
 import base64
 import io
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,8 +17,9 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from conftest import CI_SWEEPS as SWEEPS  # what the ci_store fixture ran
-from conftest import pair_study
+from helpers import CHROMIUM_FLAGS, chromium, pair_study
+from helpers import CI_SWEEPS as SWEEPS  # what the ci_store fixture ran
+from helpers import mlflow_server as start_mlflow_server
 
 from benchmark import cli, leaderboard, sweep, track
 from benchmark.spec import load_experiment
@@ -222,21 +219,6 @@ def test_empty_store_and_unknown_experiment_fail_clearly(store, in_ci_store, mon
 
 # ---------------------------------------------------------------- the HTML report in a real browser
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--enable-logging=stderr", "--v=0")  # fmt: skip
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        message = "chromium not installed (apt-get install chromium); .ci/run installs it"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
-
-
 def open_in_browser(page: Path, workdir: Path) -> tuple[str, list[str], np.ndarray]:
     """(DOM after load, console messages, screenshot pixels) from headless Chromium."""
     common = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={workdir / 'profile'}"]
@@ -294,12 +276,6 @@ def test_the_html_report_renders_in_chromium(ci_store_copy, tmp_path):
 # ---------------------------------------------------------------- the MLflow server reads our store
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rest(base: str, endpoint: str, body: dict | None = None) -> dict:
     request = urllib.request.Request(
         f"{base}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode() if body is not None else None,
@@ -310,27 +286,8 @@ def rest(base: str, endpoint: str, body: dict | None = None) -> dict:
 
 @pytest.fixture
 def mlflow_server(in_ci_store, tmp_path):
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", track.local_uri(),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-        yield base
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
-        log.close()
+    with start_mlflow_server(tmp_path / "server.log", "--backend-store-uri", track.local_uri()) as url:
+        yield url
 
 
 def test_the_mlflow_server_serves_our_runs(mlflow_server, monkeypatch):

@@ -430,3 +430,20 @@ def test_the_architecture_table_matches_every_built_model():
     measured = {name: registry.measure_architecture(backbone) for name, backbone in BACKBONES.items()}
     stale = {name: (registry.ARCHITECTURE[name], now) for name, now in measured.items() if registry.ARCHITECTURE[name] != now}
     assert not stale, f"registry.ARCHITECTURE is stale (table, built): {stale}; update it from `backbones --build`"
+
+
+@pytest.mark.parametrize("value, depth, expected", [
+    (0, None, 0), (3, 13, 3), (13, 13, 13), ("all", 13, "all"), (" ALL ", None, "all"), ("7", 13, 7),
+])
+def test_an_unfreeze_depth_is_a_count_or_all_within_the_backbone(value, depth, expected):
+    assert registry.check_unfreeze(value, depth) == expected
+
+
+@pytest.mark.parametrize("value, depth, too_deep", [
+    (-1, None, False), ("-2", None, False), (True, None, False), (2.5, None, False), ("some", None, False),
+    ("search", None, False), (14, 13, True), ("99", 13, True),
+])
+def test_every_caller_gets_the_same_verdict_on_a_bad_depth(value, depth, too_deep):
+    with pytest.raises(registry.UnfreezeError) as caught:
+        registry.check_unfreeze(value, depth)
+    assert caught.value.too_deep is too_deep and caught.value.depth == (depth if too_deep else None)

@@ -20,7 +20,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.spec import load_experiment
 
 REPO = Path(__file__).resolve().parent.parent
-from conftest import CI_SWEEPS, pair_study  # noqa: E402  (what the shared ci_store fixture ran)
+from helpers import CI_SWEEPS, pair_study  # noqa: E402  (what the shared ci_store fixture ran)
 
 
 def ci(**search):
@@ -104,7 +104,7 @@ def test_a_sweep_of_a_searched_depth_runs_its_trials_in_a_child_process(store):
     assert run.data.params["strategy.unfreeze"] == str(trial.params["unfreeze"])
     head = 512 * 100 + 100  # VGG16's pooled features -> 100 logits
     assert (run.data.metrics["params_trainable"] > head) == (trial.params["unfreeze"] > 0)
-    assert sweep.outcome(trial)["process_start_s"] > 0  # it ran in a spawned trial process
+    assert sweep.trial_record(trial)["process_start_s"] > 0  # it ran in a spawned trial process
 
 
 def test_rerun_resumes_to_the_target_without_exceeding_it(store):
