@@ -30,6 +30,7 @@ The modules, in the order data flows through them:
   isolation       trials in a child process, replaced every few trials
   storage         Optuna storage URLs: open, redact, time out
   study_identity  a study's fingerprint: recipe, data and weights
+  parent_run      a study's MLflow parent run: created once, updated after each trial, summarised at the end
   sweep           Optuna studies of an experiment's pairs, each trial tracked in MLflow
   leaderboard     the ranked rows, with intervals and significance against the best
   confirm         seed repeats of the top rows

@@ -292,7 +292,7 @@ def report_study(sweep, result) -> None:
     if best is not None:
         params = sweep.format_params(best.params)
         print(f"best trial #{best.number}: {params} best_val_top1={best.value:.4f} "
-              f"test_top1={sweep.trial_record(best)['test_top1']:.4f}")
+              f"test_top1={sweep.parent_run.trial_record(best)['test_top1']:.4f}")
 
 
 def print_leaderboard(experiment) -> None:

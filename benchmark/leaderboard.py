@@ -125,7 +125,7 @@ def candidate_runs(experiment: str | ExperimentSpec, superseded: bool = False) -
     and per single run, its pair, kind, trials complete/pruned/failed and compute seconds.
 
     A sweep's counts, compute and best run come from its parent run, which the sweep rewrites
-    after every trial (sweep.record_progress): a leaderboard over thousands of trials reads a
+    after every trial (parent_run.record_progress): a leaderboard over thousands of trials reads a
     few dozen runs, not every trial's params, tags and metrics."""
     spec = spec_of(experiment)
     name = spec.name if spec else str(experiment)

@@ -1,5 +1,7 @@
 """Sweep: one Optuna study per resolved spec of (experiment, backbone, strategy); one MLflow
-parent run per study with a nested child run per trial. `run_experiment` sweeps every pair.
+parent run per study (benchmark/parent_run.py) with a nested child run per trial.
+`run_sweep` reads resolve -> open the study -> optimise -> summarise; `run_experiment` sweeps
+every pair.
 
 A study is one spec: its name ends in the spec's fingerprint (benchmark/study_identity.py), so a
 changed spec starts a new study and never adds trials to one of another recipe.
@@ -16,7 +18,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -25,14 +26,12 @@ from typing import Callable
 
 import keras
 import mlflow
-import numpy as np
 import optuna
-from mlflow.entities import Metric, RunTag
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from benchmark import registry, runtime, study_identity, track
-from benchmark.data import load_dataset
+from benchmark import parent_run, registry, study_identity, track
+from benchmark.data import Dataset, load_dataset
 from benchmark.errors import BenchmarkError
 from benchmark.isolation import TrialJob, TrialRunner
 from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
@@ -56,7 +55,6 @@ for _handler in logging.getLogger("optuna").handlers:  # Optuna's own stderr han
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 OBJECTIVE = "best_val_top1"
-REQUIREMENTS = ("keras", "tensorflow", "tensorflow-cpu", "jax", "numpy", "benchmark")
 ATTEMPTS_PER_MISSING_TRIAL = 2
 
 
@@ -69,7 +67,7 @@ class SweepResult:
 
     @property
     def best_trial(self) -> optuna.trial.FrozenTrial | None:
-        return best_with_model(self.study)
+        return parent_run.best_with_model(self.study)
 
     @property
     def finished(self) -> int:
@@ -92,20 +90,6 @@ class SweepResult:
             why = "; every finished trial was pruned" + why
         return (f"study {self.study.study_name} ended short of its target: {self.finished} of {self.target} trials "
                 f"finished, {self.counts['failed']} failed{why}")
-
-
-def trial_record(trial: optuna.trial.FrozenTrial) -> dict:
-    """What a finished trial recorded in its study (user attr "outcome"): test_top1, model_saved,
-    compute_s, process_start_s."""
-    return trial.user_attrs.get("outcome", {})
-
-
-def best_with_model(study: optuna.Study, trials: list | None = None) -> optuna.trial.FrozenTrial | None:
-    """The best completed trial that saved its model (on ties, the lowest number). Trials save their
-    model when they match or beat the best so far, so this is the study's best value."""
-    trials = study.trials if trials is None else trials
-    saved = [t for t in trials if t.state == TrialState.COMPLETE and trial_record(t).get("model_saved")]
-    return max(saved, key=lambda t: (t.value, -t.number)) if saved else None
 
 
 def pair_name(spec: TrialSpec) -> str:
@@ -134,26 +118,6 @@ def superseded_note(studies: list, name: str, recipe: dict) -> str:
     changed = study_identity.differences(last.user_attrs.get("recipe", {}), recipe) if "recipe" in last.user_attrs \
         else "a spec from before fingerprints"
     return f", a new study: {changed} since {last.study_name} ({last.n_trials} trial{'' if last.n_trials == 1 else 's'}, kept as it was)"
-
-
-def searched_params(spec: TrialSpec, space: SearchSpace) -> dict[str, str]:
-    """The MLflow params (of the parent run) that the sweep searches, as their ranges: a study has
-    no single value of them (each trial's run, and the parent's best_* metrics, hold those)."""
-    def span(r, log=True) -> str:
-        return f"searched {r.low:g}..{r.high:g}" + (" (log)" if log else "")
-
-    searched = {"training.learning_rate": span(space.learning_rate)}
-    if spec.strategy.unfreeze == "search":
-        searched["strategy.unfreeze"] = span(space.unfreeze, log=False)
-    if space.dropout is not None:
-        searched["head.dropout"] = span(space.dropout, log=False)
-    if space.dense_units:
-        searched["head.dense_units"] = "searched " + ", ".join(str(u) for u in space.dense_units)
-    if space.weight_decay is not None:
-        searched["training.weight_decay"] = span(space.weight_decay)
-    if space.finetune_lr_scale is not None and spec.strategy.schedule == "two_phase":
-        searched["strategy.finetune_lr_scale"] = span(space.finetune_lr_scale)
-    return searched
 
 
 def make_sampler(search: SearchSpec, worker: int = 0) -> optuna.samplers.BaseSampler:
@@ -228,38 +192,6 @@ def check_unfreeze_fits(spec: TrialSpec, space: SearchSpace) -> None:
             f'layers; use 0..{depth} or "all"') from None
 
 
-# ---------------------------------------------------------------- MLflow parent run
-
-
-def parent_run_id(spec: TrialSpec, name: str, space: SearchSpace, identity: dict[str, str]) -> str:
-    """The study's parent run: found by tag, created once. If two workers create one at the same
-    moment, the later deletes its own and both use the earliest. Its params are the spec's, with
-    the searched ones given as their ranges; `identity` (the fingerprints) goes in its tags."""
-    experiment_id = track.experiment_id(spec.experiment)
-
-    def parents():
-        return mlflow.search_runs(
-            [experiment_id],
-            filter_string=f"tags.study_name = '{name}' and tags.role = 'sweep'",
-            order_by=["attributes.start_time ASC"],
-            output_format="list",
-        )
-
-    found = parents()
-    if found:
-        return found[0].info.run_id
-    tags = {**track.trial_tags(spec, role="sweep", data_origin=""), "study_name": name, **identity}
-    client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
-    mine = run.info.run_id
-    params = {**spec.params(), **searched_params(spec, space)}
-    client.log_batch(mine, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
-    earliest = parents()[0].info.run_id
-    if earliest != mine:
-        client.delete_run(mine)
-    return earliest
-
-
 def this_worker() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
@@ -289,101 +221,31 @@ def fail_trials_of_dead_workers(study: optuna.Study) -> int:
     return failed
 
 
-def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str) -> int:
-    """Child runs left RUNNING by a killed worker whose Optuna trial is over: mark them KILLED."""
-    states = {t.number: t.state for t in study.trials}
-    orphans = mlflow.search_runs(
-        [experiment_id],
-        filter_string=f"tags.study_name = '{name}' and tags.role = 'trial' and attributes.status = 'RUNNING'",
-        output_format="list",
-    )
-    client = mlflow.MlflowClient()
-    closed = 0
-    for run in orphans:
-        number = int(run.data.tags.get("trial_number", -1))
-        if states.get(number, TrialState.FAIL) != TrialState.RUNNING:
-            client.set_tag(run.info.run_id, "trial_state", states.get(number, TrialState.FAIL).name)
-            client.set_terminated(run.info.run_id, status="KILLED")
-            closed += 1
-    return closed
-
-
-class AfterEachTrial:
-    """Optuna callback: the parent run's summary (record_progress); and when trials failed meanwhile
-    (the heartbeat fails a dead worker's trial on another machine while this sweep runs), their
-    MLflow runs are closed too, not only at the next start."""
-
-    def __init__(self, parent_run_id: str, name: str, experiment_id: str):
-        self.parent_run_id, self.name, self.experiment_id = parent_run_id, name, experiment_id
-        self.failed_seen = -1
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        failed = record_progress(study, self.parent_run_id)
-        if failed != self.failed_seen:
-            close_orphan_runs(study, self.name, self.experiment_id)
-            self.failed_seen = failed
-
-
-def record_progress(study: optuna.Study, parent_run_id: str) -> int:
-    """The parent run's running summary, rewritten after every trial in one batch: trial counts,
-    the compute all trials took (trials_compute_s), and which child run is best (best_run_id).
-    The leaderboard reads these instead of loading every child run. Returns the failed count."""
-    trials = study.trials
-    now = int(time.time() * 1000)
-    spent = sum((t.datetime_complete - t.datetime_start).total_seconds()
-                for t in trials if t.datetime_start and t.datetime_complete)
-    counts = trial_counts(study, trials)
-    metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
-    metrics.append(Metric("trials_compute_s", spent, now, 0))
-    best = best_with_model(study, trials)
-    tags = []
-    if best is not None:
-        tags = [RunTag("best_run_id", best.user_attrs["mlflow_run_id"]), RunTag("best_trial_number", str(best.number))]
-    mlflow.MlflowClient().log_batch(parent_run_id, metrics=metrics, tags=tags)
-    return counts["failed"]
-
-
-def summarize_parent(result: SweepResult) -> None:
-    """Trial counts, the best trial's params and metrics, and the best model in MLflow's Keras flavour."""
-    client = mlflow.MlflowClient()
-    run_id = result.parent_run_id
-    record_progress(result.study, run_id)
-    best = result.best_trial
-    if best is None:
-        return
-    child_id = best.user_attrs["mlflow_run_id"]
-    child = client.get_run(child_id)
-    metrics = {k: v for k, v in child.data.metrics.items() if k in track.FINAL_METRICS}
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(metrics)
-        mlflow.log_metrics({f"best_{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))})
-        mlflow.set_tags({f"best.{k}": str(v) for k, v in best.params.items()})
-        if client.get_run(run_id).data.tags.get("best_model_trial") != str(best.number):
-            mlflow.set_tags({"best_model_uri": log_best_model(child_id), "best_model_trial": str(best.number)})
-
-
-def log_best_model(child_run_id: str) -> str:
-    """Re-log the best trial's saved model in MLflow's Keras flavour; returns its model URI."""
-    registry.register_custom_layers()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=child_run_id, artifact_path="model/model.keras", dst_path=tmp)
-        model = keras.saving.load_model(path)
-        example = np.zeros((1, *model.input_shape[1:]), dtype=np.uint8)
-        signature = mlflow.models.infer_signature(example, np.asarray(model.predict(example, verbose=0)))
-        requirements = [f"{k}=={v}" for k, v in runtime.package_versions().items() if k in REQUIREMENTS]
-        return mlflow.keras.log_model(model, name="best_model", signature=signature, pip_requirements=requirements).model_uri
-
-
 # ---------------------------------------------------------------- the sweep
 
 
-def trial_counts(study: optuna.Study, trials: list | None = None) -> dict[str, int]:
-    counts = {"complete": 0, "pruned": 0, "failed": 0}
-    for t in study.trials if trials is None else trials:
-        key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(t.state)
-        if key:
-            counts[key] += 1
-    return counts
+@dataclass
+class Plan:
+    """A pair's sweep, resolved and checked: everything decided before anything is recorded."""
+
+    spec: TrialSpec
+    space: SearchSpace
+    search: SearchSpec
+    target: int
+    timeout_s: float | None
+    data: Dataset
+    fingerprint: study_identity.Fingerprint
+    name: str  # the study's
+    recipe: dict
+
+
+@dataclass
+class OpenedStudy:
+    study: optuna.Study
+    storage_url: str
+    parent_run_id: str
+    experiment_id: str
+    remaining: int  # trials still to finish for the target
 
 
 def run_sweep(
@@ -397,78 +259,92 @@ def run_sweep(
     verbose: int = 2,
     say: Callable[[str], None] = print,
 ) -> SweepResult:
+    plan = resolve(experiment, backbone, strategy, trials, timeout_s, data_dir)
+    opened = open_study(plan, storage or default_storage(), say)
+    if opened.remaining > 0:
+        optimise(plan, opened, verbose, say)
+    parent_run.summarize(opened.study, opened.parent_run_id)
+    return SweepResult(study=opened.study, parent_run_id=opened.parent_run_id,
+                       counts=parent_run.trial_counts(opened.study), target=plan.target)
+
+
+def resolve(experiment: ExperimentSpec, backbone: str, strategy: str | None, trials: int | None,
+            timeout_s: float | None, data_dir: str | Path | None) -> Plan:
+    """The pair's spec, search space, target and data; every check of the user's input is here."""
     spec = experiment.resolve(backbone, strategy, data_dir)
     space = experiment.search_space(spec.backbone.name, spec.strategy_name)
-    target = trials or spec.strategy.trials or experiment.search.trials
-    timeout_s = timeout_s or experiment.search.timeout_s
-
-    # Everything that can reject bad input happens before anything is recorded.
     check_unfreeze_fits(spec, space)
     with experiment.naming_its_file():
         data = load_dataset(spec.data)
     fingerprint = study_identity.fingerprint(spec, space, experiment.search, data)
-    name = study_name(spec, fingerprint)
-    storage_url = storage or default_storage()
+    return Plan(spec=spec, space=space, search=experiment.search,
+                target=trials or spec.strategy.trials or experiment.search.trials,
+                timeout_s=timeout_s or experiment.search.timeout_s, data=data, fingerprint=fingerprint,
+                name=study_name(spec, fingerprint), recipe=study_identity.recipe(spec, space, experiment.search))
+
+
+def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> OpenedStudy:
+    """The study (created or resumed) and its parent run, with what dead workers left behind
+    cleaned up; says in one line where the study stands."""
+    spec, name = plan.spec, plan.name
     with track.store_lock():  # two processes creating one new SQLite database's tables collide
         optuna_storage = open_storage(storage_url)  # a bad URL or a dead server: before MLflow records anything
     track.configure()
-    recipe = study_identity.recipe(spec, space, experiment.search)
     with track.store_lock():
         existing = pair_studies(optuna_storage, spec.experiment, spec.backbone.name, spec.strategy_name)
-        study = optuna.create_study(
-            study_name=name,
-            storage=optuna_storage,
-            pruner=make_pruner(experiment.search),
-            direction="maximize",
-            load_if_exists=True,
-        )
+        study = optuna.create_study(study_name=name, storage=optuna_storage, pruner=make_pruner(plan.search),
+                                    direction="maximize", load_if_exists=True)
         if "fingerprint" not in study.user_attrs:
-            for key, value in study_attrs(spec, fingerprint, recipe).items():
+            for key, value in study_attrs(spec, plan.fingerprint, plan.recipe).items():
                 study.set_user_attr(key, value)
-        study.sampler = make_sampler(experiment.search, worker=register_worker(study))
-    is_new = name not in {s.study_name for s in existing}
+        study.sampler = make_sampler(plan.search, worker=register_worker(study))
     interrupted = fail_trials_of_dead_workers(study)
     optuna.storages.fail_stale_trials(study)  # dead workers elsewhere: after the heartbeat's grace period
     experiment_id = track.experiment_id(spec.experiment)
-    parent = parent_run_id(spec, name, space, identity_tags(fingerprint))
-    closed = close_orphan_runs(study, name, experiment_id)
-    remaining = target - sum(trial_counts(study)[k] for k in ("complete", "pruned"))
+    parent = parent_run.find_or_create(spec, name, plan.space, parent_run.identity_tags(plan.fingerprint))
+    closed = parent_run.close_orphan_runs(study, name, experiment_id)
+    counts = parent_run.trial_counts(study)
+    remaining = plan.target - counts["complete"] - counts["pruned"]
+    is_new = name not in {s.study_name for s in existing}
     say(
         f"study {name} on {redact(storage_url)}"
-        + (superseded_note(existing, name, recipe) if is_new else "")
-        + f": {target - remaining} of {target} trials finished"
+        + (superseded_note(existing, name, plan.recipe) if is_new else "")
+        + f": {plan.target - remaining} of {plan.target} trials finished"
         + (f", {interrupted} interrupted trial(s) marked FAIL" if interrupted else "")
         + (f", {closed} interrupted run(s) marked KILLED" if closed else "")
         + (f"; running {remaining} more" if remaining > 0 else "; nothing to do")
     )
-    if remaining > 0:
-        pruner = study.pruner if experiment.search.pruner != "none" else None
-        runner = TrialRunner(experiment.search.trials_per_process, data)
-        objective = Objective(spec, space, name, storage_url, pruner, runner, verbose)
-        try:
-            with mlflow.start_run(run_id=parent):
-                try:
-                    study.optimize(
-                        objective,
-                        n_trials=remaining * ATTEMPTS_PER_MISSING_TRIAL,
-                        timeout=timeout_s,
-                        callbacks=[
-                            MaxTrialsCallback(target, states=FINISHED),
-                            AfterEachTrial(parent, name, experiment_id),
-                            Progress(target, say),
-                        ],
-                        catch=(Exception,),
-                        gc_after_trial=not runner.isolated,
-                    )
-                except KeyboardInterrupt:  # Ctrl-C: the study is resumable, its parent run was not a failure
-                    record_progress(study, parent)
-                    mlflow.end_run("KILLED")
-                    raise
-        finally:
-            runner.close()
-    result = SweepResult(study=study, parent_run_id=parent, counts=trial_counts(study), target=target)
-    summarize_parent(result)
-    return result
+    return OpenedStudy(study=study, storage_url=storage_url, parent_run_id=parent, experiment_id=experiment_id,
+                       remaining=remaining)
+
+
+def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str], None]) -> None:
+    """Optuna's loop until the target is met (or the time is up), trials in a child process."""
+    study, parent = opened.study, opened.parent_run_id
+    pruner = study.pruner if plan.search.pruner != "none" else None
+    runner = TrialRunner(plan.search.trials_per_process, plan.data)
+    objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url, pruner, runner, verbose)
+    try:
+        with mlflow.start_run(run_id=parent):
+            try:
+                study.optimize(
+                    objective,
+                    n_trials=opened.remaining * ATTEMPTS_PER_MISSING_TRIAL,
+                    timeout=plan.timeout_s,
+                    callbacks=[
+                        MaxTrialsCallback(plan.target, states=FINISHED),
+                        parent_run.AfterEachTrial(parent, plan.name, opened.experiment_id),
+                        Progress(plan.target, say),
+                    ],
+                    catch=(Exception,),
+                    gc_after_trial=not runner.isolated,
+                )
+            except KeyboardInterrupt:  # Ctrl-C: the study is resumable, its parent run was not a failure
+                parent_run.record_progress(study, parent)
+                mlflow.end_run("KILLED")
+                raise
+    finally:
+        runner.close()
 
 
 def study_attrs(spec: TrialSpec, fingerprint: study_identity.Fingerprint, recipe: dict) -> dict:
@@ -476,11 +352,6 @@ def study_attrs(spec: TrialSpec, fingerprint: study_identity.Fingerprint, recipe
     study's first line, which names what changed)."""
     return {"pair": [spec.experiment, spec.backbone.name, spec.strategy_name], "fingerprint": fingerprint.full,
             "recipe_fingerprint": fingerprint.recipe, "recipe": recipe}
-
-
-def identity_tags(fingerprint: study_identity.Fingerprint) -> dict[str, str]:
-    return {"spec_fingerprint": fingerprint.full, "recipe_fingerprint": fingerprint.recipe,
-            "data_fingerprint": fingerprint.data, "weights_fingerprint": fingerprint.weights}
 
 
 # ---------------------------------------------------------------- a whole experiment
@@ -504,7 +375,7 @@ class PairResult:
             return f"{self.backbone}/{self.strategy}: SHORT: {self.result.shortfall()}"
         best = self.result.best_trial
         return (f"{self.backbone}/{self.strategy}: {self.result.finished} of {self.result.target} trials, "
-                f"best #{best.number} val_top1={best.value:.4f} test_top1={trial_record(best)['test_top1']:.4f}")
+                f"best #{best.number} val_top1={best.value:.4f} test_top1={parent_run.trial_record(best)['test_top1']:.4f}")
 
 
 def pairs_of(experiment: ExperimentSpec, backbones: list[str] | None = None,

@@ -3,7 +3,7 @@
     python benchmarks/leaderboard_speed.py [--runs 1000] [--repeats 3]
 
 The store is filled the way sweeps fill it, without training: 5 backbones x 4 strategies, each a
-real Optuna study with its MLflow parent run (summarised by sweep.record_progress, as after every
+real Optuna study with its MLflow parent run (summarised by parent_run.record_progress, as after every
 trial) and one child run per trial with the full params (a real TrialSpec), the sweep's tags,
 final and per-epoch metrics and a test_predictions.npz of 10,000 examples (CIFAR-100's test set);
 80% of trials complete, 15% pruned, 5% failed. Metric values are random: this measures reading.
@@ -36,7 +36,7 @@ def fill(runs: int, seed: int = 0) -> None:
     import optuna
     from mlflow.entities import Metric, Param, RunTag
 
-    from benchmark import sweep, track
+    from benchmark import parent_run, sweep, track
     from benchmark.spec import load_experiment
 
     rng = np.random.default_rng(seed)
@@ -80,7 +80,7 @@ def fill(runs: int, seed: int = 0) -> None:
                     params={"learning_rate": float(rng.uniform(1e-3, 1e-2))}, distributions=distributions,
                     user_attrs={"mlflow_run_id": run_id, "outcome": {"model_saved": True}},
                 ))
-            sweep.record_progress(study, parent)
+            parent_run.record_progress(study, parent)
             print(f"  filled {(g + 1) * per_group} runs", flush=True)
 
 

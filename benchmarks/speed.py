@@ -41,7 +41,7 @@ LR_RANGE = (1e-5, 1e-2)
 import keras  # noqa: E402
 
 from benchmark import model as models  # noqa: E402
-from benchmark import registry, runtime, sweep, train  # noqa: E402
+from benchmark import parent_run, registry, runtime, sweep, train  # noqa: E402
 from benchmark.data import load_dataset  # noqa: E402
 from benchmark.spec import ExperimentSpec, load_experiment  # noqa: E402
 from benchmark.model import create_model  # noqa: E402
@@ -135,9 +135,9 @@ def notebook_trial(spec, data) -> float:
 
 
 def bookkeeping(result: sweep.SweepResult) -> dict:
-    trials = [t for t in result.study.trials if sweep.trial_record(t)]
+    trials = [t for t in result.study.trials if parent_run.trial_record(t)]
     in_trials = sum(t.duration.total_seconds() for t in trials)
-    compute = sum(sweep.trial_record(t)["compute_s"] + sweep.trial_record(t).get("process_start_s", 0.0) for t in trials)
+    compute = sum(parent_run.trial_record(t)["compute_s"] + parent_run.trial_record(t).get("process_start_s", 0.0) for t in trials)
     return {"trials": len(trials), "per_trial_s": (in_trials - compute) / len(trials), "share": 1 - compute / in_trials,
             "trial_s": in_trials / len(trials)}
 

@@ -29,7 +29,7 @@ def main() -> None:
     os.environ["BENCHMARK_STORE"] = tempfile.mkdtemp(prefix="benchmark-overhead-")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-    from benchmark import sweep
+    from benchmark import parent_run, sweep
     from benchmark.spec import load_experiment
 
     process = psutil.Process()
@@ -49,8 +49,8 @@ def main() -> None:
     ended = time.time()
     wall = ended - started
     trials = result.study.trials
-    compute = sum(sweep.trial_record(t).get("compute_s", 0.0) for t in trials)
-    process_start = sum(sweep.trial_record(t).get("process_start_s", 0.0) for t in trials)
+    compute = sum(parent_run.trial_record(t).get("compute_s", 0.0) for t in trials)
+    process_start = sum(parent_run.trial_record(t).get("process_start_s", 0.0) for t in trials)
     in_trials = sum(t.duration.total_seconds() for t in trials)
     setup = trials[0].datetime_start.timestamp() - started
     summary = ended - trials[-1].datetime_complete.timestamp()

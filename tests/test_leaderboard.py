@@ -21,7 +21,7 @@ from helpers import CHROMIUM_FLAGS, chromium, pair_study
 from helpers import CI_SWEEPS as SWEEPS  # what the ci_store fixture ran
 from helpers import mlflow_server as start_mlflow_server
 
-from benchmark import cli, leaderboard, sweep, track
+from benchmark import cli, leaderboard, parent_run, sweep, track
 from benchmark.spec import load_experiment
 
 
@@ -40,7 +40,7 @@ def expected_rows() -> dict[tuple[str, str], dict]:
             "val_top1": best.value,
             "test_top1": run.data.metrics["test_top1"],
             "learning_rate": best.params["learning_rate"],
-            "counts": sweep.trial_counts(study),
+            "counts": parent_run.trial_counts(study),
             "compute_s": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials),
         }
     return expected

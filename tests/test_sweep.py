@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 import pytest
 
-from benchmark import registry, sweep, track
+from benchmark import parent_run, registry, sweep, track
 from benchmark.errors import BenchmarkError
 from benchmark.spec import load_experiment
 
@@ -73,7 +73,7 @@ def test_ci_sweeps_track_every_trial_and_the_best_model_reloads(in_ci_store):
         parents = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                      filter_string=f"tags.role = 'sweep' and tags.study_name = '{name}'")
         assert len(parents) == 1
-        result = sweep.SweepResult(study=study, parent_run_id=parents[0].info.run_id, counts=sweep.trial_counts(study))
+        result = sweep.SweepResult(study=study, parent_run_id=parents[0].info.run_id, counts=parent_run.trial_counts(study))
         assert result.counts["complete"] + result.counts["pruned"] == trials
         assert_optuna_matches_mlflow(result)
 
@@ -104,7 +104,7 @@ def test_a_sweep_of_a_searched_depth_runs_its_trials_in_a_child_process(store):
     assert run.data.params["strategy.unfreeze"] == str(trial.params["unfreeze"])
     head = 512 * 100 + 100  # VGG16's pooled features -> 100 logits
     assert (run.data.metrics["params_trainable"] > head) == (trial.params["unfreeze"] > 0)
-    assert sweep.trial_record(trial)["process_start_s"] > 0  # it ran in a spawned trial process
+    assert parent_run.trial_record(trial)["process_start_s"] > 0  # it ran in a spawned trial process
 
 
 def test_rerun_resumes_to_the_target_without_exceeding_it(store):

@@ -1,0 +1,193 @@
+"""A study's MLflow parent run: created once (by tag, safe with several workers), kept up to date
+after every trial (counts, compute, which child run is best), summarised when the sweep ends (the
+best trial's metrics and params, its model in MLflow's Keras flavour). Also what the parent reads
+from the Optuna study: each trial's record, the counts, the best trial that kept its model.
+
+The sweep (benchmark/sweep.py) runs the Optuna loop and calls these; the leaderboard reads what
+they wrote.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import keras
+import mlflow
+import numpy as np
+import optuna
+from mlflow.entities import Metric, Param, RunTag
+from optuna.trial import TrialState
+
+from benchmark import registry, runtime, study_identity, track
+from benchmark.spec import SearchSpace, TrialSpec
+
+REQUIREMENTS = ("keras", "tensorflow", "tensorflow-cpu", "jax", "numpy", "benchmark")  # of the logged best model
+
+
+# ---------------------------------------------------------------- what the study holds
+
+
+def trial_record(trial: optuna.trial.FrozenTrial) -> dict:
+    """What a finished trial recorded in its study (user attr "outcome"): test_top1, model_saved,
+    compute_s, process_start_s."""
+    return trial.user_attrs.get("outcome", {})
+
+
+def best_with_model(study: optuna.Study, trials: list | None = None) -> optuna.trial.FrozenTrial | None:
+    """The best completed trial that saved its model (on ties, the lowest number). Trials save their
+    model when they match or beat the best so far, so this is the study's best value."""
+    trials = study.trials if trials is None else trials
+    saved = [t for t in trials if t.state == TrialState.COMPLETE and trial_record(t).get("model_saved")]
+    return max(saved, key=lambda t: (t.value, -t.number)) if saved else None
+
+
+def trial_counts(study: optuna.Study, trials: list | None = None) -> dict[str, int]:
+    counts = {"complete": 0, "pruned": 0, "failed": 0}
+    for t in study.trials if trials is None else trials:
+        key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(t.state)
+        if key:
+            counts[key] += 1
+    return counts
+
+
+
+# ---------------------------------------------------------------- the parent run
+
+
+def find_or_create(spec: TrialSpec, name: str, space: SearchSpace, identity: dict[str, str]) -> str:
+    """The study's parent run: found by tag, created once. If two workers create one at the same
+    moment, the later deletes its own and both use the earliest. Its params are the spec's, with
+    the searched ones given as their ranges; `identity` (the fingerprints) goes in its tags."""
+    experiment_id = track.experiment_id(spec.experiment)
+
+    def parents():
+        return mlflow.search_runs(
+            [experiment_id],
+            filter_string=f"tags.study_name = '{name}' and tags.role = 'sweep'",
+            order_by=["attributes.start_time ASC"],
+            output_format="list",
+        )
+
+    found = parents()
+    if found:
+        return found[0].info.run_id
+    tags = {**track.trial_tags(spec, role="sweep", data_origin=""), "study_name": name, **identity}
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    mine = run.info.run_id
+    params = {**spec.params(), **searched_params(spec, space)}
+    client.log_batch(mine, params=[Param(k, v) for k, v in params.items()])
+    earliest = parents()[0].info.run_id
+    if earliest != mine:
+        client.delete_run(mine)
+    return earliest
+
+
+def searched_params(spec: TrialSpec, space: SearchSpace) -> dict[str, str]:
+    """The MLflow params (of the parent run) that the sweep searches, as their ranges: a study has
+    no single value of them (each trial's run, and the parent's best_* metrics, hold those)."""
+    def span(r, log=True) -> str:
+        return f"searched {r.low:g}..{r.high:g}" + (" (log)" if log else "")
+
+    searched = {"training.learning_rate": span(space.learning_rate)}
+    if spec.strategy.unfreeze == "search":
+        searched["strategy.unfreeze"] = span(space.unfreeze, log=False)
+    if space.dropout is not None:
+        searched["head.dropout"] = span(space.dropout, log=False)
+    if space.dense_units:
+        searched["head.dense_units"] = "searched " + ", ".join(str(u) for u in space.dense_units)
+    if space.weight_decay is not None:
+        searched["training.weight_decay"] = span(space.weight_decay)
+    if space.finetune_lr_scale is not None and spec.strategy.schedule == "two_phase":
+        searched["strategy.finetune_lr_scale"] = span(space.finetune_lr_scale)
+    return searched
+
+
+def identity_tags(fingerprint: study_identity.Fingerprint) -> dict[str, str]:
+    return {"spec_fingerprint": fingerprint.full, "recipe_fingerprint": fingerprint.recipe,
+            "data_fingerprint": fingerprint.data, "weights_fingerprint": fingerprint.weights}
+
+
+def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str) -> int:
+    """Child runs left RUNNING by a killed worker whose Optuna trial is over: mark them KILLED."""
+    states = {t.number: t.state for t in study.trials}
+    orphans = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.study_name = '{name}' and tags.role = 'trial' and attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    client = mlflow.MlflowClient()
+    closed = 0
+    for run in orphans:
+        number = int(run.data.tags.get("trial_number", -1))
+        if states.get(number, TrialState.FAIL) != TrialState.RUNNING:
+            client.set_tag(run.info.run_id, "trial_state", states.get(number, TrialState.FAIL).name)
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed += 1
+    return closed
+
+
+class AfterEachTrial:
+    """Optuna callback: the parent run's summary (record_progress); and when trials failed meanwhile
+    (the heartbeat fails a dead worker's trial on another machine while this sweep runs), their
+    MLflow runs are closed too, not only at the next start."""
+
+    def __init__(self, parent_run_id: str, name: str, experiment_id: str):
+        self.parent_run_id, self.name, self.experiment_id = parent_run_id, name, experiment_id
+        self.failed_seen = -1
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        failed = record_progress(study, self.parent_run_id)
+        if failed != self.failed_seen:
+            close_orphan_runs(study, self.name, self.experiment_id)
+            self.failed_seen = failed
+
+
+def record_progress(study: optuna.Study, parent_run_id: str) -> int:
+    """The parent run's running summary, rewritten after every trial in one batch: trial counts,
+    the compute all trials took (trials_compute_s), and which child run is best (best_run_id).
+    The leaderboard reads these instead of loading every child run. Returns the failed count."""
+    trials = study.trials
+    now = int(time.time() * 1000)
+    spent = sum((t.datetime_complete - t.datetime_start).total_seconds()
+                for t in trials if t.datetime_start and t.datetime_complete)
+    counts = trial_counts(study, trials)
+    metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
+    metrics.append(Metric("trials_compute_s", spent, now, 0))
+    best = best_with_model(study, trials)
+    tags = []
+    if best is not None:
+        tags = [RunTag("best_run_id", best.user_attrs["mlflow_run_id"]), RunTag("best_trial_number", str(best.number))]
+    mlflow.MlflowClient().log_batch(parent_run_id, metrics=metrics, tags=tags)
+    return counts["failed"]
+
+
+def summarize(study: optuna.Study, run_id: str) -> None:
+    """Trial counts, the best trial's params and metrics, and the best model in MLflow's Keras flavour."""
+    client = mlflow.MlflowClient()
+    record_progress(study, run_id)
+    best = best_with_model(study)
+    if best is None:
+        return
+    child_id = best.user_attrs["mlflow_run_id"]
+    child = client.get_run(child_id)
+    metrics = {k: v for k, v in child.data.metrics.items() if k in track.FINAL_METRICS}
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({f"best_{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))})
+        mlflow.set_tags({f"best.{k}": str(v) for k, v in best.params.items()})
+        if client.get_run(run_id).data.tags.get("best_model_trial") != str(best.number):
+            mlflow.set_tags({"best_model_uri": log_best_model(child_id), "best_model_trial": str(best.number)})
+
+
+def log_best_model(child_run_id: str) -> str:
+    """Re-log the best trial's saved model in MLflow's Keras flavour; returns its model URI."""
+    registry.register_custom_layers()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=child_run_id, artifact_path="model/model.keras", dst_path=tmp)
+        model = keras.saving.load_model(path)
+        example = np.zeros((1, *model.input_shape[1:]), dtype=np.uint8)
+        signature = mlflow.models.infer_signature(example, np.asarray(model.predict(example, verbose=0)))
+        requirements = [f"{k}=={v}" for k, v in runtime.package_versions().items() if k in REQUIREMENTS]
+        return mlflow.keras.log_model(model, name="best_model", signature=signature, pip_requirements=requirements).model_uri
