@@ -42,10 +42,10 @@ def finished_repeats(experiment_id: str, run_id: str, resplit: bool) -> dict[int
     """confirm_seed -> test_top1 of the finished repeats of one trial run."""
     runs = mlflow.search_runs(
         [experiment_id], output_format="list",
-        filter_string=(f"tags.role = 'confirm' and tags.confirm_of = '{run_id}' and "
-                       f"tags.confirm_resplit = '{resplit}' and attributes.status = 'FINISHED'"),
+        filter_string=track.tags_filter(**{track.TAG_ROLE: track.ROLE_CONFIRM, track.TAG_CONFIRM_OF: run_id,
+                                           track.TAG_CONFIRM_RESPLIT: str(resplit)}) + " and attributes.status = 'FINISHED'",
     )
-    return {int(r.data.tags["confirm_seed"]): r.data.metrics["test_top1"] for r in runs if "test_top1" in r.data.metrics}
+    return {int(r.data.tags[track.TAG_CONFIRM_SEED]): r.data.metrics["test_top1"] for r in runs if "test_top1" in r.data.metrics}
 
 
 def top_rows(experiment: ExperimentSpec, top: int) -> pd.DataFrame:
@@ -82,11 +82,11 @@ def run_confirm(experiment: ExperimentSpec, top: int = 3, seeds: int = 3, respli
 
 
 def repeat_once(spec: TrialSpec, data, row, k: int, resplit: bool, verbose: int) -> float:
-    tags = {"confirm_of": row.run_id, "confirm_seed": str(k), "confirm_resplit": str(resplit),
-            "study_name": row.study, "trial_number": str(row.trial_number)}
+    tags = {track.TAG_CONFIRM_OF: row.run_id, track.TAG_CONFIRM_SEED: str(k), track.TAG_CONFIRM_RESPLIT: str(resplit),
+            track.TAG_STUDY: row.study, track.TAG_TRIAL_NUMBER: str(row.trial_number)}
     name = f"{row.study or spec.experiment}-t{row.trial_number:03d}-seed{k}" + ("-resplit" if resplit else "")
     prepared = trial.prepare(spec, data)
-    with track.open_run(spec, "confirm", data.origin, run_name=name, extra_tags=tags) as run:
+    with track.open_run(spec, track.ROLE_CONFIRM, data.origin, run_name=name, extra_tags=tags) as run:
         logger = track.EpochLogger(run.info.run_id).callback()
         result = trial.execute(prepared, callbacks=[logger], verbose=verbose)
         track.log_result(result, run.info.run_id)

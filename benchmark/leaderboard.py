@@ -43,20 +43,41 @@ BOOTSTRAP_SAMPLES = 2000
 SIGNIFICANCE = 0.05  # rows whose p_vs_best is at least this are tied with the best
 TABLE_WIDTH = 100
 
+# The columns of mlflow.search_runs' table that the leaderboard reads, by the names track.py owns.
+BACKBONE, STRATEGY, STUDY, TRIAL_NUMBER = "tags.backbone", "tags.strategy", f"tags.{track.TAG_STUDY}", f"tags.{track.TAG_TRIAL_NUMBER}"
+BEST_RUN, RECIPE, CONFIRM_OF = f"tags.{track.TAG_BEST_RUN}", f"tags.{track.TAG_RECIPE}", f"tags.{track.TAG_CONFIRM_OF}"
+PROGRESS = {k: f"metrics.{name}" for k, name in {**track.PROGRESS_METRICS, "compute_s": track.COMPUTE_METRIC}.items()}
 RUN_COLUMNS = (
     *(f"metrics.{name}" for name in ("best_val_top1", "best_val_top5", "test_top1", "test_top5", "params_total",
                                      "model_size_mb", "infer_images_per_sec", "train_images_per_sec")),
-    "params.training.learning_rate", "params.strategy.unfreeze", "tags.trial_number", "tags.backbone",
-    "tags.strategy", "tags.best_run_id", "tags.study_name", "tags.recipe_fingerprint", "tags.confirm_of",
-    "end_time", "start_time", "status", "run_id",
-    *(f"metrics.trials_{k}" for k in ("complete", "pruned", "failed", "compute_s")),
+    "params.training.learning_rate", "params.strategy.unfreeze", TRIAL_NUMBER, BACKBONE, STRATEGY, BEST_RUN, STUDY,
+    RECIPE, CONFIRM_OF, "end_time", "start_time", "status", "run_id", *PROGRESS.values(),
 )  # fmt: skip
+# What every run of a role has, as the benchmark writes it: a store without it was written by something else.
+REQUIRED = {
+    track.ROLE_SWEEP: (BACKBONE, STRATEGY, STUDY),
+    track.ROLE_TRIAL: (BACKBONE, STRATEGY, STUDY, TRIAL_NUMBER, "metrics.best_val_top1"),
+    track.ROLE_RUN: (BACKBONE, STRATEGY),
+    track.ROLE_CONFIRM: (BACKBONE, STRATEGY, CONFIRM_OF),
+}
 
 
-def search(experiment_id: str, filter_string: str) -> pd.DataFrame:
-    """mlflow.search_runs into pandas, with every column the leaderboard reads present (NaN if no run has it)."""
-    runs = mlflow.search_runs([experiment_id], filter_string=filter_string, output_format="pandas")
-    return runs.reindex(columns=list(dict.fromkeys([*runs.columns, *RUN_COLUMNS])))
+def search(experiment_id: str, role: str, filter_string: str = "") -> pd.DataFrame:
+    """mlflow.search_runs of one role into pandas, with every column the leaderboard reads present
+    (NaN where a run has no value). A run without a column its role requires is an error naming it."""
+    where = track.tags_filter(**{track.TAG_ROLE: role}) + (f" and {filter_string}" if filter_string else "")
+    runs = mlflow.search_runs([experiment_id], filter_string=where, output_format="pandas")
+    runs = runs.reindex(columns=list(dict.fromkeys([*runs.columns, *RUN_COLUMNS])))
+    for column in REQUIRED[role]:
+        lacking = runs.loc[runs[column].isna(), "run_id"]
+        if len(lacking):
+            kind, name = column.split(".", 1)
+            raise BenchmarkError(
+                f"run {lacking.iloc[0]} (role {role}) in the MLflow store {track.display_uri()} has no {kind[:-1]} "
+                f"'{name}', which the benchmark writes on every {role} run; point {track.STORE_ENV}/MLFLOW_TRACKING_URI "
+                f"at a store the benchmark wrote, or sweep into a fresh one"
+            )
+    return runs
 
 
 def experiment_id_of(experiment: str) -> str:
@@ -95,15 +116,15 @@ def current_recipes(spec: ExperimentSpec) -> dict[tuple[str, str], str]:
 def is_current(runs: pd.DataFrame, recipes: dict[tuple[str, str], str] | None) -> pd.Series:
     if recipes is None:
         return pd.Series(True, index=runs.index)
-    keys = zip(runs["tags.backbone"], runs["tags.strategy"])
-    return pd.Series([recipes.get(k) == r for k, r in zip(keys, runs["tags.recipe_fingerprint"])], index=runs.index,
+    keys = zip(runs[BACKBONE], runs[STRATEGY])
+    return pd.Series([recipes.get(k) == r for k, r in zip(keys, runs[RECIPE])], index=runs.index,
                      dtype=bool)
 
 
 def newest_per_pair(parents: pd.DataFrame) -> pd.Series:
     """True for each pair's most recently started study among `parents`."""
     order = parents.sort_values("start_time", kind="stable")
-    newest = order.groupby(["tags.backbone", "tags.strategy"]).tail(1).index
+    newest = order.groupby([BACKBONE, STRATEGY]).tail(1).index
     return pd.Series(parents.index.isin(newest), index=parents.index)
 
 
@@ -130,8 +151,8 @@ def candidate_runs(experiment: str | ExperimentSpec, superseded: bool = False) -
     spec = spec_of(experiment)
     name = spec.name if spec else str(experiment)
     experiment_id = experiment_id_of(name)
-    sweeps = search(experiment_id, "tags.role = 'sweep'")
-    singles = search(experiment_id, "tags.role = 'run'")
+    sweeps = search(experiment_id, track.ROLE_SWEEP)
+    singles = search(experiment_id, track.ROLE_RUN)
     if sweeps.empty and singles.empty:
         raise BenchmarkError(
             f"experiment '{name}' has no sweeps or runs in {track.display_uri()}; run "
@@ -148,13 +169,11 @@ def candidate_runs(experiment: str | ExperimentSpec, superseded: bool = False) -
     ended = pd.to_datetime(singles["end_time"], utc=True).fillna(pd.Timestamp.now(tz="UTC"))  # still running
     books = pd.concat([
         pd.DataFrame({
-            "backbone": parents["tags.backbone"], "strategy": parents["tags.strategy"], "kind": parents["kind"],
-            "study": parents["tags.study_name"],
-            "complete": parents["metrics.trials_complete"], "pruned": parents["metrics.trials_pruned"],
-            "failed": parents["metrics.trials_failed"], "compute_s": parents["metrics.trials_compute_s"],
+            "backbone": parents[BACKBONE], "strategy": parents[STRATEGY], "kind": parents["kind"],
+            "study": parents[STUDY], **{key: parents[column] for key, column in PROGRESS.items()},
         }),
         pd.DataFrame({
-            "backbone": singles["tags.backbone"], "strategy": singles["tags.strategy"], "kind": "run", "study": "",
+            "backbone": singles[BACKBONE], "strategy": singles[STRATEGY], "kind": "run", "study": "",
             "complete": single_done.astype(float), "pruned": 0.0,
             "failed": ((singles["status"] != "RUNNING") & ~single_done).astype(float),
             "compute_s": (ended - started).dt.total_seconds().clip(lower=0),
@@ -168,21 +187,21 @@ def candidate_runs(experiment: str | ExperimentSpec, superseded: bool = False) -
 
 def best_trial_runs(experiment_id: str, parents: pd.DataFrame) -> pd.DataFrame:
     """The best trial's run of each parent, with the parent's kind and study name."""
-    known = parents.dropna(subset=["tags.best_run_id"])
+    known = parents.dropna(subset=[BEST_RUN])
     if known.empty:
-        return search(experiment_id, "tags.role = 'sweep'")[:0].assign(kind=[], study=[])
-    ids = ", ".join(repr(i) for i in known["tags.best_run_id"])
-    best = search(experiment_id, f"attributes.run_id IN ({ids})")
-    of = known.set_index("tags.best_run_id")
-    return best.assign(kind=best["run_id"].map(of["kind"]), study=best["run_id"].map(of["tags.study_name"]))
+        return parents[:0].drop(columns=["kind"]).assign(kind=[], study=[])
+    ids = ", ".join(repr(i) for i in known[BEST_RUN])
+    best = search(experiment_id, track.ROLE_TRIAL, f"attributes.run_id IN ({ids})")
+    of = known.set_index(BEST_RUN)
+    return best.assign(kind=best["run_id"].map(of["kind"]), study=best["run_id"].map(of[STUDY]))
 
 
 def confirmations(experiment: str | ExperimentSpec) -> pd.DataFrame:
     """Finished seed repeats (`confirm`): confirm_of (the trial run they repeat) and test_top1."""
     spec = spec_of(experiment)
-    runs = search(experiment_id_of(spec.name if spec else str(experiment)), "tags.role = 'confirm'")
+    runs = search(experiment_id_of(spec.name if spec else str(experiment)), track.ROLE_CONFIRM)
     done = runs[(runs["status"] == "FINISHED") & runs["metrics.test_top1"].notna()]
-    return pd.DataFrame({"confirm_of": done["tags.confirm_of"], "test_top1": done["metrics.test_top1"]})
+    return pd.DataFrame({"confirm_of": done[CONFIRM_OF], "test_top1": done["metrics.test_top1"]})
 
 
 def leaderboard(experiment: str | ExperimentSpec, intervals: bool = True, require_complete: bool = True,
@@ -208,7 +227,7 @@ def leaderboard(experiment: str | ExperimentSpec, intervals: bool = True, requir
     totals = books.groupby(["backbone", "strategy", "kind", "study"]).sum()
     rows = [
         summarize_group(group, totals.loc[key])
-        for key, group in candidates.groupby(["tags.backbone", "tags.strategy", "kind", "study"], sort=False)
+        for key, group in candidates.groupby([BACKBONE, STRATEGY, "kind", "study"], sort=False)
     ]
     board = pd.DataFrame(rows, columns=list(COLUMNS))
     board["pareto_throughput"] = pareto_front(board["val_top1"], board["infer_images_per_sec"])
@@ -230,8 +249,8 @@ def summarize_group(candidates: pd.DataFrame, totals: pd.Series) -> dict:
     # Best validation top-1; ties go to the earliest run, as in Optuna's own best_trial.
     best = candidates.sort_values(["metrics.best_val_top1", "start_time"], ascending=[False, True], kind="stable").iloc[0]
     return {
-        "backbone": best["tags.backbone"],
-        "strategy": best["tags.strategy"],
+        "backbone": best[BACKBONE],
+        "strategy": best[STRATEGY],
         "kind": best["kind"],
         "val_top1": best["metrics.best_val_top1"],
         "val_top5": best["metrics.best_val_top5"],
@@ -247,7 +266,7 @@ def summarize_group(candidates: pd.DataFrame, totals: pd.Series) -> dict:
         "trials_pruned": int(totals["pruned"]),
         "trials_failed": int(totals["failed"]),
         "compute_s": float(totals["compute_s"]),
-        "trial_number": int(best["tags.trial_number"]) if pd.notna(best["tags.trial_number"]) else -1,
+        "trial_number": int(best[TRIAL_NUMBER]) if pd.notna(best[TRIAL_NUMBER]) else -1,
         "run_id": best["run_id"],
         "study": best["study"] if isinstance(best["study"], str) else "",
         "confirm_runs": 0,
@@ -270,7 +289,7 @@ def add_confirmations(board: pd.DataFrame, confirms: pd.DataFrame) -> None:
 
 def test_predictions(run_id: str) -> dict[str, np.ndarray]:
     """labels and top-5 predictions per test image, as the trial saved them."""
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="test_predictions.npz")
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=track.ARTIFACT_PREDICTIONS)
     with np.load(path) as saved:
         return {"labels": saved["labels"], "top5": saved["top5"]}
 

@@ -64,7 +64,7 @@ def find_or_create(spec: TrialSpec, name: str, space: SearchSpace, identity: dic
     def parents():
         return mlflow.search_runs(
             [experiment_id],
-            filter_string=f"tags.study_name = '{name}' and tags.role = 'sweep'",
+            filter_string=track.tags_filter(**{track.TAG_STUDY: name, track.TAG_ROLE: track.ROLE_SWEEP}),
             order_by=["attributes.start_time ASC"],
             output_format="list",
         )
@@ -72,7 +72,7 @@ def find_or_create(spec: TrialSpec, name: str, space: SearchSpace, identity: dic
     found = parents()
     if found:
         return found[0].info.run_id
-    tags = {**track.trial_tags(spec, role="sweep", data_origin=""), "study_name": name, **identity}
+    tags = {**track.trial_tags(spec, role=track.ROLE_SWEEP, data_origin=""), track.TAG_STUDY: name, **identity}
     client = mlflow.MlflowClient()
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     mine = run.info.run_id
@@ -114,15 +114,15 @@ def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str) -> int
     states = {t.number: t.state for t in study.trials}
     orphans = mlflow.search_runs(
         [experiment_id],
-        filter_string=f"tags.study_name = '{name}' and tags.role = 'trial' and attributes.status = 'RUNNING'",
+        filter_string=track.tags_filter(**{track.TAG_STUDY: name, track.TAG_ROLE: track.ROLE_TRIAL}) + " and attributes.status = 'RUNNING'",
         output_format="list",
     )
     client = mlflow.MlflowClient()
     closed = 0
     for run in orphans:
-        number = int(run.data.tags.get("trial_number", -1))
+        number = int(run.data.tags.get(track.TAG_TRIAL_NUMBER, -1))
         if states.get(number, TrialState.FAIL) != TrialState.RUNNING:
-            client.set_tag(run.info.run_id, "trial_state", states.get(number, TrialState.FAIL).name)
+            client.set_tag(run.info.run_id, track.TAG_TRIAL_STATE, states.get(number, TrialState.FAIL).name)
             client.set_terminated(run.info.run_id, status="KILLED")
             closed += 1
     return closed
@@ -153,12 +153,12 @@ def record_progress(study: optuna.Study, parent_run_id: str) -> int:
     spent = sum((t.datetime_complete - t.datetime_start).total_seconds()
                 for t in trials if t.datetime_start and t.datetime_complete)
     counts = trial_counts(study, trials)
-    metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
-    metrics.append(Metric("trials_compute_s", spent, now, 0))
+    metrics = [Metric(track.PROGRESS_METRICS[k], float(v), now, 0) for k, v in counts.items()]
+    metrics.append(Metric(track.COMPUTE_METRIC, spent, now, 0))
     best = best_with_model(study, trials)
     tags = []
     if best is not None:
-        tags = [RunTag("best_run_id", best.user_attrs["mlflow_run_id"]), RunTag("best_trial_number", str(best.number))]
+        tags = [RunTag(track.TAG_BEST_RUN, best.user_attrs["mlflow_run_id"]), RunTag(track.TAG_BEST_TRIAL, str(best.number))]
     mlflow.MlflowClient().log_batch(parent_run_id, metrics=metrics, tags=tags)
     return counts["failed"]
 
@@ -177,15 +177,15 @@ def summarize(study: optuna.Study, run_id: str) -> None:
         mlflow.log_metrics(metrics)
         mlflow.log_metrics({f"best_{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))})
         mlflow.set_tags({f"best.{k}": str(v) for k, v in best.params.items()})
-        if client.get_run(run_id).data.tags.get("best_model_trial") != str(best.number):
-            mlflow.set_tags({"best_model_uri": log_best_model(child_id), "best_model_trial": str(best.number)})
+        if client.get_run(run_id).data.tags.get(track.TAG_BEST_MODEL_TRIAL) != str(best.number):
+            mlflow.set_tags({track.TAG_BEST_MODEL_URI: log_best_model(child_id), track.TAG_BEST_MODEL_TRIAL: str(best.number)})
 
 
 def log_best_model(child_run_id: str) -> str:
     """Re-log the best trial's saved model in MLflow's Keras flavour; returns its model URI."""
     registry.register_custom_layers()
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=child_run_id, artifact_path="model/model.keras", dst_path=tmp)
+        path = mlflow.artifacts.download_artifacts(run_id=child_run_id, artifact_path=track.ARTIFACT_MODEL, dst_path=tmp)
         model = keras.saving.load_model(path)
         example = np.zeros((1, *model.input_shape[1:]), dtype=np.uint8)
         signature = mlflow.models.infer_signature(example, np.asarray(model.predict(example, verbose=0)))

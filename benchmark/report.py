@@ -70,7 +70,7 @@ def build_report(experiment: str, board: pd.DataFrame, folder: Path, storage: st
         report.figures.append(Figure(name, title, path))
 
     add("pareto.png", "Accuracy vs inference throughput", plot_pareto, board)
-    add("learning_curves.png", "Learning curves of each row's best trial", plot_learning_curves, board)
+    add(track.ARTIFACT_CURVES, "Learning curves of each row's best trial", plot_learning_curves, board)
     best = board.iloc[0]
     label = f"{best['backbone']} / {best['strategy']}"
     predictions = best_predictions(best["run_id"])
@@ -124,7 +124,7 @@ def load_study(name: str, storage: str | None) -> optuna.Study | None:
 
 
 def trial_spec(run_id: str) -> TrialSpec:
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="trial_spec.json")
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=track.ARTIFACT_SPEC)
     return TrialSpec.model_validate_json(Path(path).read_text())
 
 
@@ -177,7 +177,7 @@ def plot_learning_curves(board: pd.DataFrame, path: Path) -> None:
     for _, row in board.iterrows():
         try:
             epochs = json.loads(Path(mlflow.artifacts.download_artifacts(
-                run_id=row["run_id"], artifact_path="history.json")).read_text())
+                run_id=row["run_id"], artifact_path=track.ARTIFACT_HISTORY)).read_text())
         except Exception:
             continue
         x = [int(e["epoch"]) + 1 for e in epochs]
@@ -187,7 +187,7 @@ def plot_learning_curves(board: pd.DataFrame, path: Path) -> None:
         drawn += 1
     if not drawn:
         plt.close(fig)
-        raise SkippedPlot("no best trial kept its history.json")
+        raise SkippedPlot(f"no best trial kept its {track.ARTIFACT_HISTORY}")
     loss_ax.set(xlabel="epoch", ylabel="validation cross-entropy", title="validation loss")
     acc_ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="validation top-1")
     for ax in (loss_ax, acc_ax):
@@ -220,7 +220,7 @@ def plot_test_images(run_id: str, labels: np.ndarray, predicted: np.ndarray, tit
     try:
         spec = trial_spec(run_id)
     except Exception:
-        raise SkippedPlot(f"run {run_id} kept no trial_spec.json to reload its test images") from None
+        raise SkippedPlot(f"run {run_id} kept no {track.ARTIFACT_SPEC} to reload its test images") from None
     try:
         data = load_dataset(spec.data)
     except Exception as e:
@@ -286,20 +286,20 @@ def add_pruned_trials(ax, study: optuna.Study) -> None:
 def log_report(experiment: str, report: Report, tables: dict[str, str]) -> str:
     """Log the plots and tables to the experiment's report run (one per experiment, reused)."""
     experiment_id = leaderboard.experiment_id_of(experiment)
-    existing = mlflow.search_runs([experiment_id], filter_string="tags.role = 'report'",
+    existing = mlflow.search_runs([experiment_id], filter_string=track.tags_filter(**{track.TAG_ROLE: track.ROLE_REPORT}),
                                   order_by=["attributes.start_time ASC"], output_format="list")
     client = mlflow.MlflowClient()
     if existing:
         run_id = existing[0].info.run_id
     else:
-        tags = {"role": "report", "experiment": experiment, "mlflow.runName": f"{experiment}-leaderboard"}
+        tags = {track.TAG_ROLE: track.ROLE_REPORT, "experiment": experiment, "mlflow.runName": f"{experiment}-leaderboard"}
         run_id = client.create_run(experiment_id, run_name=f"{experiment}-leaderboard", tags=tags).info.run_id
         client.set_terminated(run_id)
     for figure in report.figures:
-        client.log_artifact(run_id, str(figure.path), "plots")
+        client.log_artifact(run_id, str(figure.path), track.ARTIFACT_PLOTS)
     for name, text in tables.items():
         client.log_text(run_id, text, name)
-    client.set_tag(run_id, "updated", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    client.set_tag(run_id, track.TAG_UPDATED, datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return run_id
 
 

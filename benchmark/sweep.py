@@ -426,19 +426,19 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", this_worker())  # lets a rerun on this machine see that it died
         spec = self.spec.with_values(**suggest(trial, self.spec, self.space))
-        tags = {"study_name": self.name, "trial_number": str(trial.number), "trial_state": "RUNNING"}
+        tags = {track.TAG_STUDY: self.name, track.TAG_TRIAL_NUMBER: str(trial.number), track.TAG_TRIAL_STATE: "RUNNING"}
         data_origin = self.runner.data.origin
         pruned = None
-        with track.open_run(spec, "trial", data_origin, f"{self.name}-t{trial.number:03d}", tags) as run:
+        with track.open_run(spec, track.ROLE_TRIAL, data_origin, f"{self.name}-t{trial.number:03d}", tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 value = self.run_and_keep_model(trial, spec, run.info.run_id)
             except optuna.TrialPruned as e:
                 pruned = e
                 mlflow.log_metric(OBJECTIVE, max(reported_values(trial), default=float("nan")))
-                mlflow.set_tag("trial_state", "PRUNED")
+                mlflow.set_tag(track.TAG_TRIAL_STATE, TrialState.PRUNED.name)
             except BaseException as e:
-                mlflow.set_tag("trial_state", "FAIL")
+                mlflow.set_tag(track.TAG_TRIAL_STATE, TrialState.FAIL.name)
                 if isinstance(e, Exception):  # the most frequent one is named when a sweep ends short
                     trial.set_user_attr("error", f"{type(e).__name__}: {e}".splitlines()[0][:300])
                 raise
@@ -455,14 +455,14 @@ class Objective:
         value = result.metrics[OBJECTIVE]
         model_saved = matches_best(trial.study, value)
         if model_saved:
-            mlflow.log_artifact(result.model_path, "model")  # the parent re-logs the winner as a Keras model
+            mlflow.log_artifact(result.model_path, track.ARTIFACT_MODEL_DIR)  # the parent re-logs the winner as a Keras model
         shutil.rmtree(Path(result.model_path).parent, ignore_errors=True)
         # One write: each user attribute is a storage transaction (~30 ms on SQLite).
         trial.set_user_attr("outcome", {
             "test_top1": result.metrics["test_top1"], "model_saved": model_saved,
             "compute_s": result.compute_s, "process_start_s": result.process_start_s,
         })
-        mlflow.set_tag("trial_state", "COMPLETE")
+        mlflow.set_tag(track.TAG_TRIAL_STATE, TrialState.COMPLETE.name)
         return value
 
 

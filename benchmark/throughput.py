@@ -128,7 +128,7 @@ def log_run(result: dict) -> str:
 
     from benchmark import runtime, track
 
-    tags = {"role": "throughput", "backbone": result["backbone"], "device": result["device"], "git_commit": runtime.git_commit()}
+    tags = {track.TAG_ROLE: track.ROLE_THROUGHPUT, "backbone": result["backbone"], "device": result["device"], "git_commit": runtime.git_commit()}
     tags.update({f"versions.{k}": v for k, v in runtime.package_versions().items()})
     name = f"{result['backbone']}-{result['image_size']}px-batch{result['batch_size']}"
     with mlflow.start_run(experiment_id=track.experiment_id(EXPERIMENT), run_name=name, tags=tags) as run:

@@ -1,10 +1,13 @@
-"""MLflow tracking: where runs go, and the fixed names of every param, metric and tag.
+"""MLflow tracking: where runs go, and the fixed names of every param, metric, tag and artifact.
 
-The sweep, the leaderboard and the regression checks read these names; change them here only.
-  params   the flattened TrialSpec: data.*, backbone.*, strategy.*, head.*, training.* (+ experiment)
-  metrics  per epoch (step = epoch, counted from 1 like best_epoch and Keras's log): EPOCH_METRICS
-           once per run: FINAL_METRICS (accuracies are fractions in [0, 1])
-  tags     TAGS, plus versions.<package>
+The sweep, the parent run, the leaderboard, the report, confirm and the regression checks write
+and read these names through the constants below; change them here only.
+  params     the flattened TrialSpec: data.*, backbone.*, strategy.*, head.*, training.* (+ experiment)
+  metrics    per epoch (step = epoch, counted from 1 like best_epoch and Keras's log): EPOCH_METRICS
+             once per run: FINAL_METRICS (accuracies are fractions in [0, 1])
+             on a study's parent run: PROGRESS_METRICS, COMPUTE_METRIC, best_<param>
+  tags       TAGS, the TAG_* names, plus versions.<package>; TAG_ROLE takes a ROLE_* value
+  artifacts  the ARTIFACT_* names
 """
 
 from __future__ import annotations
@@ -49,6 +52,29 @@ FINAL_METRICS = (
 )
 # feature_cache: "hit", "miss" (computed and saved) or "off: <why>" (benchmark/features.py)
 TAGS = ("backbone", "strategy", "experiment", "role", "git_commit", "device", "data_origin", "feature_cache")
+TAG_ROLE = "role"
+ROLE_RUN, ROLE_SWEEP, ROLE_TRIAL, ROLE_CONFIRM, ROLE_REPORT, ROLE_THROUGHPUT = (
+    "run", "sweep", "trial", "confirm", "report", "throughput")
+TAG_STUDY = "study_name"  # a study's parent run and each of its trials
+TAG_TRIAL_NUMBER = "trial_number"
+TAG_TRIAL_STATE = "trial_state"  # RUNNING, then Optuna's COMPLETE, PRUNED or FAIL
+TAG_ERROR = "error"  # why a run failed
+TAG_BEST_RUN = "best_run_id"  # on a parent run: its best trial's run
+TAG_BEST_TRIAL = "best_trial_number"
+TAG_BEST_MODEL_URI = "best_model_uri"  # the best trial's model in MLflow's Keras flavour
+TAG_BEST_MODEL_TRIAL = "best_model_trial"
+TAG_RECIPE = "recipe_fingerprint"  # what the leaderboard matches a spec by (benchmark/study_identity.py)
+TAG_CONFIRM_OF, TAG_CONFIRM_SEED, TAG_CONFIRM_RESPLIT = "confirm_of", "confirm_seed", "confirm_resplit"
+TAG_UPDATED = "updated"  # when a report run was last rewritten
+PROGRESS_METRICS = {"complete": "trials_complete", "pruned": "trials_pruned", "failed": "trials_failed"}
+COMPUTE_METRIC = "trials_compute_s"  # all of a study's trials, wall time
+ARTIFACT_MODEL_DIR = "model"
+ARTIFACT_MODEL = f"{ARTIFACT_MODEL_DIR}/model.keras"  # kept by a trial that matched or beat the best
+ARTIFACT_CURVES = "learning_curves.png"
+ARTIFACT_PREDICTIONS = "test_predictions.npz"  # labels and top-5 predictions per test image
+ARTIFACT_HISTORY = "history.json"  # every epoch's logs
+ARTIFACT_SPEC = "trial_spec.json"  # the resolved spec, to reload the trial's data
+ARTIFACT_PLOTS = "plots"  # a report run's folder of PNGs
 EXPERIMENT_PREFIX = "benchmark/"
 # MLflow 3's UI opens an experiment on its GenAI overview (traces, prompts) unless this tag says the
 # experiment trains models; with it, the experiment opens on its runs table.
@@ -225,6 +251,11 @@ def mark_as_model_training(experiment) -> None:
             mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
 
 
+def tags_filter(**tags: str) -> str:
+    """An mlflow.search_runs filter on tags: tags_filter(role="sweep", study_name=name)."""
+    return " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+
+
 def trial_tags(spec: TrialSpec, role: str, data_origin: str) -> dict[str, str]:
     from benchmark import runtime  # imports Keras
 
@@ -232,7 +263,7 @@ def trial_tags(spec: TrialSpec, role: str, data_origin: str) -> dict[str, str]:
         "backbone": spec.backbone.name,
         "strategy": spec.strategy_name,
         "experiment": spec.experiment,
-        "role": role,
+        TAG_ROLE: role,
         "git_commit": runtime.git_commit(),
         "device": runtime.device_description(),
         "data_origin": data_origin,
@@ -253,7 +284,7 @@ def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_
         try:
             yield run
         except BaseException as e:
-            mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+            mlflow.set_tag(TAG_ERROR, f"{type(e).__name__}: {e}"[:5000])
             raise
 
 
@@ -288,10 +319,10 @@ def log_result(result, run_id: str) -> None:
     client.log_batch(run_id, metrics=metrics, tags=tags)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        plot_learning_curves(result.history, tmp / "learning_curves.png", title=result.title)
-        np.savez_compressed(tmp / "test_predictions.npz", labels=result.test_labels, top5=result.test_predictions)
-        (tmp / "history.json").write_text(json.dumps(result.history.epochs, indent=1))
-        (tmp / "trial_spec.json").write_text(result.spec.model_dump_json(indent=1))  # reports reload its data
+        plot_learning_curves(result.history, tmp / ARTIFACT_CURVES, title=result.title)
+        np.savez_compressed(tmp / ARTIFACT_PREDICTIONS, labels=result.test_labels, top5=result.test_predictions)
+        (tmp / ARTIFACT_HISTORY).write_text(json.dumps(result.history.epochs, indent=1))
+        (tmp / ARTIFACT_SPEC).write_text(result.spec.model_dump_json(indent=1))  # reports reload its data
         client.log_artifacts(run_id, str(tmp))
 
 

@@ -22,6 +22,7 @@ from helpers import CI_SWEEPS as SWEEPS  # what the ci_store fixture ran
 from helpers import mlflow_server as start_mlflow_server
 
 from benchmark import cli, leaderboard, parent_run, sweep, track
+from benchmark.errors import BenchmarkError
 from benchmark.spec import load_experiment
 
 
@@ -351,3 +352,15 @@ def test_the_mlflow_ui_opens_our_experiment_on_its_runs_and_compares_the_rows(ml
     # Why the links carry workflowType: without it this MLflow opens every experiment on the GenAI
     # overview, whatever the experiment's kind tag says. A UI that stops doing so fails here.
     assert GENAI_OVERVIEW in rendered_text(f"{mlflow_server}/#/experiments/{experiment_id}", tmp_path)
+
+
+def test_a_run_without_a_name_its_role_requires_is_an_error_naming_it(store):
+    track.configure()
+    experiment_id = track.experiment_id("foreign")
+    run = mlflow.MlflowClient().create_run(experiment_id, tags={track.TAG_ROLE: track.ROLE_SWEEP, "backbone": "vgg16",
+                                                               "strategy": "frozen"})  # no study_name
+    with pytest.raises(BenchmarkError) as caught:
+        leaderboard.leaderboard("foreign")
+    message = str(caught.value)
+    assert f"run {run.info.run_id} (role sweep)" in message and "has no tag 'study_name'" in message
+    assert "\n" not in message and "BENCHMARK_STORE" in message
