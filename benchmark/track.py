@@ -52,7 +52,7 @@ FINAL_METRICS = (
 )
 # feature_cache: "hit", "miss" (computed and saved) or "off: <why>" (benchmark/features.py)
 TAGS = ("backbone", "strategy", "experiment", "role", "git_commit", "device", "data_origin", "feature_cache")
-TAG_ROLE = "role"
+TAG_ROLE, TAG_FEATURE_CACHE = TAGS[3], TAGS[7]
 ROLE_RUN, ROLE_SWEEP, ROLE_TRIAL, ROLE_CONFIRM, ROLE_REPORT, ROLE_THROUGHPUT = (
     "run", "sweep", "trial", "confirm", "report", "throughput")
 TAG_STUDY = "study_name"  # a study's parent run and each of its trials
@@ -259,15 +259,9 @@ def tags_filter(**tags: str) -> str:
 def trial_tags(spec: TrialSpec, role: str, data_origin: str) -> dict[str, str]:
     from benchmark import runtime  # imports Keras
 
-    tags = {
-        "backbone": spec.backbone.name,
-        "strategy": spec.strategy_name,
-        "experiment": spec.experiment,
-        TAG_ROLE: role,
-        "git_commit": runtime.git_commit(),
-        "device": runtime.device_description(),
-        "data_origin": data_origin,
-    }
+    values = (spec.backbone.name, spec.strategy_name, spec.experiment, role, runtime.git_commit(),
+              runtime.device_description(), data_origin)
+    tags = dict(zip(TAGS, values))  # feature_cache, the last of TAGS, comes with the trial's result
     tags.update({f"versions.{k}": v for k, v in runtime.package_versions().items()})
     return tags
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmark import features, measure
+from benchmark import features, measure, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.model import BuiltModel, create_model
 from benchmark.spec import TrialSpec
@@ -90,7 +90,7 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | 
         test_labels=data.y_test,
         test_predictions=test["predictions"],
         model_path=model_path,
-        tags={"feature_cache": cache.status if cache else f"off: {not_cached}"},
+        tags={track.TAG_FEATURE_CACHE: cache.status if cache else f"off: {not_cached}"},
     )
 
 

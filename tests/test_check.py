@@ -192,3 +192,27 @@ def test_an_experiment_whose_trials_all_failed_is_a_regression_not_missing_resul
     table = check.compare(baseline, nothing_completed)
     assert len(table) == sum(len(r.metrics) for r in baseline.rows)
     assert set(table["verdict"]) == {"missing"} and check.failed(table)
+
+
+def made_baseline(**metrics: tuple[float, float, str, str]) -> check.Baseline:
+    return check.Baseline(experiment="x", recorded_at="now", environment={}, rows=[check.RowBaseline(
+        backbone="vgg16", strategy="frozen", metrics={name: check.MetricBaseline(
+            value=value, tolerance=tolerance, kind=kind, direction=direction)
+            for name, (value, tolerance, kind, direction) in metrics.items()})])
+
+
+def test_each_verdict_on_made_numbers():
+    import pandas as pd
+
+    baseline = made_baseline(val_top1=(0.50, 0.03, "absolute", "higher"), test_top1=(0.50, 0.03, "absolute", "higher"),
+                             test_top5=(0.80, 0.03, "absolute", "higher"), params=(1000.0, 0.0, "relative", "equal"),
+                             infer_images_per_sec=(100.0, 0.5, "relative", "higher"),
+                             model_size_mb=(10.0, 0.01, "relative", "equal"))
+    board = pd.DataFrame([{"backbone": "vgg16", "strategy": "frozen", "val_top1": 0.475, "test_top1": 0.46,
+                           "test_top5": 0.84, "params": 1001.0, "infer_images_per_sec": 51.0, "model_size_mb": None},
+                          {"backbone": "resnet50", "strategy": "frozen", "val_top1": 0.3}])
+    table = check.compare(baseline, board)
+    verdicts = dict(zip(table["metric"], table["verdict"]))
+    assert verdicts == {"val_top1": "ok", "test_top1": "regression", "test_top5": "improvement", "params": "changed",
+                        "infer_images_per_sec": "ok", "model_size_mb": "missing", "-": "new (not in the baseline)"}
+    assert check.failed(table) and not check.failed(table[table["metric"].isin(["val_top1", "test_top5"])])
