@@ -11,6 +11,17 @@ os.environ["BENCHMARK_CACHE_DIR"] = tempfile.mkdtemp(prefix="benchmark-test-feat
 DEFAULT_CIFAR100_SAMPLE = REPO / "benchmark" / "cifar100_sample" / "cifar-100-python"  # ships with the package
 
 
+STORE_OF_A_REAL_SWEEP = {"ci_store", "in_ci_store", "ci_store_copy"}
+
+
+def pytest_collection_modifyitems(items):
+    """The fast tier (`-m "not slow"`) leaves out every test that reads the shared ci_store: the
+    first of them pays for a real sweep of two backbones. Other slow tests carry the mark themselves."""
+    for item in items:
+        if STORE_OF_A_REAL_SWEEP & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def cifar_sample_dir() -> Path:
     """The real CIFAR-100 slice (official layout); CIFAR100_SAMPLE_DIR overrides where it lives."""

@@ -18,6 +18,9 @@ print(json.dumps({"backend": keras.backend.backend(), "device": runtime.device_d
 """
 
 
+pytestmark = pytest.mark.slow  # a process per backend, each starting Keras from nothing
+
+
 def test_a_trial_trains_under_jax(tmp_path):
     pytest.importorskip("jax", reason="pip install -e '.[test]' installs jax (CPU build)")
     env = {**os.environ, "KERAS_BACKEND": "jax", "BENCHMARK_STORE": str(tmp_path / "mlruns")}

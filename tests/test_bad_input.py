@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 SPECS = REPO / "tests" / "bad_input" / "specs"
 SECRET = "s3cr3t-pw"
 MAX_SECONDS = 20  # an unreachable server must fail this fast, not hang
+PROCESS_START_S = 25  # and a case in its own process may first spend this starting Python and TensorFlow (busy machine)
 
 
 # ---------------------------------------------------------------- building bad inputs
@@ -394,6 +395,7 @@ def test_bad_input_fails_cleanly(case, corpus_store, ci_store, silent_server, ci
     for fragment in case.expect:
         assert fill(fragment, values) in lines[0], lines[0]
     assert SECRET not in err
-    assert seconds < MAX_SECONDS, f"took {seconds:.0f} s"
+    limit = MAX_SECONDS + (PROCESS_START_S if case.subprocess else 0)
+    assert seconds < limit, f"took {seconds:.0f} s"
     assert fingerprint(corpus_store, ci_store) == before, "a rejected input changed a store"
     assert not (tmp_path / "pwned").exists(), "a data file ran code"

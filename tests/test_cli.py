@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -46,6 +48,7 @@ def test_backbones_reads_its_table_without_loading_tensorflow():
     assert lite0[-3:] == ["49", "3.41", "13.7"]  # depth, params (millions), MB
 
 
+@pytest.mark.slow
 def test_errors_from_the_real_process_are_one_line_and_debug_shows_the_traceback(tmp_path):
     env = {**os.environ, "BENCHMARK_STORE": str(tmp_path / "mlruns")}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -25,6 +25,8 @@ from helpers import mlflow_server as start_mlflow_server
 
 from benchmark import track
 
+pytestmark = pytest.mark.slow  # real PostgreSQL databases, sweeps in several processes, an mlflow server
+
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCHMARK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "pg-s3cret-7431"

@@ -13,6 +13,7 @@ def confirm_runs():
     return mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'confirm'", output_format="list")
 
 
+@pytest.mark.slow
 def test_confirmations_repeat_the_best_trial_with_new_seeds_and_resume(ci_store_copy, capsys):
     experiment = load_experiment("ci")
     best = leaderboard.leaderboard(experiment).iloc[0]

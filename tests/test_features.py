@@ -30,6 +30,7 @@ def frozen_spec(feature_cache="auto", **values):
     return spec
 
 
+@pytest.mark.slow
 def test_training_on_cached_features_gives_the_results_of_training_through_the_frozen_backbone(cache_dir):
     through_backbone = run_trial(frozen_spec("off"))
     computed = run_trial(frozen_spec())
@@ -59,6 +60,7 @@ def key_of(spec, data=None):
     return features.cache_key(spec, prepared.built, prepared.data)
 
 
+@pytest.mark.slow
 def test_the_key_changes_with_everything_that_determines_the_features_and_nothing_else():
     spec = frozen_spec()
     data = load_dataset(spec.data)
@@ -80,6 +82,7 @@ def test_the_key_changes_with_everything_that_determines_the_features_and_nothin
     assert len(set(changed.values())) == len(changed)
 
 
+@pytest.mark.slow
 def test_a_damaged_cache_file_is_computed_again_and_replaced(cache_dir, caplog):
     spec = frozen_spec()
     prepared = prepare(spec)
@@ -99,6 +102,7 @@ def test_a_damaged_cache_file_is_computed_again_and_replaced(cache_dir, caplog):
         np.testing.assert_array_equal(getattr(third.data, f"x_{split}"), expected)
 
 
+@pytest.mark.slow
 def test_an_unwritable_cache_costs_speed_not_the_trial(tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -153,6 +157,7 @@ def two_phase_spec(feature_cache="auto", finetune_lr_scale=0.1):
     return spec.model_copy(update={"strategy": strategy})
 
 
+@pytest.mark.slow
 def test_a_two_phase_trials_head_phase_trains_on_cached_features(cache_dir):
     through_backbone = run_trial(two_phase_spec("off"))
     cached = run_trial(two_phase_spec())
@@ -179,6 +184,7 @@ class ZeroBackboneInPhaseTwo(keras.callbacks.Callback):
             self.base.set_weights([np.zeros_like(w) for w in self.base.get_weights()])
 
 
+@pytest.mark.slow
 def test_a_best_epoch_in_the_head_phase_restores_the_backbone_from_before_phase_two(cache_dir):
     prepared = prepare(two_phase_spec())
     before = prepared.built.base.get_weights()

@@ -238,6 +238,7 @@ def test_the_browser_check_catches_a_broken_page(tmp_path):
     assert any("notDefined" in line for line in console)
 
 
+@pytest.mark.slow
 def test_the_html_report_renders_in_chromium(ci_store_copy, tmp_path):
     page = tmp_path / "report" / "leaderboard.html"
     assert cli.main(["leaderboard", "--experiment", "ci", "--format", "html", "--output", str(page)]) == 0
@@ -291,6 +292,7 @@ def mlflow_server(in_ci_store, tmp_path):
         yield url
 
 
+@pytest.mark.slow
 def test_the_mlflow_server_serves_our_runs(mlflow_server, monkeypatch):
     local = leaderboard.leaderboard("ci")
     experiment = rest(mlflow_server, "experiments/get-by-name?experiment_name=benchmark/ci")["experiment"]
@@ -332,6 +334,7 @@ def rendered_text(url: str, workdir: Path) -> str:
 GENAI_OVERVIEW = "Token Usage"  # on MLflow 3's GenAI overview, which has nothing of ours
 
 
+@pytest.mark.slow
 def test_the_mlflow_ui_opens_our_experiment_on_its_runs_and_compares_the_rows(mlflow_server, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     board = leaderboard.leaderboard("ci")

@@ -121,6 +121,7 @@ def imagenet_top5_hit_rate(name: str, classifier: "keras.Model") -> float:
     return float(np.mean([target in row for target, row in zip(targets, top5)]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NATIVE_SIZES))
 def test_imagenet_head_recognises_cifar_classes_imagenet_has(name):
     """Measured 32% / 27% / 32%; a wrong preprocessing, channel order, padding or kernel layout
@@ -130,6 +131,7 @@ def test_imagenet_head_recognises_cifar_classes_imagenet_has(name):
     assert rate >= 0.25, f"{name}: top-5 hit rate {rate:.3f}"
 
 
+@pytest.mark.slow
 def test_at_random_init_the_head_recognises_nothing():
     keras.utils.set_random_seed(0)
     rate = imagenet_top5_hit_rate("efficientnetlite0", lite.build("efficientnetlite0", 224, include_top=True))
@@ -139,6 +141,7 @@ def test_at_random_init_the_head_recognises_nothing():
 # ---------------------------------------------------------------- loading and the conversion cache
 
 
+@pytest.mark.slow
 def test_imagenet_weights_are_converted_once_into_the_keras_cache(keras_home):
     checkpoint_file = wheel_file("efficientnetlite0")
     first = build_base(BACKBONES["efficientnetlite0"], 64, "imagenet")
@@ -158,6 +161,7 @@ def test_imagenet_weights_are_converted_once_into_the_keras_cache(keras_home):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
 
 
+@pytest.mark.slow
 def test_a_damaged_conversion_is_converted_again(keras_home):
     build_base(BACKBONES["efficientnetlite0"], 32, "imagenet")
     converted = next((keras_home / "models").glob("efficientnetlite0-*"))
@@ -168,6 +172,7 @@ def test_a_damaged_conversion_is_converted_again(keras_home):
     assert float(np.abs(base.get_layer("top_conv").kernel.numpy()).sum()) > 0
 
 
+@pytest.mark.slow
 def test_a_pth_path_loads_the_same_weights_as_imagenet(keras_home, tmp_path):
     path = tmp_path / "my-lite0.pth"
     shutil.copy(wheel_file("efficientnetlite0"), path)
@@ -198,6 +203,7 @@ def lite0_as_zip_checkpoint(tmp_path, extra: dict | None = None):
     return write(tmp_path, zip_bytes(state, storages), "lite0-zip.pth")
 
 
+@pytest.mark.slow
 def test_a_zip_format_checkpoint_loads_the_same_weights(keras_home, tmp_path):
     from_zip = build_base(BACKBONES["efficientnetlite0"], 32, str(lite0_as_zip_checkpoint(tmp_path)))
     keras.backend.clear_session()

@@ -96,6 +96,7 @@ def test_importing_registry_does_not_import_keras():
 # ---------------------------------------------------------------- building every backbone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_builds_at_min_size_and_runs(name):
     backbone = BACKBONES[name]
@@ -341,6 +342,7 @@ def test_corrupt_cached_imagenet_file_says_to_delete_it(offline_keras_home):
     assert str(cached) in str(caught.value)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*Weights for input shape:UserWarning")
 def test_imagenet_weights_file_names_match_what_keras_requests(monkeypatch):
     from keras.src.utils import file_utils
@@ -362,6 +364,7 @@ def test_imagenet_weights_file_names_match_what_keras_requests(monkeypatch):
     assert requested == [BACKBONES[name].weights_file for name in samples]
 
 
+@pytest.mark.slow
 def test_local_weights_load_into_the_same_backbone(tmp_path):
     source = build_base(BACKBONES["mobilenetv2"], 32, "none")
     path = tmp_path / "mobilenet.weights.h5"
@@ -371,6 +374,7 @@ def test_local_weights_load_into_the_same_backbone(tmp_path):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(expected), keras.ops.convert_to_numpy(actual))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("file_name", ["vgg16.weights.h5", "vgg16_legacy.h5"])
 def test_weights_of_another_backbone_are_refused(tmp_path, file_name):
     vgg = build_base(BACKBONES["vgg16"], 32, "none")
@@ -413,6 +417,7 @@ def test_the_catalogue_reads_depth_and_size_from_the_table():
     assert rows.loc["vgg16", "size_mb"] == round(params * 4 / 1e6, 1)
 
 
+@pytest.mark.slow
 def test_build_measures_depth_and_size(monkeypatch):
     monkeypatch.setattr(registry, "BACKBONES", {name: BACKBONES[name] for name in ("mobilenetv2", "vgg16")})
     monkeypatch.setattr(registry, "ARCHITECTURE", {})  # measured, not looked up

@@ -17,6 +17,7 @@ for _ in range(7):  # as a process running several trials does: a new model each
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow warning")
 def test_many_models_in_one_process_print_no_retracing_warning():
     def stderr_of(setup: str) -> str:

@@ -65,6 +65,7 @@ def assert_optuna_matches_mlflow(result: sweep.SweepResult):
             assert float(run.data.params["training.learning_rate"]) == pytest.approx(trial.params["learning_rate"])
 
 
+@pytest.mark.slow
 def test_ci_sweeps_track_every_trial_and_the_best_model_reloads(in_ci_store):
     """On the shared store of real ci sweeps (conftest.ci_store: two backbones)."""
     for (backbone, strategy), trials in CI_SWEEPS.items():
@@ -94,6 +95,7 @@ def test_ci_sweeps_track_every_trial_and_the_best_model_reloads(in_ci_store):
     assert (predicted == saved["top5"][:, 0]).mean() > 0.99
 
 
+@pytest.mark.slow
 def test_a_sweep_of_a_searched_depth_runs_its_trials_in_a_child_process(store):
     result = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="top", trials=1, verbose=0)
     assert result.counts["complete"] == 1
@@ -107,6 +109,7 @@ def test_a_sweep_of_a_searched_depth_runs_its_trials_in_a_child_process(store):
     assert parent_run.trial_record(trial)["process_start_s"] > 0  # it ran in a spawned trial process
 
 
+@pytest.mark.slow
 def test_rerun_resumes_to_the_target_without_exceeding_it(store):
     in_process = ci(pruner="none", trials_per_process=0)  # the other sweep tests run trials in a child process
     first = sweep.run_sweep(in_process, "vgg16", strategy="frozen", trials=2, verbose=0)
@@ -118,6 +121,7 @@ def test_rerun_resumes_to_the_target_without_exceeding_it(store):
     assert_optuna_matches_mlflow(done)
 
 
+@pytest.mark.slow
 def test_a_nan_trial_fails_and_the_sweep_goes_on(store, monkeypatch):
     # Trial 1 gets a learning rate at which the logits overflow float32: the loss becomes inf/NaN.
     monkeypatch.setattr(sweep, "suggest", fixed_learning_rates({1: 1e35}, default=3e-3))
@@ -129,6 +133,7 @@ def test_a_nan_trial_fails_and_the_sweep_goes_on(store, monkeypatch):
     assert "loss became" in failed.data.tags["error"]
 
 
+@pytest.mark.slow
 def test_the_pruner_prunes_a_trial_that_learns_nothing(store, monkeypatch):
     monkeypatch.setattr(sweep, "suggest", fixed_learning_rates({1: 1e-9}, default=3e-3))
     experiment = ci(pruner="median", startup_trials=1, pruner_warmup_epochs=0)
@@ -138,6 +143,7 @@ def test_the_pruner_prunes_a_trial_that_learns_nothing(store, monkeypatch):
     assert_optuna_matches_mlflow(result)
 
 
+@pytest.mark.slow
 def test_the_real_sample_sweeps(store, cifar_sample_dir):
     result = sweep.run_sweep(ci(pruner="none"), "vgg16", strategy="frozen", trials=2, data_dir=cifar_sample_dir, verbose=0)
     assert result.counts["complete"] == 2
@@ -157,6 +163,7 @@ def sweep_command(store: Path, trials: int) -> tuple[list[str], dict[str, str]]:
     return command, env
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_embedded_storage(store):
     command, env = sweep_command(store, trials=4)
     workers = [subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -195,6 +202,7 @@ def write_trials_flat_out(trials: int) -> None:
             study.tell(trial, value)
 
 
+@pytest.mark.slow
 def test_four_processes_racing_on_one_fresh_sqlite_store(store):
     """Far more write contention than real sweeps (whose trials take seconds): no "database is
     locked", no corruption, every trial once in Optuna and once in MLflow."""
@@ -241,6 +249,7 @@ def test_weight_decay_is_searched_on_a_log_scale_when_the_space_has_it():
     assert "weight_decay" not in sweep.suggest(study.ask(), spec, experiment.search_space("vgg16"))
 
 
+@pytest.mark.slow
 def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
     import signal
 
@@ -311,6 +320,7 @@ def fill_up(folder: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_a_full_artifact_disk_fails_that_trial_and_the_sweep_goes_on(store):
     """Artifacts on their own small file system (a tmpfs in the sweep's private mount namespace):
     full while trial 1 runs, freed once it has failed."""
@@ -340,6 +350,7 @@ def test_a_full_artifact_disk_fails_that_trial_and_the_sweep_goes_on(store):
     assert {by_number[n].info.status for n in (0, 2, 3)} == {"FINISHED"}
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(store):
     import signal
 
@@ -369,6 +380,7 @@ def in_process(experiment, **training):
         "search": search, "training": experiment.training.model_copy(update=training)})
 
 
+@pytest.mark.slow
 def test_a_changed_spec_starts_a_new_study_and_the_old_trials_stay_out_of_its_row(store):
     from benchmark import leaderboard
 
@@ -417,6 +429,7 @@ def test_the_fingerprint_covers_the_data_and_the_weights_not_the_study_size(tmp_
     assert study_identity.weights_fingerprint(with_file) != first != base.weights
 
 
+@pytest.mark.slow
 def test_the_parent_run_shows_searched_params_as_ranges_and_the_best_values_as_metrics(store):
     result = sweep.run_sweep(in_process(ci(pruner="none")), "vgg16", "top", trials=1, verbose=0)
     parent = mlflow.get_run(result.parent_run_id)
@@ -430,6 +443,7 @@ def test_the_parent_run_shows_searched_params_as_ranges_and_the_best_values_as_m
     assert len(names) == len(set(names))
 
 
+@pytest.mark.slow
 def test_a_whole_experiment_sweep_fills_every_row_and_resumes(store):
     from benchmark import leaderboard
 
@@ -446,6 +460,7 @@ def test_a_whole_experiment_sweep_fills_every_row_and_resumes(store):
     assert all(p.reached for p in again) and sum("nothing to do" in line for line in said) == 4
 
 
+@pytest.mark.slow
 def test_a_failing_pair_does_not_stop_the_others_and_the_exit_code_is_1(store, tmp_path, capsys):
     from benchmark import cli
 
@@ -464,6 +479,7 @@ def test_a_failing_pair_does_not_stop_the_others_and_the_exit_code_is_1(store, t
     assert re.search(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+\?workflowType=machine_learning \(the runs", out)
 
 
+@pytest.mark.slow
 def test_a_sweep_that_ends_short_of_its_target_exits_1_naming_the_error(store, capsys, monkeypatch):
     from benchmark import cli
 

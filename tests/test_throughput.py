@@ -26,6 +26,7 @@ def full_fine_tuning() -> dict:
     return measure_throughput(**SMALL)
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_trains_everything_and_slower_than_it_infers(full_fine_tuning):
     result = full_fine_tuning
     assert result["params_trainable"] == result["params_total"] > 14_000_000
@@ -38,11 +39,13 @@ def test_full_fine_tuning_trains_everything_and_slower_than_it_infers(full_fine_
         "backbone": "vgg16", "image_size": 32, "batch_size": 8, "unfreeze": "all", "warmup": 1, "steps": 3}
 
 
+@pytest.mark.slow
 def test_frozen_backbone_trains_only_the_head():
     result = measure_throughput(**SMALL, unfreeze=0)
     assert result["params_trainable"] == VGG16_HEAD_PARAMS < result["params_total"]
 
 
+@pytest.mark.slow
 def test_bf16_builds_a_mixed_bfloat16_model_and_leaves_the_global_policy_alone():
     import keras
 
@@ -51,6 +54,7 @@ def test_bf16_builds_a_mixed_bfloat16_model_and_leaves_the_global_policy_alone()
     assert keras.config.dtype_policy().name == "float32"
 
 
+@pytest.mark.slow
 def test_the_mlflow_run_holds_the_returned_settings_and_numbers(full_fine_tuning, store):
     import keras
 
@@ -79,6 +83,7 @@ def test_bad_settings_are_one_line_errors_before_anything_is_built(argument, val
         throughput.throughput_spec(**{"backbone": "vgg16", "image_size": 32, argument: value})
 
 
+@pytest.mark.slow
 def test_the_command_prints_the_numbers_of_its_one_run(tmp_path):
     env = {**os.environ, "BENCHMARK_STORE": str(tmp_path / "mlruns")}
     env.pop("MLFLOW_TRACKING_URI", None)

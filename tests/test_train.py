@@ -35,11 +35,10 @@ def test_each_optimizer_gets_its_decoupled_weight_decay(name, kind):
     assert float(optimizer.learning_rate) == pytest.approx(0.01)
 
 
-def small_data(spec):
+def small_data(spec, train=128, validation=64):
     data = load_dataset(spec.data)
-    keep = slice(0, 256)
-    return type(data)(x_train=data.x_train[keep], y_train=data.y_train[keep], x_val=data.x_val[:128],
-                      y_val=data.y_val[:128], x_test=data.x_test[:64], y_test=data.y_test[:64],
+    return type(data)(x_train=data.x_train[:train], y_train=data.y_train[:train], x_val=data.x_val[:validation],
+                      y_val=data.y_val[:validation], x_test=data.x_test[:32], y_test=data.y_test[:32],
                       class_names=data.class_names, origin=data.origin)
 
 
@@ -55,6 +54,6 @@ def test_training_ends_on_the_weights_of_the_best_validation_epoch():
 
 def test_a_loss_that_becomes_nan_stops_the_trial_with_advice():
     spec = ci_spec(learning_rate=1e35)
-    data = small_data(spec)
+    data = small_data(spec, train=64, validation=32)
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
         train(create_model(spec, data.num_classes), spec, data)

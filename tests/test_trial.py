@@ -24,6 +24,7 @@ def test_vgg16_trainable_variables_per_strategy(unfreeze, expected):
     assert len(trainable_weights_after_prepare(ci_trial("vgg16", "top", unfreeze=unfreeze))) == expected
 
 
+@pytest.mark.slow
 def test_batchnorm_stays_frozen_when_fine_tuning_everything():
     mobilenet = BackboneSpec(name="mobilenetv2", weights="none", image_size=32)  # has BatchNorm; VGG16 has none
     spec = ci_trial("vgg16", "top", unfreeze="all").model_copy(update={"backbone": mobilenet})
@@ -34,6 +35,7 @@ def test_batchnorm_stays_frozen_when_fine_tuning_everything():
     assert len(names) == per_layer + 2
 
 
+@pytest.mark.slow
 def test_two_phase_trains_head_first_then_unfreezes_at_lower_lr():
     spec = ci_trial("vgg16", "top", unfreeze=3, learning_rate=1e-3)
     spec = spec.model_copy(
@@ -48,6 +50,7 @@ def test_two_phase_trains_head_first_then_unfreezes_at_lower_lr():
     assert [int(e["epoch"]) for e in result.history.epochs] == list(range(1 + spec.training.epochs))
 
 
+@pytest.mark.slow
 def test_short_training_on_synthetic_data_learns():
     result = run_trial(ci_trial("vgg16", "frozen", learning_rate=3e-3))
     chance = 1 / 100
@@ -58,6 +61,7 @@ def test_short_training_on_synthetic_data_learns():
     assert result.metrics["model_size_mb"] == pytest.approx(result.model_path.stat().st_size / 1e6)
 
 
+@pytest.mark.slow
 def test_trial_metrics_land_in_mlflow_under_documented_names(store, capsys):
     from benchmark.cli import main
 
@@ -82,6 +86,7 @@ def test_trial_metrics_land_in_mlflow_under_documented_names(store, capsys):
     assert "best_val_top1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_batchnorm_momentum_is_set_on_every_batchnorm_layer():
     mobilenet = BackboneSpec(name="mobilenetv2", weights="none", image_size=32)
     spec = ci_trial("vgg16", "top", unfreeze="all").model_copy(update={"backbone": mobilenet})
