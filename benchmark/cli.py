@@ -221,7 +221,7 @@ def command_run(args) -> int:
         prepared = trial.prepare(spec)  # rejects bad data or depth before anything is recorded
     track.configure()
     name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    with track.open_run(spec, track.ROLE_RUN, prepared.data.origin, run_name=name, extra_tags={"recipe_fingerprint": recipe}) as run:
+    with track.open_run(spec, track.ROLE_RUN, prepared.data.origin, run_name=name, extra_tags={track.TAG_RECIPE: recipe}) as run:
         logger = track.EpochLogger(run.info.run_id).callback()
         result = trial.execute(prepared, callbacks=[logger], verbose=0 if args.quiet else 2)
         track.log_result(result, run.info.run_id)

@@ -51,7 +51,6 @@ def trial_counts(study: optuna.Study, trials: list | None = None) -> dict[str, i
     return counts
 
 
-
 # ---------------------------------------------------------------- the parent run
 
 
@@ -105,8 +104,8 @@ def searched_params(spec: TrialSpec, space: SearchSpace) -> dict[str, str]:
 
 
 def identity_tags(fingerprint: study_identity.Fingerprint) -> dict[str, str]:
-    return {"spec_fingerprint": fingerprint.full, "recipe_fingerprint": fingerprint.recipe,
-            "data_fingerprint": fingerprint.data, "weights_fingerprint": fingerprint.weights}
+    return {track.TAG_SPEC_FINGERPRINT: fingerprint.full, track.TAG_RECIPE: fingerprint.recipe,
+            track.TAG_DATA_FINGERPRINT: fingerprint.data, track.TAG_WEIGHTS_FINGERPRINT: fingerprint.weights}
 
 
 def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str) -> int:
@@ -114,7 +113,8 @@ def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str) -> int
     states = {t.number: t.state for t in study.trials}
     orphans = mlflow.search_runs(
         [experiment_id],
-        filter_string=track.tags_filter(**{track.TAG_STUDY: name, track.TAG_ROLE: track.ROLE_TRIAL}) + " and attributes.status = 'RUNNING'",
+        filter_string=track.tags_filter(**{track.TAG_STUDY: name, track.TAG_ROLE: track.ROLE_TRIAL})
+        + " and attributes.status = 'RUNNING'",
         output_format="list",
     )
     client = mlflow.MlflowClient()
@@ -190,4 +190,4 @@ def log_best_model(child_run_id: str) -> str:
         example = np.zeros((1, *model.input_shape[1:]), dtype=np.uint8)
         signature = mlflow.models.infer_signature(example, np.asarray(model.predict(example, verbose=0)))
         requirements = [f"{k}=={v}" for k, v in runtime.package_versions().items() if k in REQUIREMENTS]
-        return mlflow.keras.log_model(model, name="best_model", signature=signature, pip_requirements=requirements).model_uri
+        return mlflow.keras.log_model(model, name=track.ARTIFACT_BEST_MODEL, signature=signature, pip_requirements=requirements).model_uri

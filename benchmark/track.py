@@ -64,6 +64,7 @@ TAG_BEST_TRIAL = "best_trial_number"
 TAG_BEST_MODEL_URI = "best_model_uri"  # the best trial's model in MLflow's Keras flavour
 TAG_BEST_MODEL_TRIAL = "best_model_trial"
 TAG_RECIPE = "recipe_fingerprint"  # what the leaderboard matches a spec by (benchmark/study_identity.py)
+TAG_SPEC_FINGERPRINT, TAG_DATA_FINGERPRINT, TAG_WEIGHTS_FINGERPRINT = "spec_fingerprint", "data_fingerprint", "weights_fingerprint"
 TAG_CONFIRM_OF, TAG_CONFIRM_SEED, TAG_CONFIRM_RESPLIT = "confirm_of", "confirm_seed", "confirm_resplit"
 TAG_UPDATED = "updated"  # when a report run was last rewritten
 PROGRESS_METRICS = {"complete": "trials_complete", "pruned": "trials_pruned", "failed": "trials_failed"}
@@ -75,6 +76,7 @@ ARTIFACT_PREDICTIONS = "test_predictions.npz"  # labels and top-5 predictions pe
 ARTIFACT_HISTORY = "history.json"  # every epoch's logs
 ARTIFACT_SPEC = "trial_spec.json"  # the resolved spec, to reload the trial's data
 ARTIFACT_PLOTS = "plots"  # a report run's folder of PNGs
+ARTIFACT_BEST_MODEL = "best_model"  # a parent run's: the best trial's model in MLflow's Keras flavour
 EXPERIMENT_PREFIX = "benchmark/"
 # MLflow 3's UI opens an experiment on its GenAI overview (traces, prompts) unless this tag says the
 # experiment trains models; with it, the experiment opens on its runs table.
