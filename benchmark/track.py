@@ -78,8 +78,9 @@ ARTIFACT_SPEC = "trial_spec.json"  # the resolved spec, to reload the trial's da
 ARTIFACT_PLOTS = "plots"  # a report run's folder of PNGs
 ARTIFACT_BEST_MODEL = "best_model"  # a parent run's: the best trial's model in MLflow's Keras flavour
 EXPERIMENT_PREFIX = "benchmark/"
-# MLflow 3's UI opens an experiment on its GenAI overview (traces, prompts) unless this tag says the
-# experiment trains models; with it, the experiment opens on its runs table.
+# The experiment kind MLflow 3's UI knows for model training. The installed UI (3.17) still opens
+# an experiment on its GenAI overview whatever this says (it follows the URL's workflowType, see
+# TRAINING_VIEW: tested in Chromium); the tag tells MLflow's own tools what kind of experiment it is.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 STORE_ENV = "BENCHMARK_STORE"
 
@@ -247,7 +248,7 @@ def experiment_id(experiment: str) -> str:
 
 
 def mark_as_model_training(experiment) -> None:
-    """Tags an experiment made before the kind tag existed (or by hand), so the UI opens on its runs."""
+    """Tags an experiment made before the kind tag existed (or by hand) with EXPERIMENT_KIND."""
     for key, value in EXPERIMENT_KIND.items():
         if key not in experiment.tags:  # a kind the user chose stays
             mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
