@@ -338,7 +338,7 @@ def command_leaderboard(args) -> int:
     name = leaderboard.spec_name(experiment)
     plots = args.plots if args.plots is not None else (args.output is not None or args.format == "html")
     if args.format == "table":
-        print(f"compare these rows in the MLflow UI: {compare_rows_url(name, board)}", file=sys.stderr)
+        print(f"compare these rows in the MLflow UI: {leaderboard.compare_url(name, board)}", file=sys.stderr)
     if not plots:
         text = report_page(name, board) if args.format == "html" else leaderboard.render(board, args.format)
         leaderboard.write(text, args.output)
@@ -358,12 +358,6 @@ def command_leaderboard(args) -> int:
     for note in built.notes:
         print(f"not drawn: {note}", file=sys.stderr)
     return 0
-
-
-def compare_rows_url(name: str, board) -> str:
-    from benchmark import leaderboard, track
-
-    return track.compare_url(leaderboard.experiment_id_of(name), [r for r in board["run_id"] if isinstance(r, str)])
 
 
 def report_page(name: str, board) -> str:

@@ -287,6 +287,12 @@ def add_confirmations(board: pd.DataFrame, confirms: pd.DataFrame) -> None:
 # ---------------------------------------------------------------- statistics
 
 
+def compare_url(experiment: str, board: pd.DataFrame) -> str:
+    """MLflow's compare page for the board's rows (their runs), or '' when no row has a run."""
+    run_ids = [r for r in board["run_id"] if isinstance(r, str)]
+    return track.compare_url(experiment_id_of(experiment), run_ids) if run_ids else ""
+
+
 def test_predictions(run_id: str) -> dict[str, np.ndarray]:
     """labels and top-5 predictions per test image, as the trial saved them."""
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=track.ARTIFACT_PREDICTIONS)

@@ -335,10 +335,9 @@ def html_page(experiment: str, report: Report) -> str:
 
 def compare_link(experiment: str, board: pd.DataFrame) -> str:
     """A link to MLflow's compare page for the rows' runs (parallel coordinates, scatter, every column)."""
-    run_ids = [r for r in board["run_id"] if isinstance(r, str)]
-    if not run_ids:
+    url = leaderboard.compare_url(experiment, board)
+    if not url:
         return ""
-    url = track.compare_url(leaderboard.experiment_id_of(experiment), run_ids)
     start = f" (start <code>{html.escape(track.ui_command())}</code> first)" if track.ui_command() else ""
     return f'<p class="meta"><a href="{html.escape(url)}">Compare these rows in the MLflow UI</a>{start}</p>'
 
