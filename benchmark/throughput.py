@@ -77,6 +77,50 @@ def compiled_model(spec: TrialSpec) -> keras.Model:
     return model
 
 
+def without_weights(spec: TrialSpec) -> TrialSpec:
+    """`spec` with random weights: the same speed, and nothing to load."""
+    return spec.model_copy(update={"backbone": spec.backbone.model_copy(update={"weights": "none"})})
+
+
+def backbone_alone(spec: TrialSpec) -> keras.Model:
+    """The trial's backbone by itself (random weights, float32, no XLA, no head or preprocessing):
+    the yardstick of a machine's speed for this architecture."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        return registry.build_base(registry.get_backbone(spec.backbone.name), spec.backbone.image_size, "none")
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def best_inference_rates(models: dict[str, keras.Model], batch_size: int, repeats: int = 3) -> dict[str, float]:
+    """Inference images/s of each model, the best of `repeats` measurements taken in turns, so
+    that a moment of load elsewhere on the machine slows one measurement, not one model."""
+    from benchmark import measure
+
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            rates[name].append(measure.inference_throughput(model, batch_size))
+    return {name: max(values) for name, values in rates.items()}
+
+
+def model_and_backbone_rates(spec: TrialSpec, repeats: int = 3) -> tuple[float, float]:
+    """(the trial's model, its backbone alone): inference images/s measured side by side."""
+    spec = without_weights(spec)
+    model = compiled_model(spec)  # first: building a model clears the Keras session
+    rates = best_inference_rates({"model": model, "backbone": backbone_alone(spec)}, spec.training.batch_size, repeats)
+    return rates["model"], rates["backbone"]
+
+
+def backbone_rate(spec: TrialSpec, repeats: int = 3) -> float:
+    """Inference images/s of the trial's backbone alone, the best of `repeats`."""
+    spec = without_weights(spec)
+    return best_inference_rates({"backbone": backbone_alone(spec)}, spec.training.batch_size, repeats)["backbone"]
+
+
 def measure_model(model: keras.Model, spec: TrialSpec, warmup: int = 3, steps: int = 10) -> dict:
     """The settings actually used, and the numbers (METRICS)."""
     from benchmark import measure, runtime
