@@ -23,12 +23,12 @@ The modules, in the order data flows through them:
   features        the frozen-feature cache (head-only trials train on stored backbone outputs)
   train           fitting: phases, callbacks, the history of every epoch
   measure         top-1/top-5, parameter counts, size, throughput of a model
-  throughput      the `throughput` command: one backbone's images/s
+  throughput      the `throughput` command: one backbone's images/s (and check's re-measurement)
   runtime         device, accelerator defaults, seeds, versions (the only backend-specific code)
   track           MLflow: where runs go, and the names of every param, metric and tag
   trial           one trial: prepare, train, measure
   isolation       trials in a child process, replaced every few trials
-  storage         Optuna storage URLs: open, redact, time out
+  storage         Optuna storage URLs: open, time out
   study_identity  a study's fingerprint: recipe, data and weights
   parent_run      a study's MLflow parent run: created once, updated after each trial, summarised at the end
   sweep           Optuna studies of an experiment's pairs, each trial tracked in MLflow
@@ -37,6 +37,8 @@ The modules, in the order data flows through them:
   report          plots and the self-contained HTML page
   check           the leaderboard against a stored baseline
   errors          one-line errors and quiet native start-up
+  redaction       no password or token in any message, log line or recorded value
+  files           all-or-nothing writes of every file a command writes
   cli             the command line over all of the above
 """
 

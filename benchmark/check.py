@@ -32,7 +32,7 @@ import mlflow
 import pandas as pd
 from pydantic import ConfigDict, Field, ValidationError
 
-from benchmark import leaderboard, spec
+from benchmark import files, leaderboard, spec
 from benchmark.errors import BenchmarkError
 
 BASELINES_DIR = "baselines"  # under experiments/
@@ -307,8 +307,7 @@ def describe_changes(previous: Baseline | None, new: Baseline) -> list[str]:
 
 
 def write_baseline(baseline: Baseline, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(baseline.model_dump(exclude_none=True), indent=1) + "\n")
+    files.write_text(path, json.dumps(baseline.model_dump(exclude_none=True), indent=1) + "\n", "the baseline")
 
 
 def run_check(experiment: str | spec.ExperimentSpec, baseline_file: str | Path | None = None, update: bool = False,
@@ -321,7 +320,9 @@ def run_check(experiment: str | spec.ExperimentSpec, baseline_file: str | Path |
     previous = None
     if not update:
         previous = load_baseline(path, experiment)
-    elif path.exists():
+    else:
+        files.check_target(path, "the baseline")  # before the measurements, not after
+    if update and path.exists():
         try:
             previous = load_baseline(path, experiment)
         except BenchmarkError as e:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import textwrap
@@ -13,12 +14,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per artifact read buries the output
 
 from benchmark.errors import BenchmarkError, tensorflow_start_up_silenced  # noqa: E402
+from benchmark.redaction import redact, redact_log_records  # noqa: E402
 
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
     return value
 
 
@@ -330,18 +332,19 @@ def experiment_argument(text: str):
 def command_leaderboard(args) -> int:
     import tempfile
 
-    from benchmark import leaderboard, track
+    from benchmark import files, leaderboard, track
 
     experiment = experiment_argument(args.experiment)
+    if args.output is not None:
+        files.check_target(args.output, "the leaderboard")  # before any work, and before anything is logged
     track.configure_for_reading()
     board = leaderboard.leaderboard(experiment, superseded=args.superseded)
     name = leaderboard.spec_name(experiment)
     plots = args.plots if args.plots is not None else (args.output is not None or args.format == "html")
-    if args.format == "table":
-        print(f"compare these rows in the MLflow UI: {leaderboard.compare_url(name, board)}", file=sys.stderr)
     if not plots:
         text = report_page(name, board) if args.format == "html" else leaderboard.render(board, args.format)
         leaderboard.write(text, args.output)
+        say_compare_url(args, name, board)
         return 0
     from benchmark import report
 
@@ -357,7 +360,16 @@ def command_leaderboard(args) -> int:
     print(f"{len(built.figures)} plots logged to MLflow run {run_id}{where}", file=sys.stderr)
     for note in built.notes:
         print(f"not drawn: {note}", file=sys.stderr)
+    say_compare_url(args, name, board)
     return 0
+
+
+def say_compare_url(args, name: str, board) -> None:
+    """After the table (the HTML page has the link itself), on stderr: stdout is the table."""
+    from benchmark import leaderboard
+
+    if args.format == "table":
+        print(f"compare these rows in the MLflow UI: {leaderboard.compare_url(name, board)}", file=sys.stderr)
 
 
 def report_page(name: str, board) -> str:
@@ -441,6 +453,7 @@ def show_optuna_tracebacks() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    redact_log_records()
     args = build_parser().parse_args(argv)
     if args.debug:
         show_optuna_tracebacks()
@@ -449,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; finished trials are kept: rerun the same command to resume", file=sys.stderr)

@@ -17,7 +17,9 @@ import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import optuna
 
@@ -106,14 +108,21 @@ def start_trial_process() -> None:
     except (OSError, AttributeError):  # not Linux: a killed sweep's trial process ends when its queue closes
         pass
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # A Ctrl-C while TensorFlow loads is the sweep's to handle (this process dies with it): here it
-    # would only print a traceback from concurrent.futures' initializer.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with tensorflow_start_up_silenced():
+        import keras  # noqa: F401  (loads TensorFlow once, quietly, for all of this process's trials)
+
+
+@contextmanager
+def ctrl_c_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread, and so in the threads and processes it starts meanwhile (a
+    signal mask is inherited by both, across exec too). A trial process is born with Ctrl-C
+    blocked, so a Ctrl-C at any moment of its life (even while Python starts) is the sweep's alone
+    to handle: the sweep terminates it (TrialRunner.stop). Signals pending meanwhile arrive at the end."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        with tensorflow_start_up_silenced():
-            import keras  # noqa: F401  (loads TensorFlow once, quietly, for all of this process's trials)
+        yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class TrialRunner:
@@ -142,8 +151,10 @@ class TrialRunner:
         submitted = time.time()
         new_process = self.jobs_in_process % self.trials_per_process == 0
         self.jobs_in_process += 1
+        with ctrl_c_blocked():  # the pool starts its process and its manager thread in submit()
+            future = self.pool.submit(run_job, job)
         try:
-            result = self.pool.submit(run_job, job).result()
+            result = future.result()
         except BrokenProcessPool:
             self.pool, self.jobs_in_process = None, 0
             raise TrialFailed(
@@ -153,6 +164,17 @@ class TrialRunner:
         if new_process:
             result.process_start_s = result.started_at - submitted
         return result
+
+    def stop(self) -> None:
+        """Ctrl-C: end the trial process now (it never sees the Ctrl-C itself: ctrl_c_blocked)."""
+        if self.pool is None:
+            return
+        if hasattr(self.pool, "terminate_workers"):  # Python 3.14
+            self.pool.terminate_workers()
+        else:
+            for process in list(getattr(self.pool, "_processes", {}).values()):
+                process.terminate()
+        self.close()
 
     def close(self) -> None:
         if self.pool is not None:

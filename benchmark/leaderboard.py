@@ -21,7 +21,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from benchmark import study_identity, track
+from benchmark import files, study_identity, track
 from benchmark.errors import BenchmarkError
 from benchmark.spec import ExperimentSpec, find_experiment, load_experiment
 
@@ -530,5 +530,4 @@ def write(text: str, output: Path | None) -> None:
     if output is None:
         print(text, end="")
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
+    files.write_text(output, text, "the leaderboard")

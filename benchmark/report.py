@@ -28,14 +28,15 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmark import leaderboard, track  # noqa: E402
+from benchmark import files, leaderboard, track  # noqa: E402
 from benchmark.data import (  # noqa: E402
     CIFAR100_COARSE_LABEL_NAMES,
     CIFAR100_COARSE_OF_FINE,
     load_dataset,
 )
+from benchmark.redaction import redact  # noqa: E402
 from benchmark.spec import TrialSpec  # noqa: E402
-from benchmark.storage import default_storage, open_storage, redact  # noqa: E402
+from benchmark.storage import default_storage, open_storage  # noqa: E402
 
 SAMPLE_GRID = (4, 8)  # rows x columns of test images
 
@@ -57,7 +58,7 @@ class Report:
 def build_report(experiment: str, board: pd.DataFrame, folder: Path, storage: str | None = None) -> Report:
     """Draw every plot for `board` into `folder`. A plot that cannot be drawn (a study with one
     trial, predictions from an older run) becomes a note instead of an error."""
-    folder.mkdir(parents=True, exist_ok=True)
+    files.make_folder(folder, "the plots")
     report = Report(board=board)
 
     def add(name: str, title: str, draw, *args) -> None:
@@ -132,8 +133,11 @@ def trial_spec(run_id: str) -> TrialSpec:
 
 
 def save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with files.replaced(path, "the plot") as partial:
+            fig.savefig(partial, dpi=100, format=path.suffix.lstrip("."))
+    finally:
+        plt.close(fig)
 
 
 def row_label(row) -> str:

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
 
 from benchmark import registry
 from benchmark.errors import BenchmarkError, SpecError, SpecValueError
@@ -21,10 +21,13 @@ EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # what numpy and TensorFlow accept
+MAX_DENSE_UNITS = 16384  # a hidden layer wider than this would not fit the memory it runs in
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are refused in every float field: a spec holds finite numbers only.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- data
@@ -59,7 +62,7 @@ class DataSpec(Strict):
     validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     subset: SubsetSpec = SubsetSpec()
     synthetic: SyntheticSpec = SyntheticSpec()
-    seed: int = 0
+    seed: Seed = 0
     augment: AugmentSpec = AugmentSpec()
 
     @model_validator(mode="after")
@@ -94,7 +97,7 @@ class HeadSpec(Strict):
     # Scale-free pooled features (LayerNorm without affine, as in MAE's linear probe): one learning
     # rate range then fits backbones whose feature scales differ by orders of magnitude.
     normalize: bool = False
-    dense_units: Annotated[int, Field(ge=0)] = 0  # 0: no hidden layer, the classifier sits on the pooled features
+    dense_units: Annotated[int, Field(ge=0, le=MAX_DENSE_UNITS)] = 0  # 0: no hidden layer, the classifier sits on the pooled features
     dropout: Probability = 0.0
 
 
@@ -162,7 +165,7 @@ class TrainingSpec(Strict):
     # auto: a head-only trial (unfreeze 0, no augmentation) trains on pooled backbone features computed
     # once and kept on disk (benchmark/features.py); off: every epoch runs through the frozen backbone.
     feature_cache: Literal["auto", "off"] = "auto"
-    seed: int = 0
+    seed: Seed = 0
 
 
 # ---------------------------------------------------------------- search
@@ -198,24 +201,60 @@ class IntRange(Strict):
         return self
 
 
+def outside_domain(model: type[BaseModel], field: str, value: Any) -> str | None:
+    """Why `value` cannot be `model.field`, or None when it can."""
+    info = model.model_fields[field]
+    try:
+        annotated = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        TypeAdapter(annotated, config=Strict.model_config).validate_python(value)
+    except ValidationError as e:
+        return e.errors()[0]["msg"].removeprefix("Value error, ")
+    return None
+
+
+def searches(model: type[BaseModel], field: str, shown: str) -> AfterValidator:
+    """A search range (or list of choices) must lie inside the domain of the field it searches
+    (`shown`: that field as the spec file spells it)."""
+
+    def inside(searched):
+        if searched is None:
+            return searched
+        ends = [("choice", v) for v in searched] if isinstance(searched, list) else [("low", searched.low), ("high", searched.high)]
+        problems = [f"{end} {value!r} is outside the values {shown} takes: {why.lower()}"
+                    for end, value in ends if (why := outside_domain(model, field, value))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return searched
+
+    return AfterValidator(inside)
+
+
+LearningRateRange = Annotated[PositiveFloatRange, searches(TrainingSpec, "learning_rate", "training.learning_rate")]
+UnfreezeRange = Annotated[IntRange, searches(StrategySpec, "unfreeze", "strategies.*.unfreeze")]
+DropoutRange = Annotated[FloatRange, searches(HeadSpec, "dropout", "head.dropout")]
+DenseUnitsChoices = Annotated[list[int], searches(HeadSpec, "dense_units", "head.dense_units")]
+FinetuneScaleRange = Annotated[PositiveFloatRange, searches(StrategySpec, "finetune_lr_scale", "strategies.*.finetune_lr_scale")]
+WeightDecayRange = Annotated[PositiveFloatRange, searches(TrainingSpec, "weight_decay", "training.weight_decay")]
+
+
 class SearchSpace(Strict):
     """What the sweep searches. None = not searched (the spec's fixed value is used)."""
 
-    learning_rate: PositiveFloatRange = PositiveFloatRange(low=1e-4, high=1e-2)
-    unfreeze: IntRange = IntRange(low=0, high=10)  # used by strategies with unfreeze = "search"
-    dropout: FloatRange | None = None
-    dense_units: list[Annotated[int, Field(ge=0)]] | None = None
-    finetune_lr_scale: PositiveFloatRange | None = None
-    weight_decay: PositiveFloatRange | None = None  # log scale; decoupled, as every Keras optimizer applies it
+    learning_rate: LearningRateRange = PositiveFloatRange(low=1e-4, high=1e-2)
+    unfreeze: UnfreezeRange = IntRange(low=0, high=10)  # used by strategies with unfreeze = "search"
+    dropout: DropoutRange | None = None
+    dense_units: DenseUnitsChoices | None = None
+    finetune_lr_scale: FinetuneScaleRange | None = None
+    weight_decay: WeightDecayRange | None = None  # log scale; decoupled, as every Keras optimizer applies it
 
 
 class SearchSpaceOverride(Strict):
-    learning_rate: PositiveFloatRange | None = None
-    unfreeze: IntRange | None = None
-    dropout: FloatRange | None = None
-    dense_units: list[Annotated[int, Field(ge=0)]] | None = None
-    finetune_lr_scale: PositiveFloatRange | None = None
-    weight_decay: PositiveFloatRange | None = None
+    learning_rate: LearningRateRange | None = None
+    unfreeze: UnfreezeRange | None = None
+    dropout: DropoutRange | None = None
+    dense_units: DenseUnitsChoices | None = None
+    finetune_lr_scale: FinetuneScaleRange | None = None
+    weight_decay: WeightDecayRange | None = None
 
 
 StrategySpec.model_rebuild()  # its `space` is defined above, after it
@@ -224,7 +263,7 @@ StrategySpec.model_rebuild()  # its `space` is defined above, after it
 class SearchSpec(Strict):
     trials: PositiveInt = 10
     timeout_s: Annotated[float, Field(gt=0)] | None = None
-    sampler_seed: int = 0
+    sampler_seed: Seed = 0
     pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
     pruner_warmup_epochs: Annotated[int, Field(ge=0)] = 1
     startup_trials: Annotated[int, Field(ge=0)] = 3  # random trials before TPE, and before the pruner judges
@@ -390,6 +429,8 @@ def find_experiment(name_or_path: str | Path) -> Path:
     """A path to a spec file, or an experiment name looked up in ./experiments then the repo's."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
+        if path.is_dir():
+            raise BenchmarkError(f"experiment file {path} is a directory; pass a .toml spec file inside it or an experiment name")
         if not path.is_file():
             raise BenchmarkError(f"experiment file {path} does not exist; pass an existing .toml file or an experiment name")
         return path
@@ -405,11 +446,33 @@ def find_experiment(name_or_path: str | Path) -> Path:
     )
 
 
+MAX_SPEC_BYTES = 64 * 1024  # a spec is a few KB; TOML readers slow down quadratically on pathological files
+MAX_KEY_DEPTH = 32  # dotted keys: a spec's tables nest a few levels
+TOO_DEEP = "arrays or tables nested too deeply to read; a spec nests a few levels (experiments/ci.toml)"
+
+
+def spec_text(path: Path) -> str:
+    """The file's text, once it is known to be of a spec's size and shape (a byte-order mark is dropped)."""
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(str(path), [f"the file is {size:,} bytes, more than the {MAX_SPEC_BYTES:,} a spec may be; "
+                                    f"a spec is a few KB (experiments/ci.toml is a complete example)"])
+    text = path.read_text(encoding="utf-8-sig")
+    for number, line in enumerate(text.splitlines(), 1):
+        key = line.split("=", 1)[0]
+        if key.count(".") >= MAX_KEY_DEPTH:
+            raise SpecError(str(path), [f"line {number}: a key nested {key.count('.') + 1} levels deep, more than "
+                                        f"{MAX_KEY_DEPTH}; {TOO_DEEP.split('; ')[1]}"])
+    return text
+
+
 def load_experiment(name_or_path: str | Path) -> ExperimentSpec:
     """Read and validate a spec file; every problem is reported at once (SpecError)."""
     path = find_experiment(name_or_path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(spec_text(path))
+    except RecursionError:
+        raise SpecError(str(path), [TOO_DEEP]) from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(str(path), [f"not valid TOML: {e}; fix the syntax at that line"]) from None
     except UnicodeDecodeError as e:
@@ -421,7 +484,10 @@ def load_experiment(name_or_path: str | Path) -> ExperimentSpec:
     if not raw:
         raise SpecError(str(path), ["the file is empty; a spec needs at least name, backbones and strategies "
                                     "(experiments/ci.toml is a complete example)"])
-    spec = parse_experiment(raw, source=str(path))
+    try:
+        spec = parse_experiment(raw, source=str(path))
+    except RecursionError:
+        raise SpecError(str(path), [TOO_DEEP]) from None
     spec._file = shown_path(path)
     if spec.data.dir is not None and not spec.data.dir.is_absolute():
         spec.data.dir = (path.parent / spec.data.dir).resolve()  # relative to the spec file, not the cwd

@@ -11,7 +11,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from benchmark import track
 from benchmark.errors import BenchmarkError
-from benchmark.track import redact
+from benchmark.redaction import redact
 
 # We rely on the RDB heartbeat on purpose.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

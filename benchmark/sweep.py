@@ -17,12 +17,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import keras
 import mlflow
@@ -34,8 +37,9 @@ from benchmark import parent_run, registry, study_identity, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.errors import BenchmarkError
 from benchmark.isolation import TrialJob, TrialRunner
+from benchmark.redaction import redact
 from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
-from benchmark.storage import default_storage, open_storage, redact
+from benchmark.storage import default_storage, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial line replaces Optuna's
 
@@ -221,6 +225,55 @@ def fail_trials_of_dead_workers(study: optuna.Study) -> int:
     return failed
 
 
+def fail_own_running_trials(study: optuna.Study) -> int:
+    """After Ctrl-C: this process's trials still RUNNING (an interrupt that landed while Optuna was
+    recording a trial's end) are failed, so that nothing is left RUNNING."""
+    failed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") == this_worker():
+            study.tell(trial.number, state=TrialState.FAIL)
+            failed += 1
+    return failed
+
+
+class Interruption:
+    """Ctrl-C during a sweep is remembered as well as raised: an interrupt that Python drops (one
+    that lands in a finalizer, say) still stops the sweep at the next trial's end."""
+
+    def __init__(self):
+        self.seen = self.holding = False
+        self.previous = None
+
+    def __enter__(self) -> Interruption:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored
+            self.previous = signal.signal(signal.SIGINT, self.on_sigint)
+        return self
+
+    def on_sigint(self, signum, frame) -> None:
+        self.seen = True
+        if not self.holding:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """While the interrupted sweep records its state: a second Ctrl-C must not cut that short."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+
+    def check(self, *_) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C came (an Optuna callback: called after each trial)."""
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *_) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 # ---------------------------------------------------------------- the sweep
 
 
@@ -287,6 +340,7 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> Open
     """The study (created or resumed) and its parent run, with what dead workers left behind
     cleaned up; says in one line where the study stands."""
     spec, name = plan.spec, plan.name
+    track.check_store(track.tracking_uri())  # a damaged or foreign MLflow store: before an Optuna storage is made beside it
     with track.store_lock():  # two processes creating one new SQLite database's tables collide
         optuna_storage = open_storage(storage_url)  # a bad URL or a dead server: before MLflow records anything
     track.configure()
@@ -325,7 +379,7 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
     runner = TrialRunner(plan.search.trials_per_process, plan.data)
     objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url, pruner, runner, verbose)
     try:
-        with mlflow.start_run(run_id=parent):
+        with mlflow.start_run(run_id=parent), Interruption() as interruption:
             try:
                 study.optimize(
                     objective,
@@ -335,13 +389,18 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
                         MaxTrialsCallback(plan.target, states=FINISHED),
                         parent_run.AfterEachTrial(parent, plan.name, opened.experiment_id),
                         Progress(plan.target, say),
+                        interruption.check,
                     ],
                     catch=(Exception,),
                     gc_after_trial=not runner.isolated,
                 )
+                interruption.check()
             except KeyboardInterrupt:  # Ctrl-C: the study is resumable, its parent run was not a failure
-                parent_run.record_progress(study, parent)
-                mlflow.end_run("KILLED")
+                with interruption.held():
+                    runner.stop()  # first: no trial process writes after this
+                    fail_own_running_trials(study)
+                    parent_run.record_progress(study, parent)
+                    mlflow.end_run("KILLED")
                 raise
     finally:
         runner.close()
@@ -440,7 +499,7 @@ class Objective:
             except BaseException as e:
                 mlflow.set_tag(track.TAG_TRIAL_STATE, TrialState.FAIL.name)
                 if isinstance(e, Exception):  # the most frequent one is named when a sweep ends short
-                    trial.set_user_attr("error", f"{type(e).__name__}: {e}".splitlines()[0][:300])
+                    trial.set_user_attr("error", redact(f"{type(e).__name__}: {e}".splitlines()[0])[:300])
                 raise
         if pruned is not None:
             raise pruned

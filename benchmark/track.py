@@ -12,11 +12,12 @@ and read these names through the constants below; change them here only.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
-import re
+import sqlite3
 import tempfile
 import time
 import urllib.parse
@@ -29,6 +30,7 @@ import numpy as np
 from mlflow.entities import RunTag
 
 from benchmark.errors import BenchmarkError
+from benchmark.redaction import redact
 from benchmark.spec import TrialSpec
 
 EPOCH_METRICS = ("loss", "top1", "top5", "val_loss", "val_top1", "val_top5", "learning_rate")
@@ -112,11 +114,6 @@ def point_mlflow_at(uri: str) -> None:
         _exported_uri = os.environ.get("MLFLOW_TRACKING_URI")
 
 
-def redact(url: str) -> str:
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
 def display_uri() -> str:
     """The tracking URI as it may be shown or logged: never with a password."""
     return redact(tracking_uri())
@@ -181,11 +178,82 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
+def check_not_a_file_store(uri: str) -> None:
+    if urllib.parse.urlsplit(uri).scheme in ("", "file"):
+        raise BenchmarkError(
+            f"MLFLOW_TRACKING_URI {redact(uri)} is a file store, which MLflow 3 no longer opens; unset it to use the "
+            f"local SQLite store ({STORE_ENV}=DIR picks its folder) or set sqlite:///path/mlflow.db "
+            f"(`mlflow migrate-filestore` converts an old file store)"
+        )
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def check_database(database: Path) -> None:
+    """A SQLite file this MLflow can use as its store (read only, nothing changed), or a one-line
+    error naming it and the fix: damaged, not MLflow's, or of another MLflow schema version."""
+    if not database.is_file() or database.stat().st_size == 0:
+        return  # MLflow creates the tables
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            found = db.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+    except sqlite3.DatabaseError as e:
+        raise BenchmarkError(f"the MLflow database {database} is damaged ({e}); move it aside to start a new store "
+                             f"there, or restore it from a backup") from None
+    if found is None:
+        if tables:
+            raise BenchmarkError(f"{database} is not an MLflow database (its tables: {', '.join(sorted(tables)[:5])}); "
+                                 f"set {STORE_ENV} to another folder")
+        return
+    version, (head, known) = found[0], schema_versions()
+    if head is None or version == head:
+        return
+    if version in known:
+        raise BenchmarkError(
+            f"the MLflow database {database} has schema version {version}; MLflow {mlflow.__version__} needs {head}: "
+            f"back it up, then run `mlflow db upgrade sqlite:///{database}`"
+        )
+    raise BenchmarkError(
+        f"the MLflow database {database} was written by a newer MLflow (schema version {version}, unknown to MLflow "
+        f"{mlflow.__version__}); upgrade MLflow (`pip install -U mlflow`) or set {STORE_ENV} to another folder"
+    )
+
+
+def schema_versions() -> tuple[str | None, set[str]]:
+    """(the schema revision this MLflow writes, every revision it can upgrade from); (None, set())
+    where MLflow's migrations cannot be read (then MLflow's own check applies)."""
+    try:
+        from alembic.script import ScriptDirectory
+        from mlflow.store.db.utils import _get_alembic_config
+
+        script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+        heads = script.get_heads()
+        return (heads[0] if len(heads) == 1 else None), {revision.revision for revision in script.walk_revisions()}
+    except Exception:  # an MLflow whose internals moved: skip our check rather than fail the command
+        return None, set()
+
+
+def check_store(uri: str) -> None:
+    """What can be known about a store before MLflow touches it: fail in one line, change nothing."""
+    check_not_a_file_store(uri)
+    check_reachable(uri)
+    database = sqlite_path(uri)
+    if database is not None:
+        for part in database.parents:
+            if part.exists() and not part.is_dir():
+                raise BenchmarkError(f"the MLflow store {database.parent} is under {part}, a file, not a folder; "
+                                     f"set {STORE_ENV}=DIR or MLFLOW_TRACKING_URI to a store elsewhere")
+        check_database(database)
+
+
 def configure() -> str:
     """Point MLflow at our store, failing early (before anything trains) if it cannot be written."""
     uri = tracking_uri()
+    check_store(uri)
     point_mlflow_at(uri)
-    check_reachable(uri)
     if uses_local_store():
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
         with store_lock():
@@ -196,8 +264,8 @@ def configure() -> str:
 def configure_for_reading() -> str:
     """Point MLflow at our store without creating one: reading an empty place is an error."""
     uri = tracking_uri()
+    check_store(uri)
     point_mlflow_at(uri)
-    check_reachable(uri)
     if uses_local_store() and not (store_dir() / "mlflow.db").is_file():
         raise BenchmarkError(
             f"no MLflow store at {store_dir()} (no mlflow.db); run a sweep first, or set {STORE_ENV}=DIR or "
@@ -281,7 +349,7 @@ def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_
         try:
             yield run
         except BaseException as e:
-            mlflow.set_tag(TAG_ERROR, f"{type(e).__name__}: {e}"[:5000])
+            mlflow.set_tag(TAG_ERROR, redact(f"{type(e).__name__}: {e}")[:5000])
             raise
 
 

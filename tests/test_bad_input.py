@@ -2,7 +2,8 @@
 fix, a non-zero exit, no traceback, and every store exactly as it was.
 
 Malformed spec files are one file each under tests/bad_input/specs/ (their `# expect:` line lists
-what the error must say; `# command:` overrides `run --backbone vgg16`). Everything else is one row
+what the error must say; `# command:` overrides `run --backbone vgg16`; `# lines:` is how many
+problems the error names, one per line, when it is more than one). Everything else is one row
 of CASES below: the command line, what the error must say, and how to build the bad input.
 """
 
@@ -45,6 +46,21 @@ class RunsCode:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+def sqlite_store(tmp: Path, name: str, *statements: str) -> None:
+    """{tmp}/<name>/mlflow.db made of these SQL statements (no statement: random bytes, a damaged file)."""
+    import sqlite3
+
+    (tmp / name).mkdir()
+    database = tmp / name / "mlflow.db"
+    if not statements:
+        database.write_bytes(os.urandom(20_000))
+        return
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        for statement in statements:
+            db.execute(statement)
+        db.commit()
 
 
 def cifar_copy(tmp: Path, sample: Path) -> Path:
@@ -181,6 +197,8 @@ class Case:
     subprocess: bool = False  # run `python -m benchmark` (for faults that need their own process)
     wrap: str | None = None  # a shell prefix for that process, e.g. a read-only mount
     exit_code: int = 2
+    lines: int = 1  # a spec with several problems names each on its own line
+    watch: str | None = None  # a file or folder under {tmp} the case must also leave as it was (a damaged store)
 
 
 RUN_CI = ["run", "--experiment", "ci", "--backbone", "vgg16", "--quiet"]
@@ -189,6 +207,7 @@ SWEEP_CI = ["sweep", "--experiment", "ci", "--backbone", "vgg16", "--strategy", 
 THROUGHPUT = ["throughput", "--backbone", "vgg16", "--image-size", "32"]
 READ_ONLY = "not writable (Read-only file system)"
 READ_ONLY_STORE = 'mount --bind -o ro "$BENCHMARK_STORE" "$BENCHMARK_STORE" &&'
+FULL_DEVICE = 'mkdir -p "$FULL" && mount -t tmpfs -o size=16k tmpfs "$FULL" && { dd if=/dev/zero of="$FULL/fill" bs=1k 2>/dev/null; true; } &&'
 PG_URL = "postgresql://bench:{secret}@127.0.0.1:{port}/optuna"
 
 CASES = [
@@ -198,6 +217,9 @@ CASES = [
     Case("missing-backbone", ["run"], ("--backbone", "required")),
     Case("lr-not-a-number", ["run", "--backbone", "vgg16", "--lr", "abc"], ("--lr", "'abc'")),
     Case("lr-negative", ["run", "--backbone", "vgg16", "--lr", "-1"], ("--lr", "must be > 0")),
+    Case("lr-infinite", ["run", "--backbone", "vgg16", "--lr", "inf"], ("--lr", "must be > 0 and finite")),
+    Case("lr-nan", ["run", "--backbone", "vgg16", "--lr", "nan"], ("--lr", "must be > 0 and finite")),
+    Case("timeout-infinite", ["sweep", "--backbone", "vgg16", "--timeout", "inf"], ("--timeout", "must be > 0 and finite")),
     Case("trials-zero", ["sweep", "--backbone", "vgg16", "--trials", "0"], ("--trials", "must be >= 1")),
     Case("timeout-negative", ["sweep", "--backbone", "vgg16", "--timeout", "-5"], ("--timeout", "must be > 0")),
     Case("unfreeze-negative", ["run", "--backbone", "vgg16", "--unfreeze", "-2"], ("--unfreeze", '"all"')),
@@ -261,7 +283,30 @@ CASES = [
          data=lite_spec_with_weights(lite_checkpoint("efficientnetlite2"))),
     Case("lite-checkpoint-missing", RUN_LITE, ("{tmp}/nowhere.pth", "does not exist"),
          data=lite_spec_with_weights(lambda tmp: f"{tmp}/nowhere.pth")),
+    Case("spec-huge", ["run", "--backbone", "vgg16", "--experiment", "{tmp}/huge.toml"],
+         ("{tmp}/huge.toml", "more than the 65,536 a spec may be"),
+         prepare=lambda tmp: (tmp / "huge.toml").write_text('name = "huge"\n' + "# padding\n" * 500_000)),
+    Case("spec-a-directory", ["run", "--backbone", "vgg16", "--experiment", "{tmp}/a-dir.toml"], ("{tmp}/a-dir.toml is a directory",),
+         prepare=lambda tmp: (tmp / "a-dir.toml").mkdir()),
+    # files the commands write
+    Case("leaderboard-output-under-a-file", ["leaderboard", "--experiment", "ci", "--output", "{tmp}/a-file/index.html"],
+         ("{tmp}/a-file is a file, not a folder",), prepare=lambda tmp: (tmp / "a-file").write_text("")),
+    Case("leaderboard-output-is-a-directory", ["leaderboard", "--experiment", "ci", "--format", "html", "--output", "{tmp}"],
+         ("{tmp}: it is a directory", "file name")),
+    Case("leaderboard-output-read-only", ["leaderboard", "--experiment", "ci", "--output", "/proc/index.html"],
+         ("cannot write the plots /proc/index_plots",)),
+    Case("leaderboard-output-on-a-full-device",
+         ["leaderboard", "--experiment", "ci", "--format", "html", "--no-plots", "--output", "{tmp}/full/index.html"],
+         ("cannot write the leaderboard {tmp}/full/index.html (no space left on the device)",), subprocess=True,
+         wrap=FULL_DEVICE, env={"FULL": "{tmp}/full"}),
+    Case("baseline-update-under-a-file", ["check", "--experiment", "ci", "--update", "--baseline", "{tmp}/a-file/ci.json"],
+         ("{tmp}/a-file is a file, not a folder",), prepare=lambda tmp: (tmp / "a-file").write_text("")),
     # baselines
+    Case("baseline-infinite-value", ["check", "--experiment", "ci", "--baseline", "{tmp}/bad.json"],
+         ("{tmp}/bad.json", "finite number"), prepare=lambda tmp: (tmp / "bad.json").write_text(
+             '{"experiment": "ci", "recorded_at": "x", "environment": {}, "rows": [{"backbone": "vgg16", '
+             '"strategy": "frozen", "metrics": {"val_top1": {"value": Infinity, "tolerance": 0.03, '
+             '"kind": "absolute", "direction": "higher"}}}]}')),
     Case("baseline-not-json", ["check", "--experiment", "ci", "--baseline", "{tmp}/bad.json"], ("{tmp}/bad.json", "JSON"),
          prepare=lambda tmp: (tmp / "bad.json").write_text("{not json")),
     Case("baseline-wrong-schema", ["check", "--experiment", "ci", "--baseline", "{tmp}/bad.json"], ("{tmp}/bad.json", "rows"),
@@ -272,6 +317,19 @@ CASES = [
          ("cannot open the Optuna storage", "bench:***@")),
     Case("storage-silent", SWEEP_CI + ["--storage", PG_URL.replace("{port}", "{silent}")],
          ("cannot open the Optuna storage", "bench:***@")),
+    Case("storage-password-with-slash-colon-at", SWEEP_CI + ["--storage", "postgresql://bench:{secret}/x:y@z@127.0.0.1:{closed}/optuna"],
+         ("cannot open the Optuna storage", "bench:***@127.0.0.1:{closed}/optuna")),
+    Case("storage-password-percent-escaped", SWEEP_CI + ["--storage", "postgresql://bench:{secret}%40%2F@127.0.0.1:{closed}/optuna"],
+         ("cannot open the Optuna storage", "bench:***@")),
+    Case("storage-password-in-the-query", SWEEP_CI + ["--storage", "postgresql://bench@127.0.0.1:{closed}/optuna?password={secret}"],
+         ("cannot open the Optuna storage", "?password=***")),
+    Case("storage-sslpassword-in-the-query",
+         SWEEP_CI + ["--storage", "postgresql://bench@127.0.0.1:{closed}/optuna?sslmode=disable&sslpassword={secret}"],
+         ("cannot open the Optuna storage", "sslmode=disable&sslpassword=***")),
+    Case("storage-mysql-password", SWEEP_CI + ["--storage", "mysql+pymysql://root:{secret}@127.0.0.1:{closed}/optuna"],
+         ("cannot open the Optuna storage", "root:***@")),
+    Case("storage-from-the-environment", SWEEP_CI, ("cannot open the Optuna storage", "bench:***@"),
+         env={"BENCHMARK_OPTUNA_STORAGE": "postgresql://bench:{secret}@127.0.0.1:{closed}/optuna"}),
     Case("storage-not-a-url", SWEEP_CI + ["--storage", "optuna.db"], ("optuna.db", "sqlite:///")),
     Case("storage-under-a-file", SWEEP_CI + ["--storage", "sqlite:///{tmp}/a-file/optuna.db"], ("not writable",),
          prepare=lambda tmp: (tmp / "a-file").write_text("")),
@@ -279,9 +337,39 @@ CASES = [
          env={"MLFLOW_TRACKING_URI": "http://bench:{secret}@127.0.0.1:{closed}"}),
     Case("tracking-silent", SWEEP_CI, ("127.0.0.1:{silent}", "MLFLOW_TRACKING_URI"),
          env={"MLFLOW_TRACKING_URI": "http://bench:{secret}@127.0.0.1:{silent}"}),
+    Case("tracking-password-with-slash-and-at", RUN_CI, ("bench:***@127.0.0.1:{closed}", "MLFLOW_TRACKING_URI"),
+         env={"MLFLOW_TRACKING_URI": "http://bench:{secret}/x@y@127.0.0.1:{closed}"}),
+    Case("tracking-password-percent-escaped", RUN_CI, ("bench:***@127.0.0.1:{closed}",),
+         env={"MLFLOW_TRACKING_URI": "http://bench:{secret}%2F%3A@127.0.0.1:{closed}"}),
+    Case("tracking-token-in-the-query", RUN_CI, ("?token=***", "MLFLOW_TRACKING_URI"),
+         env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{closed}/?token={secret}"}),
+    Case("tracking-access-token-https", ["leaderboard", "--experiment", "ci"], ("access_token=***",),
+         env={"MLFLOW_TRACKING_URI": "https://127.0.0.1:{closed}/?access_token={secret}"}),
     Case("tracking-silent-leaderboard", ["leaderboard", "--experiment", "ci"], ("127.0.0.1:{silent}", "MLFLOW_TRACKING_URI"),
          env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{silent}"}),
-    Case("store-under-a-file", RUN_CI, ("not writable", "BENCHMARK_STORE"), env={"BENCHMARK_STORE": "{tmp}/a-file/mlruns"},
+    Case("store-under-a-file", RUN_CI, ("is under {tmp}/a-file, a file, not a folder", "BENCHMARK_STORE"), env={"BENCHMARK_STORE": "{tmp}/a-file/mlruns"},
+         prepare=lambda tmp: (tmp / "a-file").write_text("")),
+    Case("store-damaged", RUN_CI, ("the MLflow database {tmp}/damaged/mlflow.db is damaged", "move it aside"),
+         env={"BENCHMARK_STORE": "{tmp}/damaged"}, prepare=lambda tmp: sqlite_store(tmp, "damaged"), watch="damaged"),
+    Case("store-damaged-leaderboard", ["leaderboard", "--experiment", "ci"], ("{tmp}/damaged/mlflow.db is damaged",),
+         env={"BENCHMARK_STORE": "{tmp}/damaged"}, prepare=lambda tmp: sqlite_store(tmp, "damaged"), watch="damaged"),
+    Case("store-of-an-older-mlflow", SWEEP_CI, ("has schema version 0584bdc529eb", "mlflow db upgrade sqlite:///{tmp}/old/mlflow.db"),
+         env={"BENCHMARK_STORE": "{tmp}/old"}, watch="old", prepare=lambda tmp: sqlite_store(
+             tmp, "old", "CREATE TABLE alembic_version (version_num VARCHAR(32))",
+             "INSERT INTO alembic_version VALUES ('0584bdc529eb')")),
+    Case("store-of-a-newer-mlflow", ["leaderboard", "--experiment", "ci"], ("written by a newer MLflow", "pip install -U mlflow"),
+         env={"BENCHMARK_STORE": "{tmp}/new"}, watch="new", prepare=lambda tmp: sqlite_store(
+             tmp, "new", "CREATE TABLE alembic_version (version_num VARCHAR(32))",
+             "INSERT INTO alembic_version VALUES ('ffffeeee0000')")),
+    Case("store-not-mlflows", RUN_CI, ("{tmp}/foreign/mlflow.db is not an MLflow database", "BENCHMARK_STORE"),
+         env={"BENCHMARK_STORE": "{tmp}/foreign"}, watch="foreign",
+         prepare=lambda tmp: sqlite_store(tmp, "foreign", "CREATE TABLE notes (text)")),
+    Case("tracking-file-uri", RUN_CI, ("file://{tmp}/mlruns is a file store", "migrate-filestore"),
+         env={"MLFLOW_TRACKING_URI": "file://{tmp}/mlruns"}),
+    Case("tracking-plain-path", ["leaderboard", "--experiment", "ci"], ("{tmp}/mlruns is a file store",),
+         env={"MLFLOW_TRACKING_URI": "{tmp}/mlruns"}),
+    Case("tracking-sqlite-under-a-file", RUN_CI, ("under {tmp}/a-file, a file, not a folder",),
+         env={"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/a-file/store/mlflow.db"},
          prepare=lambda tmp: (tmp / "a-file").write_text("")),
     Case("store-read-only-sweep", SWEEP_CI, (READ_ONLY, "BENCHMARK_STORE"), subprocess=True, wrap=READ_ONLY_STORE),
     Case("store-read-only-run", RUN_CI, (READ_ONLY, "BENCHMARK_STORE"), subprocess=True, wrap=READ_ONLY_STORE),
@@ -295,7 +383,8 @@ def spec_file_cases() -> list[Case]:
         fields = dict(line[2:].split(": ", 1) for line in header if ": " in line)
         command = fields.get("command", "run --backbone vgg16").split()
         expect = tuple(part.strip() for part in fields["expect"].split(" | "))
-        cases.append(Case(f"spec-{path.stem}", command + ["--experiment", str(path)], expect))
+        cases.append(Case(f"spec-{path.stem}", command + ["--experiment", str(path)], expect,
+                          lines=int(fields.get("lines", 1))))
     return cases
 
 
@@ -379,7 +468,8 @@ def test_bad_input_fails_cleanly(case, corpus_store, ci_store, silent_server, ci
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     argv = [fill(arg, values) for arg in case.argv]
-    before = fingerprint(corpus_store, ci_store)
+    watched = [tmp_path / case.watch] if case.watch else []
+    before = fingerprint(corpus_store, ci_store, *watched)
 
     started = time.perf_counter()
     with hang_guard(3 * MAX_SECONDS):
@@ -391,11 +481,12 @@ def test_bad_input_fails_cleanly(case, corpus_store, ci_store, silent_server, ci
 
     lines = err.strip().splitlines()
     assert code == case.exit_code, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), f"want one 'error: ' line, got:\n{err}"
+    assert len(lines) == case.lines and lines[0].startswith("error: "), f"want {case.lines} lines, the first 'error: ', got:\n{err}"
+    assert len(set(lines)) == len(lines), f"a problem named twice:\n{err}"
     for fragment in case.expect:
-        assert fill(fragment, values) in lines[0], lines[0]
+        assert fill(fragment, values) in err, err
     assert SECRET not in err
     limit = MAX_SECONDS + (PROCESS_START_S if case.subprocess else 0)
     assert seconds < limit, f"took {seconds:.0f} s"
-    assert fingerprint(corpus_store, ci_store) == before, "a rejected input changed a store"
+    assert fingerprint(corpus_store, ci_store, *watched) == before, "a rejected input changed a store"
     assert not (tmp_path / "pwned").exists(), "a data file ran code"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmark import spec
 from benchmark.errors import BenchmarkError, SpecError
 from benchmark.spec import EXPERIMENTS_DIR, load_experiment, parse_experiment
 
@@ -204,3 +205,25 @@ def test_no_spec_error_names_a_class_only_the_keys_a_user_writes():
                 if named or "model_type" in str(e) or "instance of" in str(e):
                     leaks.append(f"{'.'.join(path)} = {wrong!r}: {e}")
     assert not leaks, "\n".join(leaks[:5])
+
+
+def test_a_spec_saved_with_a_byte_order_mark_loads_like_one_without(tmp_path):
+    text = (EXPERIMENTS_DIR / "ci.toml").read_text()
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "plain.toml").write_text(text)
+    assert spec.load_experiment(tmp_path / "bom.toml").model_dump() == spec.load_experiment(tmp_path / "plain.toml").model_dump()
+
+
+def test_every_search_range_must_lie_inside_its_fields_domain():
+    errors = []
+    try:
+        spec.SearchSpace.model_validate({"dropout": {"low": 0.0, "high": 1.0}, "dense_units": [0, 16384, 16385],
+                                         "learning_rate": {"low": 1e-4, "high": float("inf")},
+                                         "weight_decay": {"low": 1e-6, "high": float("nan")}})
+    except spec.ValidationError as e:
+        errors = [spec.describe_error(err) for err in e.errors()]
+    assert sorted(error.split(":")[0] for error in errors) == [
+        "dense_units", "dropout", "learning_rate.high", "weight_decay.high"]  # all at once
+    assert any("choice 16385" in error for error in errors) and not any("choice 16384" in error for error in errors)
+    inside = spec.SearchSpace.model_validate({"dropout": {"low": 0.0, "high": 0.9}, "dense_units": [0, 16384]})
+    assert inside.dropout.high == 0.9

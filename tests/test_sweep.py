@@ -350,19 +350,52 @@ def test_a_full_artifact_disk_fails_that_trial_and_the_sweep_goes_on(store):
     assert {by_number[n].info.status for n in (0, 2, 3)} == {"FINISHED"}
 
 
+def long_trials_spec(folder: Path) -> Path:
+    """ci with trials that cannot end by themselves within the test: 2000 epochs through the backbone."""
+    text = (REPO / "experiments" / "ci.toml").read_text()
+    assert "\nepochs = 3\n" in text
+    path = folder / "ci-long.toml"
+    path.write_text(text.replace("\nepochs = 3\n", '\nepochs = 2000\nfeature_cache = "off"\n'))
+    return path
+
+
+def first_trial(storage: str):
+    try:
+        trials = pair_study(storage, "vgg16", "frozen").trials
+    except Exception:  # the storage or study does not exist yet
+        return None
+    return trials[0] if trials else None
+
+
+MOMENTS = {  # when Ctrl-C comes, read from the storage
+    "the trial process starting": lambda trial: trial.state.name == "RUNNING" and not trial.intermediate_values,
+    "a trial training": lambda trial: trial.state.name == "RUNNING" and len(trial.intermediate_values) >= 2,
+}
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(store):
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(store, tmp_path, moment):
+    """At a moment read from the storage (not after a sleep): exit 130 at once, nothing left RUNNING."""
     import signal
+    import time
 
     command, env = sweep_command(store, trials=2)
+    command[command.index("ci")] = str(long_trials_spec(tmp_path))
+    storage = f"sqlite:///{store / 'optuna.db'}"
     sweep_process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
-    wait_for_a_training_trial(sweep_process, f"sqlite:///{store / 'optuna.db'}", finished_first=False)
+    deadline = time.monotonic() + 300
+    while not ((trial := first_trial(storage)) and MOMENTS[moment](trial)):
+        assert sweep_process.poll() is None and time.monotonic() < deadline, f"the sweep ended first: {trial}"
+        time.sleep(0.05)
     os.killpg(sweep_process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
+    interrupted = time.monotonic()
     out, err = sweep_process.communicate(timeout=120)
     assert sweep_process.returncode == 130, out + err
+    assert time.monotonic() - interrupted < 60  # not after training 2000 epochs
     assert "rerun the same command to resume" in err and "Traceback" not in out + err
-    study = pair_study(f"sqlite:///{store / 'optuna.db'}", "vgg16", "frozen")
+    study = pair_study(storage, "vgg16", "frozen")
     assert [t.state.name for t in study.trials] == ["FAIL"]
     mlflow.set_tracking_uri(track.tracking_uri())
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
