@@ -108,8 +108,9 @@ def identity_tags(fingerprint: study_identity.Fingerprint) -> dict[str, str]:
             track.TAG_DATA_FINGERPRINT: fingerprint.data, track.TAG_WEIGHTS_FINGERPRINT: fingerprint.weights}
 
 
-def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str) -> int:
-    """Child runs left RUNNING by a killed worker whose Optuna trial is over: mark them KILLED."""
+def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str, status: str = "KILLED") -> int:
+    """Child runs left RUNNING by a killed (or interrupted) worker whose Optuna trial is over: mark
+    them `status`."""
     states = {t.number: t.state for t in study.trials}
     orphans = mlflow.search_runs(
         [experiment_id],
@@ -123,7 +124,7 @@ def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str) -> int
         number = int(run.data.tags.get(track.TAG_TRIAL_NUMBER, -1))
         if states.get(number, TrialState.FAIL) != TrialState.RUNNING:
             client.set_tag(run.info.run_id, track.TAG_TRIAL_STATE, states.get(number, TrialState.FAIL).name)
-            client.set_terminated(run.info.run_id, status="KILLED")
+            client.set_terminated(run.info.run_id, status=status)
             closed += 1
     return closed
 

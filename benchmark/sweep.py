@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -248,7 +249,14 @@ class Interruption:
         if threading.current_thread() is threading.main_thread() and \
                 signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored
             self.previous = signal.signal(signal.SIGINT, self.on_sigint)
+            self.previous_hook, sys.unraisablehook = sys.unraisablehook, self.unraisable
         return self
+
+    def unraisable(self, unraisable) -> None:
+        """An interrupt that landed in a finalizer is dropped by Python, which prints its traceback:
+        it is remembered here instead (on_sigint saw it), without the traceback."""
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            self.previous_hook(unraisable)
 
     def on_sigint(self, signum, frame) -> None:
         self.seen = True
@@ -272,6 +280,7 @@ class Interruption:
     def __exit__(self, *_) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+            sys.unraisablehook = self.previous_hook
 
 
 # ---------------------------------------------------------------- the sweep
@@ -399,6 +408,10 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
                 with interruption.held():
                     runner.stop()  # first: no trial process writes after this
                     fail_own_running_trials(study)
+                    while (active := mlflow.active_run()) and active.info.run_id != parent:
+                        mlflow.end_run("FAILED")  # a trial's run, when the interrupt landed as it opened
+                    # and its run when the interrupt came before the run's context could close it
+                    parent_run.close_orphan_runs(study, plan.name, opened.experiment_id, status="FAILED")
                     parent_run.record_progress(study, parent)
                     mlflow.end_run("KILLED")
                 raise
