@@ -23,6 +23,8 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # what numpy and TensorFlow accept
 MAX_DENSE_UNITS = 16384  # a hidden layer wider than this would not fit the memory it runs in
+MAX_SYNTHETIC_IMAGES = 200_000  # 600 MB of 32x32 images; CIFAR-100 itself has 60,000
+MAX_BATCH_SIZE = 65536
 
 
 class Strict(BaseModel):
@@ -44,8 +46,8 @@ class SubsetSpec(Strict):
 class SyntheticSpec(Strict):
     """Sizes of the synthetic data set (source = "synthetic"): official-shaped, learnable."""
 
-    train_size: PositiveInt = 2000
-    test_size: PositiveInt = 500
+    train_size: Annotated[int, Field(ge=1, le=MAX_SYNTHETIC_IMAGES)] = 2000
+    test_size: Annotated[int, Field(ge=1, le=MAX_SYNTHETIC_IMAGES)] = 500
 
 
 class AugmentSpec(Strict):
@@ -154,7 +156,7 @@ class TrainingSpec(Strict):
     learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0  # decoupled (every optimizer; AdamW's is Adam with it)
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only
-    batch_size: PositiveInt = 64
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)] = 64
     epochs: PositiveInt = 10
     early_stopping_patience: Annotated[int, Field(ge=0)] = 0  # 0 = off
     reduce_lr_patience: Annotated[int, Field(ge=0)] = 0  # 0 = off

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from benchmark import registry
 from benchmark.data import NUM_CLASSES
 from benchmark.errors import BenchmarkError
-from benchmark.spec import BackboneSpec, DataSpec, HeadSpec, StrategySpec, TrainingSpec, TrialSpec
+from benchmark.spec import MAX_BATCH_SIZE, BackboneSpec, DataSpec, HeadSpec, StrategySpec, TrainingSpec, TrialSpec
 
 if TYPE_CHECKING:
     import keras
@@ -39,8 +39,8 @@ def throughput_spec(
         )
     if image_size > MAX_IMAGE_SIZE:
         raise BenchmarkError(f"image size {image_size} is above the largest supported, {MAX_IMAGE_SIZE} px; use less")
-    if batch_size < 1:
-        raise BenchmarkError(f"batch size must be >= 1, got {batch_size}; use --batch-size 1 or more")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise BenchmarkError(f"batch size must be 1..{MAX_BATCH_SIZE}, got {batch_size}; fix --batch-size")
     if precision not in PRECISIONS:
         raise BenchmarkError(f"unknown precision {precision!r}; use --precision {'|'.join(PRECISIONS)}")
     if jit not in JIT_SETTINGS:
