@@ -15,11 +15,12 @@ import multiprocessing
 import os
 import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import optuna
 
@@ -66,7 +67,22 @@ def dataset_for(spec: DataSpec) -> Dataset:
     return _datasets[key]
 
 
-def run_job(job: TrialJob, data: Dataset | None = None) -> JobResult:
+WAIT_SLICE_S = 0.25
+
+
+def stop_when_interrupted(interrupted: Callable[[], bool]):
+    """A Keras callback for in-process trials: a Ctrl-C that Python dropped stops training at the
+    next batch (the interrupt itself would only have been seen after the trial)."""
+    import keras
+
+    def check(batch, logs=None):
+        if interrupted():
+            raise KeyboardInterrupt
+
+    return keras.callbacks.LambdaCallback(on_train_batch_end=check)
+
+
+def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> JobResult:
     """Prepare, train, measure and log one trial. Runs in the child (or in-process)."""
     from optuna_integration import KerasPruningCallback
 
@@ -76,7 +92,7 @@ def run_job(job: TrialJob, data: Dataset | None = None) -> JobResult:
     started_at = time.time()
     track.point_mlflow_at(job.tracking_uri)
     epoch_logger = track.EpochLogger(job.run_id)
-    callbacks = [epoch_logger.callback()]
+    callbacks = [epoch_logger.callback(), *extra_callbacks]
     if job.pruner is not None:
         storage = open_storage(job.storage_url, heartbeat=False)
         study = optuna.load_study(study_name=job.study_name, storage=storage, pruner=job.pruner)
@@ -128,9 +144,10 @@ def ctrl_c_blocked() -> Iterator[None]:
 class TrialRunner:
     """Runs jobs in a reused child process (or in this one, with trials_per_process = 0)."""
 
-    def __init__(self, trials_per_process: int, data: Dataset):
+    def __init__(self, trials_per_process: int, data: Dataset, interrupted: Callable[[], bool] = lambda: False):
         self.trials_per_process = trials_per_process
         self.data = data  # for in-process runs; children load their own
+        self.interrupted = interrupted  # a Ctrl-C that Python dropped: stop the trial anyway
         self.pool: ProcessPoolExecutor | None = None
         self.jobs_in_process = 0
 
@@ -140,7 +157,7 @@ class TrialRunner:
 
     def run(self, job: TrialJob) -> JobResult:
         if not self.isolated:
-            return run_job(job, self.data)
+            return run_job(job, self.data, extra_callbacks=[stop_when_interrupted(self.interrupted)])
         if self.pool is None:
             self.pool = ProcessPoolExecutor(
                 max_workers=1,
@@ -154,7 +171,7 @@ class TrialRunner:
         with ctrl_c_blocked():  # the pool starts its process and its manager thread in submit()
             future = self.pool.submit(run_job, job)
         try:
-            result = future.result()
+            result = self.wait_for(future)
         except BrokenProcessPool:
             self.pool, self.jobs_in_process = None, 0
             raise TrialFailed(
@@ -164,6 +181,16 @@ class TrialRunner:
         if new_process:
             result.process_start_s = result.started_at - submitted
         return result
+
+    def wait_for(self, future: Future) -> JobResult:
+        """The job's result. Waits in short slices: a Ctrl-C that the kernel handed to another
+        thread runs its Python handler only when this (main) thread next runs Python code."""
+        while True:
+            try:
+                return future.result(timeout=WAIT_SLICE_S)
+            except FutureTimeout:
+                if self.interrupted():
+                    raise KeyboardInterrupt from None
 
     def stop(self) -> None:
         """Ctrl-C: end the trial process now (it never sees the Ctrl-C itself: ctrl_c_blocked)."""

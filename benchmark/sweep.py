@@ -385,10 +385,11 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
     """Optuna's loop until the target is met (or the time is up), trials in a child process."""
     study, parent = opened.study, opened.parent_run_id
     pruner = study.pruner if plan.search.pruner != "none" else None
-    runner = TrialRunner(plan.search.trials_per_process, plan.data)
+    interruption = Interruption()
+    runner = TrialRunner(plan.search.trials_per_process, plan.data, interrupted=lambda: interruption.seen)
     objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url, pruner, runner, verbose)
     try:
-        with mlflow.start_run(run_id=parent), Interruption() as interruption:
+        with mlflow.start_run(run_id=parent), interruption:
             try:
                 study.optimize(
                     objective,
