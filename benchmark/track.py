@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import sqlite3
 import tempfile
 import time
@@ -223,17 +224,20 @@ def check_database(database: Path) -> None:
 
 
 def schema_versions() -> tuple[str | None, set[str]]:
-    """(the schema revision this MLflow writes, every revision it can upgrade from); (None, set())
-    where MLflow's migrations cannot be read (then MLflow's own check applies)."""
-    try:
-        from alembic.script import ScriptDirectory
-        from mlflow.store.db.utils import _get_alembic_config
-
-        script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
-        heads = script.get_heads()
-        return (heads[0] if len(heads) == 1 else None), {revision.revision for revision in script.walk_revisions()}
-    except Exception:  # an MLflow whose internals moved: skip our check rather than fail the command
-        return None, set()
+    """(the schema revision this MLflow writes, every revision it knows), read from the text of its
+    alembic migrations (importing alembic's script machinery costs seconds per command); (None,
+    set()) where they cannot be read: then MLflow's own check applies."""
+    folder = Path(mlflow.__file__).parent / "store" / "db_migrations" / "versions"
+    revisions, parents = set(), set()
+    for script in folder.glob("*.py"):
+        text = script.read_text()
+        revision = re.search(r"^revision\s*=\s*['\"](\w+)['\"]", text, re.MULTILINE)
+        down = re.search(r"^down_revision\s*=\s*(.+)$", text, re.MULTILINE)
+        if revision:
+            revisions.add(revision.group(1))
+            parents.update(re.findall(r"['\"](\w+)['\"]", down.group(1)) if down else [])
+    heads = revisions - parents
+    return (next(iter(heads)) if len(heads) == 1 else None), revisions
 
 
 def check_store(uri: str) -> None:

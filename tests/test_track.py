@@ -40,3 +40,13 @@ def test_ui_links_point_at_the_training_view_without_credentials(tmp_path, monke
     assert url == ("https://mlflow.example.org:8443/prefix/#/compare-runs?runs=%5B%22a1%22%2C%22b2%22%5D"
                    "&experiments=%5B%227%22%5D&workflowType=machine_learning")
     assert "s3cr" not in url and "bench" not in url
+
+
+def test_the_schema_versions_read_from_mlflows_migrations_match_alembics():
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config, _get_latest_schema_revision
+
+    head, known = track.schema_versions()
+    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+    assert head == _get_latest_schema_revision()
+    assert known == {revision.revision for revision in script.walk_revisions()}
