@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -129,16 +130,29 @@ def start_trial_process() -> None:
 
 
 @contextmanager
-def ctrl_c_blocked() -> Iterator[None]:
-    """SIGINT blocked in this thread, and so in the threads and processes it starts meanwhile (a
-    signal mask is inherited by both, across exec too). A trial process is born with Ctrl-C
-    blocked, so a Ctrl-C at any moment of its life (even while Python starts) is the sweep's alone
-    to handle: the sweep terminates it (TrialRunner.stop). Signals pending meanwhile arrive at the end."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+def ctrl_c_deferred() -> Iterator[None]:
+    """Starting a trial process with Ctrl-C kept out of it and off this thread until it has started.
+
+    SIGINT is blocked in this thread, and so in the threads and processes it starts meanwhile (a
+    signal mask is inherited by both, across exec too): a trial process is born with Ctrl-C
+    blocked, so a Ctrl-C at any moment of its life is the sweep's alone to handle (the sweep
+    terminates it: TrialRunner.stop). The Python handler is deferred too: the kernel may hand the
+    signal to another thread, and the handler would then interrupt this one halfway through
+    sending the new process its start-up data (it then dies with a traceback). It runs at the end."""
+    main = threading.current_thread() is threading.main_thread()
+    received: list[int] = []
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum)) if main else None
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if main:
+            signal.signal(signal.SIGINT, handler)
+            if received and callable(handler):
+                handler(signal.SIGINT, None)
+            elif received and handler == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
 
 
 class TrialRunner:
@@ -168,7 +182,7 @@ class TrialRunner:
         submitted = time.time()
         new_process = self.jobs_in_process % self.trials_per_process == 0
         self.jobs_in_process += 1
-        with ctrl_c_blocked():  # the pool starts its process and its manager thread in submit()
+        with ctrl_c_deferred():  # the pool starts its process and its manager thread in submit()
             future = self.pool.submit(run_job, job)
         try:
             result = self.wait_for(future)
@@ -193,7 +207,7 @@ class TrialRunner:
                     raise KeyboardInterrupt from None
 
     def stop(self) -> None:
-        """Ctrl-C: end the trial process now (it never sees the Ctrl-C itself: ctrl_c_blocked)."""
+        """Ctrl-C: end the trial process now (it never sees the Ctrl-C itself: ctrl_c_deferred)."""
         if self.pool is None:
             return
         if hasattr(self.pool, "terminate_workers"):  # Python 3.14
