@@ -61,12 +61,14 @@ def find_or_create(spec: TrialSpec, name: str, space: SearchSpace, identity: dic
     experiment_id = track.experiment_id(spec.experiment)
 
     def parents():
-        return mlflow.search_runs(
+        found = mlflow.search_runs(
             [experiment_id],
             filter_string=track.tags_filter(**{track.TAG_STUDY: name, track.TAG_ROLE: track.ROLE_SWEEP}),
-            order_by=["attributes.start_time ASC"],
             output_format="list",
         )
+        # Two workers that started in step create theirs in the same millisecond: the run id breaks
+        # the tie, so that both agree on which one is the earliest.
+        return sorted(found, key=lambda run: (run.info.start_time, run.info.run_id))
 
     found = parents()
     if found:

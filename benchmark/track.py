@@ -194,33 +194,42 @@ def sqlite_path(uri: str) -> Path | None:
 
 def check_database(database: Path) -> None:
     """A SQLite file this MLflow can use as its store (read only, nothing changed), or a one-line
-    error naming it and the fix: damaged, not MLflow's, or of another MLflow schema version."""
+    error naming it and the fix: damaged, not MLflow's, or of another MLflow schema version.
+    A store that another process is creating looks like some of these for a few seconds (its
+    tables before their schema version, then each version in turn): wait for its lock, look again."""
+    problem = database_problem(database)
+    lock = database.parent / ".init.lock"
+    if problem and lock.exists():
+        with open(lock) as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)  # store_lock's holder has finished creating it
+            problem = database_problem(database)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    if problem:
+        raise BenchmarkError(problem)
+
+
+def database_problem(database: Path) -> str | None:
     if not database.is_file() or database.stat().st_size == 0:
-        return  # MLflow creates the tables
+        return None  # MLflow creates the tables
     try:
         with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             found = db.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
     except sqlite3.DatabaseError as e:
-        raise BenchmarkError(f"the MLflow database {database} is damaged ({e}); move it aside to start a new store "
-                             f"there, or restore it from a backup") from None
+        return (f"the MLflow database {database} is damaged ({e}); move it aside to start a new store there, "
+                f"or restore it from a backup")
     if found is None:
         if tables:
-            raise BenchmarkError(f"{database} is not an MLflow database (its tables: {', '.join(sorted(tables)[:5])}); "
-                                 f"set {STORE_ENV} to another folder")
-        return
+            return f"{database} is not an MLflow database (its tables: {', '.join(sorted(tables)[:5])}); set {STORE_ENV} to another folder"
+        return None
     version, (head, known) = found[0], schema_versions()
     if head is None or version == head:
-        return
+        return None
     if version in known:
-        raise BenchmarkError(
-            f"the MLflow database {database} has schema version {version}; MLflow {mlflow.__version__} needs {head}: "
-            f"back it up, then run `mlflow db upgrade sqlite:///{database}`"
-        )
-    raise BenchmarkError(
-        f"the MLflow database {database} was written by a newer MLflow (schema version {version}, unknown to MLflow "
-        f"{mlflow.__version__}); upgrade MLflow (`pip install -U mlflow`) or set {STORE_ENV} to another folder"
-    )
+        return (f"the MLflow database {database} has schema version {version}; MLflow {mlflow.__version__} needs {head}: "
+                f"back it up, then run `mlflow db upgrade sqlite:///{database}`")
+    return (f"the MLflow database {database} was written by a newer MLflow (schema version {version}, unknown to MLflow "
+            f"{mlflow.__version__}); upgrade MLflow (`pip install -U mlflow`) or set {STORE_ENV} to another folder")
 
 
 def schema_versions() -> tuple[str | None, set[str]]:
