@@ -61,7 +61,7 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except Exception as e:  # SQLAlchemy raises many types for bad URLs and dead servers
-        cause = redact(str(e).splitlines()[0])[:200]
+        cause = redact(str(e).splitlines()[0], url)[:200]  # a --storage URL's secret, wherever the driver quotes it
         raise BenchmarkError(
             f"cannot open the Optuna storage {redact(url)} ({cause}); check the URL and that the database is up, "
             f"or leave --storage/{STORAGE_ENV} unset for the local SQLite file"
