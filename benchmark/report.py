@@ -14,6 +14,8 @@ import html
 import json
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -253,9 +255,8 @@ def plot_optuna(study: optuna.Study, kind: str, path: Path) -> None:
         raise SkippedPlot(f"parameter importances need 2 completed trials, the study has {len(complete)}")
     if not complete:
         raise SkippedPlot("the study has no completed trial")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_logger("optuna"):
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-        logging.getLogger("optuna").setLevel(logging.ERROR)
         if kind == "history":
             ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name="validation top-1")
             add_pruned_trials(ax, study)
@@ -270,6 +271,19 @@ def plot_optuna(study: optuna.Study, kind: str, path: Path) -> None:
     fig.subplots_adjust(left=0.17 if kind == "importance" else 0.1, right=0.97 if kind == "importance" else 0.74,
                         bottom=0.13, top=0.9)  # the history legend sits right of the axes
     save(fig, path)
+
+
+@contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """`name`'s warnings are silenced while plotting, and its level restored after: the level is
+    process-wide, and a sweep in the same process still wants Optuna's warnings."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def add_pruned_trials(ax, study: optuna.Study) -> None:

@@ -72,9 +72,12 @@ def test_log_records_of_any_library_are_redacted(monkeypatch):
 
     for name, message in (("sqlalchemy.pool", "reconnecting to %s"), ("optuna", "storage %s failed")):
         logger, handler = logging.getLogger(name), Keep()
+        level = logger.level
         logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)  # whatever an earlier test of this process set it to
         try:
             logger.warning(message, f"postgresql://u:{SECRET}@db/x")
         finally:
             logger.removeHandler(handler)
+            logger.setLevel(level)
     assert written == ["reconnecting to postgresql://u:***@db/x", "storage postgresql://u:***@db/x failed"]

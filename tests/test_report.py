@@ -61,3 +61,15 @@ def test_the_history_plot_shows_pruned_trials_at_their_last_value_on_whole_trial
     drawn[0].canvas.draw()
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_plotting_leaves_optunas_log_level_as_it_was(drawn, tmp_path):
+    """A report drawn in a sweep's process must not silence the sweep's Optuna warnings after it."""
+    optuna_logger = optuna.logging.get_logger("optuna")
+    before = optuna_logger.level
+    optuna_logger.setLevel(10)
+    try:
+        report.plot_optuna(study_with_a_pruned_trial(), "history", tmp_path / "h.png")
+        assert optuna_logger.level == 10
+    finally:
+        optuna_logger.setLevel(before)
