@@ -54,35 +54,52 @@ def trial_counts(study: optuna.Study, trials: list | None = None) -> dict[str, i
 # ---------------------------------------------------------------- the parent run
 
 
-def find_or_create(spec: TrialSpec, name: str, space: SearchSpace, identity: dict[str, str]) -> str:
-    """The study's parent run: found by tag, created once. If two workers create one at the same
-    moment, the later deletes its own and both use the earliest. Its params are the spec's, with
-    the searched ones given as their ranges; `identity` (the fingerprints) goes in its tags."""
-    experiment_id = track.experiment_id(spec.experiment)
+PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attr naming its parent run, once it exists
+WAIT_FOR_CREATOR_S = 60.0  # a worker that found the study new-made waits this long for its creator's parent run
 
-    def parents():
-        found = mlflow.search_runs(
-            [experiment_id],
-            filter_string=track.tags_filter(**{track.TAG_STUDY: name, track.TAG_ROLE: track.ROLE_SWEEP}),
-            output_format="list",
-        )
-        # Two workers that started in step create theirs in the same millisecond: the run id breaks
-        # the tie, so that both agree on which one is the earliest.
-        return sorted(found, key=lambda run: (run.info.start_time, run.info.run_id))
 
-    found = parents()
-    if found:
-        return found[0].info.run_id
+def find_or_create(study: optuna.Study, created: bool, spec: TrialSpec, space: SearchSpace,
+                   identity: dict[str, str], experiment_id: str) -> str:
+    """The study's parent run. The worker that created the Optuna study (its storage lets only one
+    do that, on any database) creates the parent run and names it in the study's user attrs; the
+    others wait for it, rather than racing on MLflow searches, which no database orders. A parent
+    deleted by the user, or one whose creator died before making it, is made again."""
+    name = study.study_name
+    deadline = time.monotonic() + WAIT_FOR_CREATOR_S
+    while not created:
+        recorded = study.user_attrs.get(PARENT_ATTR)
+        found = active_parents(experiment_id, name)
+        if recorded in found:
+            return recorded
+        if found and recorded is None:
+            return found[0]  # a study made before parents were recorded, or its creator is about to record it
+        if recorded is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    run_id = create(spec, name, space, identity, experiment_id)
+    study.set_user_attr(PARENT_ATTR, run_id)
+    return run_id
+
+
+def active_parents(experiment_id: str, name: str) -> list[str]:
+    """The study's parent runs that are not deleted, earliest first."""
+    found = mlflow.search_runs(
+        [experiment_id],
+        filter_string=track.tags_filter(**{track.TAG_STUDY: name, track.TAG_ROLE: track.ROLE_SWEEP}),
+        output_format="list",
+    )
+    return [run.info.run_id for run in sorted(found, key=lambda run: (run.info.start_time, run.info.run_id))]
+
+
+def create(spec: TrialSpec, name: str, space: SearchSpace, identity: dict[str, str], experiment_id: str) -> str:
+    """A new parent run: the spec's params, with the searched ones given as their ranges; `identity`
+    (the fingerprints) in its tags."""
     tags = {**track.trial_tags(spec, role=track.ROLE_SWEEP, data_origin=""), track.TAG_STUDY: name, **identity}
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
-    mine = run.info.run_id
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     params = {**spec.params(), **searched_params(spec, space)}
-    client.log_batch(mine, params=[Param(k, v) for k, v in params.items()])
-    earliest = parents()[0].info.run_id
-    if earliest != mine:
-        client.delete_run(mine)
-    return earliest
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    return run_id
 
 
 def searched_params(spec: TrialSpec, space: SearchSpace) -> dict[str, str]:

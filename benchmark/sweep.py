@@ -355,8 +355,13 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> Open
     track.configure()
     with track.store_lock():
         existing = pair_studies(optuna_storage, spec.experiment, spec.backbone.name, spec.strategy_name)
-        study = optuna.create_study(study_name=name, storage=optuna_storage, pruner=make_pruner(plan.search),
-                                    direction="maximize", load_if_exists=True)
+        try:
+            study = optuna.create_study(study_name=name, storage=optuna_storage, pruner=make_pruner(plan.search),
+                                        direction="maximize")
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=optuna_storage, pruner=make_pruner(plan.search))
+            created = False
         if "fingerprint" not in study.user_attrs:
             for key, value in study_attrs(spec, plan.fingerprint, plan.recipe).items():
                 study.set_user_attr(key, value)
@@ -364,7 +369,8 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> Open
     interrupted = fail_trials_of_dead_workers(study)
     optuna.storages.fail_stale_trials(study)  # dead workers elsewhere: after the heartbeat's grace period
     experiment_id = track.experiment_id(spec.experiment)
-    parent = parent_run.find_or_create(spec, name, plan.space, parent_run.identity_tags(plan.fingerprint))
+    parent = parent_run.find_or_create(study, created, spec, plan.space, parent_run.identity_tags(plan.fingerprint),
+                                       experiment_id)
     closed = parent_run.close_orphan_runs(study, name, experiment_id)
     counts = parent_run.trial_counts(study)
     remaining = plan.target - counts["complete"] - counts["pruned"]

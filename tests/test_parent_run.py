@@ -35,3 +35,48 @@ def test_searched_params_are_recorded_as_their_ranges():
     assert searched["training.learning_rate"] == "searched 0.0003..0.002 (log)"
     assert searched["strategy.unfreeze"] == "searched 1..6"
     assert set(searched) <= set(spec.params())  # the same names as every run's params
+
+
+def parent_setup(store):
+    """A real MLflow store and Optuna study for the `transfer` Lite0 frozen pair."""
+    import mlflow
+
+    from benchmark import track
+
+    track.configure()
+    experiment = load_experiment("transfer")
+    spec = experiment.resolve("efficientnetlite0", "frozen")
+    space = experiment.search_space("efficientnetlite0", "frozen")
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{store / 'optuna.db'}", direction="maximize")
+    return spec, space, study, track.experiment_id(spec.experiment), mlflow.MlflowClient()
+
+
+def test_the_creator_of_a_study_makes_its_parent_and_the_others_wait_for_it(store, monkeypatch):
+    import threading
+
+    spec, space, study, experiment_id, client = parent_setup(store)
+    made = []
+
+    def creator():
+        made.append(parent_run.find_or_create(study, True, spec, space, {}, experiment_id))
+
+    later = threading.Timer(1.0, creator)  # the creator is slow; the other worker must not make its own
+    later.start()
+    waited = parent_run.find_or_create(study, False, spec, space, {}, experiment_id)
+    later.join()
+    assert waited == made[0] == study.user_attrs[parent_run.PARENT_ATTR]
+    assert parent_run.active_parents(experiment_id, "s") == [waited]
+    assert parent_run.find_or_create(study, False, spec, space, {}, experiment_id) == waited  # a resume
+
+    client.delete_run(waited)  # the user deleted it: made again, recorded, without waiting
+    monkeypatch.setattr(parent_run, "WAIT_FOR_CREATOR_S", 1e9)
+    again = parent_run.find_or_create(study, False, spec, space, {}, experiment_id)
+    assert again != waited and parent_run.active_parents(experiment_id, "s") == [again]
+    assert study.user_attrs[parent_run.PARENT_ATTR] == again
+
+
+def test_a_worker_whose_creator_died_makes_the_parent_after_waiting(store, monkeypatch):
+    spec, space, study, experiment_id, _ = parent_setup(store)
+    monkeypatch.setattr(parent_run, "WAIT_FOR_CREATOR_S", 0.5)
+    made = parent_run.find_or_create(study, False, spec, space, {}, experiment_id)
+    assert parent_run.active_parents(experiment_id, "s") == [made] == [study.user_attrs[parent_run.PARENT_ATTR]]
