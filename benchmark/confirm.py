@@ -9,7 +9,6 @@ the repeats already finished, so it resumes like a sweep.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,9 +87,9 @@ def repeat_once(spec: TrialSpec, data, row, k: int, resplit: bool, verbose: int)
     prepared = trial.prepare(spec, data)
     with track.open_run(spec, track.ROLE_CONFIRM, data.origin, run_name=name, extra_tags=tags) as run:
         logger = track.EpochLogger(run.info.run_id).callback()
-        result = trial.execute(prepared, callbacks=[logger], verbose=verbose)
+        # A repeat keeps its curves and predictions, not a model.
+        result = trial.finish(trial.execute(prepared, callbacks=[logger], verbose=verbose), keep=False)
         track.log_result(result, run.info.run_id)
-    shutil.rmtree(result.model_path.parent, ignore_errors=True)  # a repeat keeps its curves and predictions, not a model
     return result.metrics["test_top1"]
 
 

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from benchmark.data import Dataset
-from benchmark.model import BuiltModel
+from benchmark.model import BuiltModel, FrozenPart, create_frozen_part
 from benchmark.spec import TrialSpec
 
 FORMAT_VERSION = 1
@@ -60,6 +60,35 @@ def why_not_cached(spec: TrialSpec) -> str | None:
     return None
 
 
+def trains_head_only(spec: TrialSpec) -> bool:
+    """A one-phase trial whose backbone never trains, on features that never change: all it
+    trains is a head, on the cached features."""
+    return spec.strategy.unfreeze == 0 and why_not_cached(spec) is None
+
+
+@dataclasses.dataclass
+class SharedPart:
+    part: FrozenPart
+    data: Dataset  # held: the features are of these arrays
+    features: CachedFeatures | None = None
+
+
+_shared: dict[str, SharedPart] = {}  # one per process: the frozen part the head-only trials of a sweep share
+
+
+def shared_frozen_part(spec: TrialSpec, data: Dataset) -> FrozenPart:
+    """The frozen part (and, once computed, its features) for a head-only trial, built once per
+    process for every trial that would build the same one: a sweep's trials differ in their head
+    and its training, not in the backbone below it."""
+    key = json.dumps([spec.backbone.model_dump(mode="json"), spec.head.pooling, spec.training.seed,
+                      spec.training.mixed_precision, keras.backend.backend()])  # the seed: random-init backbones
+    shared = _shared.get(key)
+    if shared is None or shared.data is not data:
+        _shared.clear()
+        shared = _shared[key] = SharedPart(part=create_frozen_part(spec), data=data)
+    return shared.part
+
+
 def cache_key(spec: TrialSpec, built: BuiltModel, data: Dataset) -> str:
     """sha256 of everything the features depend on: the backbone's weights themselves (so
     "imagenet", a file and a seeded random init are told apart by content), the splits' pixels,
@@ -86,7 +115,11 @@ def cache_key(spec: TrialSpec, built: BuiltModel, data: Dataset) -> str:
 
 
 def cached_features(spec: TrialSpec, built: BuiltModel, data: Dataset) -> CachedFeatures:
-    """The pooled features of every split, read from the cache or computed and saved there."""
+    """The pooled features of every split, read from the cache or computed and saved there (or,
+    for a shared frozen part, kept in memory since an earlier trial)."""
+    shared = next((s for s in _shared.values() if s.part is built.part and s.data is data), None)
+    if shared is not None and shared.features is not None:
+        return dataclasses.replace(shared.features, status="hit", seconds=0.0)
     started = time.perf_counter()
     path = cache_dir() / f"{spec.backbone.name}-{spec.backbone.image_size}px-{cache_key(spec, built, data)[:32]}.npz"
     features = read(path, data)
@@ -96,7 +129,10 @@ def cached_features(spec: TrialSpec, built: BuiltModel, data: Dataset) -> Cached
         features = compute(built, data, spec.training.batch_size)
         write(path, features)
     replaced = dataclasses.replace(data, **{f"x_{split}": features[split] for split in SPLITS})
-    return CachedFeatures(data=replaced, status=status, seconds=time.perf_counter() - started, path=path)
+    cached = CachedFeatures(data=replaced, status=status, seconds=time.perf_counter() - started, path=path)
+    if shared is not None:
+        shared.features = cached
+    return cached
 
 
 def compute(built: BuiltModel, data: Dataset, batch_size: int) -> dict[str, np.ndarray]:

@@ -42,12 +42,13 @@ class TrialJob:
     trial_number: int
     pruner: optuna.pruners.BasePruner | None  # None: no pruning
     verbose: int
+    keep_above: float | None = None  # the trial keeps its model if its value beats this (None: any value)
 
 
 @dataclass
 class JobResult:
     metrics: dict[str, float]
-    model_path: str
+    model_path: str | None  # the saved model, if the trial kept it
     compute_s: float  # preparing, training and measuring; not logging
     started_at: float = 0.0  # when the job began in its process (time.time())
     process_start_s: float = 0.0  # starting the trial process (Python, TensorFlow), when this job did
@@ -88,7 +89,7 @@ def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> J
     from optuna_integration import KerasPruningCallback
 
     from benchmark.train import MONITOR
-    from benchmark.trial import execute, prepare
+    from benchmark.trial import execute, finish, prepare
 
     started_at = time.time()
     track.point_mlflow_at(job.tracking_uri)
@@ -103,15 +104,16 @@ def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> J
     started = time.perf_counter()
     try:
         result = execute(prepare(job.spec, data or dataset_for(job.spec.data)), callbacks=callbacks, verbose=job.verbose)
+        value = result.metrics[track.OBJECTIVE]
+        finish(result, keep=job.keep_above is None or value > job.keep_above)
     except optuna.TrialPruned:
         raise
     except Exception as e:
         raise TrialFailed(f"{type(e).__name__}: {e}") from None
     compute_s = time.perf_counter() - started - epoch_logger.seconds
     track.log_result(result, job.run_id)
-    return JobResult(
-        metrics=result.metrics, model_path=str(result.model_path), compute_s=compute_s, started_at=started_at
-    )
+    return JobResult(metrics=result.metrics, model_path=str(result.model_path) if result.model_path else None,
+                     compute_s=compute_s, started_at=started_at)
 
 
 def start_trial_process() -> None:

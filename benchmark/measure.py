@@ -31,10 +31,10 @@ def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_s
     }
 
 
-def count_params(model: keras.Model) -> tuple[int, int]:
-    """(total, trainable) parameter counts."""
-    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    return model.count_params(), trainable
+def count_params(*models: keras.Model) -> tuple[int, int]:
+    """(total, trainable) parameter counts of the models together (parts that share no layer)."""
+    trainable = sum(int(np.prod(w.shape)) for model in models for w in model.trainable_weights)
+    return sum(model.count_params() for model in models), trainable
 
 
 def save_for_inference(model: keras.Model, path: Path) -> float:

@@ -6,6 +6,7 @@ create_model): seeded, under the spec's dtype policy, with its final trainable l
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import keras
@@ -17,28 +18,62 @@ CIFAR_SIZE = 32
 
 
 @dataclass
-class BuiltModel:
-    model: keras.Model  # uint8 images -> logits
+class FrozenPart:
+    """uint8 images -> pooled backbone features: everything below the head."""
+
+    features: keras.Model
     base: keras.Model
     depth: int  # the backbone's weighted layers: the largest unfreeze depth
-    features: keras.Model  # uint8 images -> pooled backbone features (what the head sees)
-    head: keras.Model  # pooled features -> logits; shares its layers (and so its weights) with `model`
+
+
+@dataclass
+class BuiltModel:
+    part: FrozenPart
+    head: keras.Model  # pooled features -> logits; its layers are the full model's own
+    name: str
+
+    @property
+    def base(self) -> keras.Model:
+        return self.part.base
+
+    @property
+    def depth(self) -> int:
+        return self.part.depth
+
+    @property
+    def features(self) -> keras.Model:
+        return self.part.features
+
+    @functools.cached_property
+    def model(self) -> keras.Model:
+        """uint8 images -> logits: the frozen part's graph continued through the head's layers
+        (no layer is built again; a head-only trial on cached features never needs it to train)."""
+        return join(self.part, self.head, self.name)
 
 
 def create_model(spec: TrialSpec, num_classes: int) -> BuiltModel:
     """The trial's model for `spec`. A depth beyond the backbone is a BenchmarkError here, before
     a two-phase trial's first phase has trained."""
-    keras.backend.clear_session()
-    runtime.seed_everything(spec.training.seed)
-    keras.config.set_dtype_policy(runtime.mixed_precision_policy(spec.training.mixed_precision))
-    built = assemble(spec, num_classes)
+    part = create_frozen_part(spec)
+    built = BuiltModel(part=part, head=create_head(spec, num_classes, part), name=model_name(spec))
     set_trainable(built, spec.strategy.unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
     set_batchnorm_momentum(built, spec.strategy.batchnorm_momentum)
     return built
 
 
-def assemble(spec: TrialSpec, num_classes: int) -> BuiltModel:
-    """Input, augmentation, resize, preprocessing, backbone, pooling, head: every layer trainable."""
+def on_frozen_part(spec: TrialSpec, num_classes: int, part: FrozenPart) -> BuiltModel:
+    """A model for a head-only `spec` from a frozen part built earlier (for another trial): a new
+    head, and nothing of the part trainable."""
+    set_trainable_part(part, 0, False, spec.backbone.name)
+    return BuiltModel(part=part, head=create_head(spec, num_classes, part), name=model_name(spec))
+
+
+def create_frozen_part(spec: TrialSpec) -> FrozenPart:
+    """Input, augmentation, resize, preprocessing, backbone, pooling; seeded (a random-init
+    backbone depends on the training seed), under the spec's dtype policy."""
+    keras.backend.clear_session()
+    runtime.seed_everything(spec.training.seed)
+    keras.config.set_dtype_policy(runtime.mixed_precision_policy(spec.training.mixed_precision))
     backbone = registry.get_backbone(spec.backbone.name)
     base = registry.build_base(backbone, spec.backbone.image_size, spec.backbone.weights)
 
@@ -53,16 +88,25 @@ def assemble(spec: TrialSpec, num_classes: int) -> BuiltModel:
     # training=False keeps BatchNorm in inference mode even where layers are unfrozen.
     x = base(x, training=None if spec.strategy.train_batchnorm else False)
     pooled = pooling_layer(spec)(x)
-    layers = head_layers(spec, num_classes)
-    model = keras.Model(inputs, apply(layers, pooled), name=f"{backbone.name}_{spec.strategy_name}")
-    head_inputs = keras.Input(pooled.shape[1:], name="features")
-    return BuiltModel(
-        model=model,
-        base=base,
-        depth=registry.depth(base),
-        features=keras.Model(inputs, pooled, name=f"{backbone.name}_features"),
-        head=keras.Model(head_inputs, apply(layers, head_inputs), name=f"{backbone.name}_head"),
-    )
+    return FrozenPart(features=keras.Model(inputs, pooled, name=f"{backbone.name}_features"), base=base,
+                      depth=registry.depth(base))
+
+
+def create_head(spec: TrialSpec, num_classes: int, part: FrozenPart) -> keras.Model:
+    """The head for `spec` on the frozen part's features. Its initial weights depend on the
+    training seed alone (not on what was built before it), so a head built without its backbone
+    starts where the full model's would."""
+    keras.config.set_dtype_policy(runtime.mixed_precision_policy(spec.training.mixed_precision))
+    inputs = keras.Input(part.features.output.shape[1:], name="features")
+    return keras.Model(inputs, apply(head_layers(spec, num_classes), inputs), name=f"{spec.backbone.name}_head")
+
+
+def join(part: FrozenPart, head: keras.Model, name: str) -> keras.Model:
+    return keras.Model(part.features.input, apply(head.layers[1:], part.features.output), name=name)
+
+
+def model_name(spec: TrialSpec) -> str:
+    return f"{spec.backbone.name}_{spec.strategy_name}"
 
 
 def augmentation_layers(spec: TrialSpec) -> list[keras.layers.Layer]:
@@ -89,16 +133,20 @@ def pooling_layer(spec: TrialSpec) -> keras.layers.Layer:
 
 
 def head_layers(spec: TrialSpec, num_classes: int) -> list[keras.layers.Layer]:
-    """What follows the pooled features. Applied twice (full model, head model): shared weights."""
+    """What follows the pooled features. Applied twice (full model, head model): shared weights.
+    Seeded initializers: the same head whatever was built before it."""
+    seed = spec.training.seed
     layers = []
     if spec.head.normalize:
         layers.append(keras.layers.LayerNormalization(center=False, scale=False, name="normalize"))
     if spec.head.dense_units:
-        layers.append(keras.layers.Dense(spec.head.dense_units, activation="relu", name="hidden"))
+        layers.append(keras.layers.Dense(spec.head.dense_units, activation="relu", name="hidden",
+                                         kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1)))
     if spec.head.dropout:
-        layers.append(keras.layers.Dropout(spec.head.dropout, seed=spec.training.seed, name="dropout"))
+        layers.append(keras.layers.Dropout(spec.head.dropout, seed=seed, name="dropout"))
     # Logits stay float32 under mixed precision so the loss is computed stably.
-    layers.append(keras.layers.Dense(num_classes, dtype="float32", name="logits"))
+    layers.append(keras.layers.Dense(num_classes, dtype="float32", name="logits",
+                                     kernel_initializer=keras.initializers.GlorotUniform(seed=seed)))
     return layers
 
 
@@ -110,7 +158,11 @@ def apply(layers: list[keras.layers.Layer], x):
 
 def set_trainable(built: BuiltModel, unfreeze: int | str, train_batchnorm: bool, backbone_name: str) -> None:
     """Freeze the backbone but for its top `unfreeze` weighted layers; the head always trains."""
-    registry.apply_unfreeze(built.base, unfreeze, train_batchnorm=train_batchnorm, backbone_name=backbone_name)
+    set_trainable_part(built.part, unfreeze, train_batchnorm, backbone_name)
+
+
+def set_trainable_part(part: FrozenPart, unfreeze: int | str, train_batchnorm: bool, backbone_name: str) -> None:
+    registry.apply_unfreeze(part.base, unfreeze, train_batchnorm=train_batchnorm, backbone_name=backbone_name)
 
 
 def set_batchnorm_momentum(built: BuiltModel, momentum: float | None) -> None:

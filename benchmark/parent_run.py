@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import optuna
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from optuna.trial import TrialState
 
 from benchmark import registry, runtime, study_identity, track
@@ -35,11 +36,42 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> dict:
 
 
 def best_with_model(study: optuna.Study, trials: list | None = None) -> optuna.trial.FrozenTrial | None:
-    """The best completed trial that saved its model (on ties, the lowest number). Trials save their
-    model when they match or beat the best so far, so this is the study's best value."""
+    """The best completed trial that saved its model (on ties, the lowest number). A trial saves
+    its model when it enters the study's best `keep_models`, so this is the study's best trial."""
     trials = study.trials if trials is None else trials
     saved = [t for t in trials if t.state == TrialState.COMPLETE and trial_record(t).get("model_saved")]
     return max(saved, key=lambda t: (t.value, -t.number)) if saved else None
+
+
+def ranking(trials, current: tuple[int, float] | None = None) -> list[int]:
+    """Trial numbers of the completed trials (and `current`, a trial about to complete: its
+    number and value), best first; on ties the earlier trial ranks higher."""
+    entries = [(t.value, -t.number) for t in trials if t.state == TrialState.COMPLETE]
+    if current is not None:
+        entries.append((current[1], -current[0]))
+    return [-number for _, number in sorted(entries, reverse=True)]
+
+
+def keep_threshold(study: optuna.Study, keep: int) -> float | None:
+    """The value a new trial must beat to enter the study's best `keep` (None: fewer completed)."""
+    values = sorted((t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), reverse=True)
+    return values[keep - 1] if len(values) >= keep else None
+
+
+def drop_models_beyond(study: optuna.Study, keep: int, current: tuple[int, float], dropped: set[str]) -> set[str]:
+    """Deletes, from the artifact store (local or remote: MLflow's artifact repository of each
+    run), the saved models of trials no longer among the study's best `keep`, and tags their runs.
+    `dropped`: run ids already done. Returns the run ids deleted now."""
+    trials = study.get_trials(deepcopy=False)
+    kept = set(ranking(trials, current)[:keep])
+    gone = {t.user_attrs["mlflow_run_id"] for t in trials
+            if t.state == TrialState.COMPLETE and trial_record(t).get("model_saved") and t.number not in kept} - dropped
+    client = mlflow.MlflowClient()
+    for run_id in gone:
+        repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+        repository.delete_artifacts(track.ARTIFACT_MODEL_DIR)
+        client.set_tag(run_id, track.TAG_MODEL, track.MODEL_DROPPED)
+    return gone
 
 
 def trial_counts(study: optuna.Study, trials: list | None = None) -> dict[str, int]:

@@ -272,6 +272,9 @@ class SearchSpec(Strict):
     # Trials run in a child process replaced after this many trials (memory stays bounded, a crash
     # fails one trial); 0 runs them in the sweep's own process.
     trials_per_process: Annotated[int, Field(ge=0)] = 10
+    # A study keeps the full models of its best keep_models trials; the others keep their curves,
+    # predictions and spec (well under 1 MB), and a model that falls out of the best is deleted.
+    keep_models: Annotated[int, Field(ge=1, le=1000)] = 1
     space: SearchSpace = SearchSpace()
     per_backbone: dict[str, SearchSpaceOverride] = {}
 

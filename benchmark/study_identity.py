@@ -3,7 +3,8 @@
 A study is one resolved spec. Its fingerprint hashes everything that decides a trial's result:
 
   recipe   the TrialSpec and the search (space, sampler, pruner), without the study's size
-           (trials, timeout), how trials are hosted (trials_per_process) or where the data lives
+           (trials, timeout), how trials are hosted (trials_per_process), how many models it
+           keeps (keep_models) or where the data lives
   data     a hash of the images and labels the trials see (after the split and subsets)
   weights  the pretrained weights' identity: the checkpoint file's sha256, or Keras's name for
            its (hash-checked) download
@@ -27,7 +28,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
 
 SHORT = 8  # hex digits of the fingerprint in a study's name
-NOT_RESULTS = {"trials", "timeout_s", "trials_per_process"}  # how long and where, not what
+NOT_RESULTS = {"trials", "timeout_s", "trials_per_process", "keep_models"}  # how long, where and what is kept, not what
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -59,7 +58,6 @@ for _handler in logging.getLogger("optuna").handlers:  # Optuna's own stderr han
     _handler.addFilter(TRACEBACK_FILTER)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-OBJECTIVE = "best_val_top1"
 ATTEMPTS_PER_MISSING_TRIAL = 2
 
 
@@ -393,7 +391,8 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
     pruner = study.pruner if plan.search.pruner != "none" else None
     interruption = Interruption()
     runner = TrialRunner(plan.search.trials_per_process, plan.data, interrupted=lambda: interruption.seen)
-    objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url, pruner, runner, verbose)
+    objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url, pruner, runner, verbose,
+                          plan.search.keep_models)
     try:
         with mlflow.start_run(run_id=parent), interruption:
             try:
@@ -498,9 +497,10 @@ class Objective:
     """Maximises validation top-1 at the best epoch (the test set is never looked at here)."""
 
     def __init__(self, spec: TrialSpec, space: SearchSpace, name: str, storage_url: str,
-                 pruner: optuna.pruners.BasePruner | None, runner: TrialRunner, verbose: int):
+                 pruner: optuna.pruners.BasePruner | None, runner: TrialRunner, verbose: int, keep_models: int):
         self.spec, self.space, self.name, self.storage_url = spec, space, name, storage_url
-        self.pruner, self.runner, self.verbose = pruner, runner, verbose
+        self.pruner, self.runner, self.verbose, self.keep_models = pruner, runner, verbose, keep_models
+        self.dropped: set[str] = set()  # run ids whose model this sweep deleted
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", this_worker())  # lets a rerun on this machine see that it died
@@ -514,7 +514,7 @@ class Objective:
                 value = self.run_and_keep_model(trial, spec, run.info.run_id)
             except optuna.TrialPruned as e:
                 pruned = e
-                mlflow.log_metric(OBJECTIVE, max(reported_values(trial), default=float("nan")))
+                mlflow.log_metric(track.OBJECTIVE, max(reported_values(trial), default=float("nan")))
                 mlflow.set_tag(track.TAG_TRIAL_STATE, TrialState.PRUNED.name)
             except BaseException as e:
                 mlflow.set_tag(track.TAG_TRIAL_STATE, TrialState.FAIL.name)
@@ -526,16 +526,19 @@ class Objective:
         return value
 
     def run_and_keep_model(self, trial: optuna.Trial, spec: TrialSpec, run_id: str) -> float:
+        """The trial keeps its model if it enters the study's best `keep_models`; a model that
+        falls out of them then is deleted from the artifact store."""
         job = TrialJob(
             spec=spec, run_id=run_id, tracking_uri=track.tracking_uri(), storage_url=self.storage_url,
             study_name=self.name, trial_number=trial.number, pruner=self.pruner, verbose=self.verbose,
+            keep_above=parent_run.keep_threshold(trial.study, self.keep_models),
         )
         result = self.runner.run(job)
-        value = result.metrics[OBJECTIVE]
-        model_saved = matches_best(trial.study, value)
+        value = result.metrics[track.OBJECTIVE]
+        model_saved = result.model_path is not None
         if model_saved:
-            mlflow.log_artifact(result.model_path, track.ARTIFACT_MODEL_DIR)  # the parent re-logs the winner as a Keras model
-        shutil.rmtree(Path(result.model_path).parent, ignore_errors=True)
+            track.log_model_file(result.model_path, run_id)  # the parent re-logs the best as a Keras model
+            self.dropped |= parent_run.drop_models_beyond(trial.study, self.keep_models, (trial.number, value), self.dropped)
         # One write: each user attribute is a storage transaction (~30 ms on SQLite).
         trial.set_user_attr("outcome", {
             "test_top1": result.metrics["test_top1"], "model_saved": model_saved,
@@ -549,13 +552,6 @@ def reported_values(trial: optuna.Trial) -> list[float]:
     """The validation top-1 a trial reported to its pruner, epoch by epoch (its frozen record)."""
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
     return list(frozen.intermediate_values.values())
-
-
-def matches_best(study: optuna.Study, value: float) -> bool:
-    try:
-        return value >= study.best_value
-    except ValueError:  # no completed trial yet
-        return True
 
 
 def format_params(params: dict) -> str:

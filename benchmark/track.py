@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -35,8 +36,9 @@ from benchmark.redaction import redact
 from benchmark.spec import TrialSpec
 
 EPOCH_METRICS = ("loss", "top1", "top5", "val_loss", "val_top1", "val_top5", "learning_rate")
+OBJECTIVE = "best_val_top1"  # what a sweep maximises
 FINAL_METRICS = (
-    "best_val_top1",  # validation top-1 at the best epoch: the sweep's objective
+    OBJECTIVE,  # validation top-1 at the best epoch: the sweep's objective
     "best_val_top5",
     "best_epoch",
     "last_val_top1",
@@ -70,10 +72,12 @@ TAG_RECIPE = "recipe_fingerprint"  # what the leaderboard matches a spec by (ben
 TAG_SPEC_FINGERPRINT, TAG_DATA_FINGERPRINT, TAG_WEIGHTS_FINGERPRINT = "spec_fingerprint", "data_fingerprint", "weights_fingerprint"
 TAG_CONFIRM_OF, TAG_CONFIRM_SEED, TAG_CONFIRM_RESPLIT = "confirm_of", "confirm_seed", "confirm_resplit"
 TAG_UPDATED = "updated"  # when a report run was last rewritten
+TAG_MODEL = "model"  # whether the run's artifacts hold its model (a sweep keeps its best search.keep_models)
+MODEL_KEPT, MODEL_NOT_KEPT, MODEL_DROPPED = "kept", "not kept", "deleted: no longer among the study's best"
 PROGRESS_METRICS = {"complete": "trials_complete", "pruned": "trials_pruned", "failed": "trials_failed"}
 COMPUTE_METRIC = "trials_compute_s"  # all of a study's trials, wall time
 ARTIFACT_MODEL_DIR = "model"
-ARTIFACT_MODEL = f"{ARTIFACT_MODEL_DIR}/model.keras"  # kept by a trial that matched or beat the best
+ARTIFACT_MODEL = f"{ARTIFACT_MODEL_DIR}/model.keras"  # kept by a trial among its study's best search.keep_models
 ARTIFACT_CURVES = "learning_curves.png"
 ARTIFACT_PREDICTIONS = "test_predictions.npz"  # labels and top-5 predictions per test image
 ARTIFACT_HISTORY = "history.json"  # every epoch's logs
@@ -402,6 +406,12 @@ def log_result(result, run_id: str) -> None:
         (tmp / ARTIFACT_HISTORY).write_text(json.dumps(result.history.epochs, indent=1))
         (tmp / ARTIFACT_SPEC).write_text(result.spec.model_dump_json(indent=1))  # reports reload its data
         client.log_artifacts(run_id, str(tmp))
+
+
+def log_model_file(path: str | Path, run_id: str) -> None:
+    """A trial's saved model into its run (ARTIFACT_MODEL); the local file's folder is removed."""
+    mlflow.MlflowClient().log_artifact(run_id, str(path), ARTIFACT_MODEL_DIR)
+    shutil.rmtree(Path(path).parent, ignore_errors=True)
 
 
 def plot_learning_curves(history, path: Path, title: str = "") -> None:

@@ -69,9 +69,9 @@ class EpochRecorder(keras.callbacks.Callback):
 
 
 class KeepBestWeights(keras.callbacks.Callback):
-    """Holds the full model's weights of the best validation epoch and restores them when training
-    ends, so test metrics are measured on the model that validation selected. The full model, not
-    the one fitting: a head-only phase fits the head, and its best epoch predates phase 2's backbone."""
+    """Holds the weights of the best validation epoch and restores them when training ends, so test
+    metrics are measured on the model that validation selected. Of `full_model`, not the one
+    fitting: a head-only phase fits the head, and its best epoch predates phase 2's backbone."""
 
     def __init__(self, full_model: keras.Model):
         super().__init__()
@@ -154,7 +154,10 @@ def train(
     if spec.strategy.unfreeze == "search":
         raise ValueError("resolve unfreeze = 'search' to a depth before training (TrialSpec.with_values)")
     history = History()
-    best = KeepBestWeights(built.model)
+    runtime.seed_everything(spec.training.seed)  # the same shuffles whatever was built before
+    # What training can change: the head alone, unless a phase unfreezes layers or BatchNorm learns.
+    head_only = all(unfreeze == 0 for unfreeze, _, _ in phases(spec)) and not spec.strategy.train_batchnorm
+    best = KeepBestWeights(built.head if head_only else built.model)
     y_train = keras.utils.to_categorical(data.y_train, data.num_classes)
     y_val = keras.utils.to_categorical(data.y_val, data.num_classes)
     epoch = 0

@@ -1,7 +1,9 @@
 """One trial: spec -> data -> model -> train -> measure. Tracking is the caller's (see track.py).
 
 `prepare` does everything that can reject bad input (data, model, unfreeze depth) before any
-training starts or any run is recorded; `execute` trains and measures.
+training starts or any run is recorded; `execute` trains and measures; `finish` saves the model
+when the caller keeps it. A head-only trial on cached features builds only its head: the frozen
+part below it is built once per process (features.shared_frozen_part).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import numpy as np
 
 from benchmark import features, measure, track
 from benchmark.data import Dataset, load_dataset
-from benchmark.model import BuiltModel, create_model
+from benchmark.model import BuiltModel, create_model, on_frozen_part
 from benchmark.spec import TrialSpec
 from benchmark.train import History, train
+
+MODEL_FILE = "model.keras"
 
 
 @dataclass
@@ -37,8 +41,9 @@ class TrialResult:
     history: History
     test_labels: np.ndarray
     test_predictions: np.ndarray  # top-5 class indices per test image
-    model_path: Path
     tags: dict[str, str]
+    built: BuiltModel  # the trained model
+    model_path: Path | None = None  # where `finish` saved it, if it was kept
 
     @property
     def title(self) -> str:
@@ -48,23 +53,24 @@ class TrialResult:
 def prepare(spec: TrialSpec, data: Dataset | None = None) -> Prepared:
     started = time.perf_counter()
     data = data if data is not None else load_dataset(spec.data)
-    return Prepared(spec=spec, data=data, built=create_model(spec, data.num_classes), started=started)
+    if features.trains_head_only(spec):
+        built = on_frozen_part(spec, data.num_classes, features.shared_frozen_part(spec, data))
+    else:
+        built = create_model(spec, data.num_classes)
+    return Prepared(spec=spec, data=data, built=built, started=started)
 
 
-def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | None = None) -> TrialResult:
+def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
     spec, data, built = prepared.spec, prepared.data, prepared.built
-    model = built.model
     not_cached = features.why_not_cached(spec)
     cache = features.cached_features(spec, built, data) if not_cached is None else None
     history = train(built, spec, data, callbacks=list(callbacks), verbose=verbose,
                     features=cache.data if cache else None)
     best, last = history.epochs[history.best_index], history.epochs[-1]
     # A frozen trial's head is measured on the cached features: the same numbers as the full model on images.
-    test_model, test_data = (built.head, cache.data) if cache and spec.strategy.unfreeze == 0 else (model, data)
+    test_model, test_data = (built.head, cache.data) if cache and spec.strategy.unfreeze == 0 else (built.model, data)
     test = measure.evaluate(test_model, test_data.x_test, data.y_test, spec.training.batch_size)
-    total, trainable = measure.count_params(model)
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="benchmark-trial-"))
-    model_path = workdir / "model.keras"
+    total, trainable = measure.count_params(built.features, built.head)
     metrics = {
         "best_val_top1": best["val_top1"],
         "best_val_top5": best["val_top5"],
@@ -75,8 +81,7 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | 
         "test_top5": test["top5"],
         "params_total": float(total),
         "params_trainable": float(trainable),
-        "model_size_mb": measure.save_for_inference(model, model_path),
-        "infer_images_per_sec": inference_rate(spec, model),
+        "infer_images_per_sec": inference_rate(spec, built),
         "train_images_per_sec": measure.training_throughput(history.train_seconds, len(data.x_train)),
         "epochs_run": float(len(history.epochs)),
         "backbone_depth": float(built.depth),
@@ -89,23 +94,47 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0, workdir: Path | 
         history=history,
         test_labels=data.y_test,
         test_predictions=test["predictions"],
-        model_path=model_path,
         tags={track.TAG_FEATURE_CACHE: cache.status if cache else f"off: {not_cached}"},
+        built=built,
     )
 
 
+def finish(result: TrialResult, keep: bool, directory: Path | None = None) -> TrialResult:
+    """Saves the full model (into `directory`, else a new temporary folder) if the caller keeps
+    it, and records model_size_mb: the saved file's size, a property of the architecture, so a
+    trial that keeps no model takes it from one measured earlier in this process."""
+    key = architecture_key(result.spec, result.built)
+    if keep:
+        directory = Path(directory or tempfile.mkdtemp(prefix="benchmark-trial-"))
+        result.model_path = directory / MODEL_FILE
+        _model_sizes[key] = measure.save_for_inference(result.built.model, result.model_path)
+    elif key not in _model_sizes:
+        with tempfile.TemporaryDirectory(prefix="benchmark-size-") as tmp:
+            _model_sizes[key] = measure.save_for_inference(result.built.model, Path(tmp) / MODEL_FILE)
+    result.metrics["model_size_mb"] = _model_sizes[key]
+    result.tags[track.TAG_MODEL] = track.MODEL_KEPT if keep else track.MODEL_NOT_KEPT
+    return result
+
+
+_model_sizes: dict[str, float] = {}
 _inference_rates: dict[str, float] = {}
 
 
-def inference_rate(spec: TrialSpec, model: keras.Model) -> float:
-    """measure.inference_throughput, once per process for each architecture and setting: the
-    speed of a model does not depend on its trained weights, and a sweep's trials repeat one model."""
-    key = json.dumps([spec.backbone.image_size, spec.backbone.name, spec.head.model_dump(), spec.training.batch_size,
-                      spec.training.mixed_precision, spec.training.jit_compile, keras.backend.backend()])
+def architecture_key(spec: TrialSpec, built: BuiltModel) -> str:
+    """What a model's size and speed depend on: not its trained weights, so a sweep's trials
+    share them."""
+    return json.dumps([spec.backbone.name, spec.backbone.image_size, spec.head.model_dump(),
+                       built.head.output.shape[-1], spec.training.mixed_precision, keras.backend.backend()])
+
+
+def inference_rate(spec: TrialSpec, built: BuiltModel) -> float:
+    """measure.inference_throughput, once per process for each architecture and setting."""
+    key = json.dumps([architecture_key(spec, built), spec.training.batch_size, spec.training.jit_compile])
     if key not in _inference_rates:
-        _inference_rates[key] = measure.inference_throughput(model, spec.training.batch_size)
+        _inference_rates[key] = measure.inference_throughput(built.model, spec.training.batch_size)
     return _inference_rates[key]
 
 
 def run_trial(spec: TrialSpec, data: Dataset | None = None, callbacks=(), verbose: int = 0) -> TrialResult:
-    return execute(prepare(spec, data), callbacks=callbacks, verbose=verbose)
+    """Prepare, execute and keep the model (in a temporary folder: result.model_path)."""
+    return finish(execute(prepare(spec, data), callbacks=callbacks, verbose=verbose), keep=True)

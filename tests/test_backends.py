@@ -43,18 +43,18 @@ class NoTensorFlow:  # as on the GPU machine (benchmarks/gpu/): TensorFlow is no
 sys.meta_path.insert(0, NoTensorFlow())
 from benchmark import cli, leaderboard, report, runtime, sweep, throughput, track, trial  # what `python -m benchmark` loads
 from benchmark.measure import training_step_throughput
-from benchmark.model import assemble
+from benchmark.model import create_model
 from benchmark.spec import load_experiment
 from benchmark.train import compile_model
 spec = load_experiment("ci").resolve("vgg16", "frozen")
 runtime.seed_everything(0)
-model = assemble(spec, 100).model
+model = create_model(spec, 100).model
 compile_model(model, spec, 1e-3)
 augmented = spec.model_copy(update={
     "data": spec.data.model_copy(update={"augment": spec.data.augment.model_copy(update={"flip": True, "crop_padding": 4})}),
     "training": spec.training.model_copy(update={"jit_compile": "on"}),
 })
-jitted = assemble(augmented, 100).model
+jitted = create_model(augmented, 100).model
 compile_model(jitted, augmented, 1e-3)  # Keras turns jit off here for a layer that does not support it
 print(json.dumps({"device": runtime.device_description(), "images_per_s": training_step_throughput(model, 8, warmup=0, steps=1),
                   "versions": runtime.package_versions(), "tensorflow_loaded": "tensorflow" in sys.modules,

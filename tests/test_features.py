@@ -11,7 +11,8 @@ import pytest
 from benchmark import features, measure, track
 from benchmark.data import load_dataset
 from benchmark.spec import load_experiment
-from benchmark.trial import execute, prepare, run_trial
+from benchmark.model import create_model
+from benchmark.trial import Prepared, execute, prepare, run_trial
 
 
 @pytest.fixture
@@ -83,9 +84,17 @@ def test_the_key_changes_with_everything_that_determines_the_features_and_nothin
 
 
 @pytest.mark.slow
+def unshared(spec):
+    """A trial's model built on its own, not the process's shared frozen part (whose features stay
+    in memory once read): what a trial in a new process sees of the disk cache."""
+    data = load_dataset(spec.data)
+    return Prepared(spec=spec, data=data, built=create_model(spec, data.num_classes), started=0.0)
+
+
+@pytest.mark.slow
 def test_a_damaged_cache_file_is_computed_again_and_replaced(cache_dir, caplog):
     spec = frozen_spec()
-    prepared = prepare(spec)
+    prepared = unshared(spec)
     first = features.cached_features(spec, prepared.built, prepared.data)
     assert first.status == "miss" and first.path.is_file()
     first.path.write_bytes(first.path.read_bytes()[:1000])  # truncated, as by a full disk

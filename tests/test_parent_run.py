@@ -80,3 +80,43 @@ def test_a_worker_whose_creator_died_makes_the_parent_after_waiting(store, monke
     monkeypatch.setattr(parent_run, "WAIT_FOR_CREATOR_S", 0.5)
     made = parent_run.find_or_create(study, False, spec, space, {}, experiment_id)
     assert parent_run.active_parents(experiment_id, "s") == [made] == [study.user_attrs[parent_run.PARENT_ATTR]]
+
+
+def test_the_ranking_and_the_value_a_new_trial_must_beat_to_keep_its_model():
+    study = study_of((COMPLETE, 0.4, True), (PRUNED, None, False), (COMPLETE, 0.6, True), (FAIL, None, False),
+                     (COMPLETE, 0.6, True), (COMPLETE, 0.5, False))
+    assert parent_run.ranking(study.trials) == [2, 4, 5, 0]  # equal values: the earlier trial first
+    assert parent_run.ranking(study.trials, current=(6, 0.6)) == [2, 4, 6, 5, 0]
+    assert parent_run.keep_threshold(study, 1) == 0.6 and parent_run.keep_threshold(study, 3) == 0.5
+    assert parent_run.keep_threshold(study, 5) is None  # fewer completed trials than models to keep
+
+
+def test_models_outside_the_best_are_deleted_from_the_artifact_store_once(store, tmp_path):
+    import mlflow
+
+    from benchmark import track
+
+    track.configure()
+    experiment_id = track.experiment_id("made-up")
+    client = mlflow.MlflowClient()
+    study = optuna.create_study(direction="maximize")
+    for number, value in enumerate((0.4, 0.6, 0.5)):
+        run_id = client.create_run(experiment_id).info.run_id
+        saved = tmp_path / str(number) / "model.keras"  # log_model_file removes its folder
+        saved.parent.mkdir()
+        saved.write_bytes(b"a model")
+        track.log_model_file(saved, run_id)
+        assert not saved.parent.exists()
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}, user_attrs={
+            "mlflow_run_id": run_id, "outcome": {"model_saved": True}}))
+    runs = [t.user_attrs["mlflow_run_id"] for t in study.trials]
+
+    def left():
+        return [bool(client.list_artifacts(run, track.ARTIFACT_MODEL_DIR)) for run in runs]
+
+    # A new trial at 0.55: the best three are trials 1, 3 (the new one) and 2.
+    assert parent_run.drop_models_beyond(study, 3, current=(3, 0.55), dropped=set()) == {runs[0]}
+    assert left() == [False, True, True]
+    assert client.get_run(runs[0]).data.tags[track.TAG_MODEL] == track.MODEL_DROPPED
+    assert parent_run.drop_models_beyond(study, 2, current=(3, 0.55), dropped={runs[0]}) == {runs[2]}
+    assert left() == [False, True, False]

@@ -121,6 +121,45 @@ def test_rerun_resumes_to_the_target_without_exceeding_it(store):
     assert_optuna_matches_mlflow(done)
 
 
+def models_in_store(result: sweep.SweepResult) -> dict[int, list[str]]:
+    """Trial number -> the files under its run's model/ folder, for every trial of the study."""
+    client = mlflow.MlflowClient()
+    return {number: [f.path for f in client.list_artifacts(run.info.run_id, track.ARTIFACT_MODEL_DIR)]
+            for number, run in child_runs(result).items()}
+
+
+@pytest.mark.slow
+def test_only_the_best_trials_model_stays_in_the_artifact_store_also_after_a_rerun_finds_a_new_best(store, monkeypatch):
+    monkeypatch.setattr(sweep, "suggest", fixed_learning_rates({0: 1e-7, 1: 1e-6, 2: 3e-3}, default=1e-7))
+    experiment = ci(pruner="none", trials_per_process=0)
+    first = sweep.run_sweep(experiment, "vgg16", strategy="frozen", trials=2, verbose=0)
+    best = parent_run.best_with_model(first.study).number
+    assert models_in_store(first) == {n: [track.ARTIFACT_MODEL] if n == best else [] for n in (0, 1)}
+
+    again = sweep.run_sweep(experiment, "vgg16", strategy="frozen", trials=4, verbose=0)  # trial 2 learns: a new best
+    assert again.study.best_trial.number == 2
+    assert models_in_store(again) == {0: [], 1: [], 2: [track.ARTIFACT_MODEL], 3: []}
+    tags = {n: run.data.tags[track.TAG_MODEL] for n, run in child_runs(again).items()}
+    assert tags[2] == track.MODEL_KEPT and tags[3] == track.MODEL_NOT_KEPT
+    assert tags[best] == track.MODEL_DROPPED  # it was kept, then deleted when trial 2 beat it
+    assert mlflow.get_run(again.parent_run_id).data.tags[track.TAG_BEST_MODEL_TRIAL] == "2"
+    # What a trial that keeps no model leaves on disk: its curves, predictions, history and spec.
+    for number, run in child_runs(again).items():
+        if number != 2:
+            folder = Path(run.info.artifact_uri.removeprefix("file://"))
+            assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 1_000_000
+
+
+@pytest.mark.slow
+def test_a_study_keeps_the_models_of_its_best_keep_models_trials(store, monkeypatch):
+    monkeypatch.setattr(sweep, "suggest", fixed_learning_rates({0: 1e-7, 1: 3e-3, 2: 1e-3, 3: 1e-7}, default=1e-7))
+    result = sweep.run_sweep(ci(pruner="none", trials_per_process=0, keep_models=2), "vgg16", strategy="frozen",
+                             trials=4, verbose=0)
+    top_two = parent_run.ranking(result.study.trials)[:2]
+    assert sorted(top_two) == [1, 2]
+    assert {n for n, files in models_in_store(result).items() if files} == set(top_two)
+
+
 @pytest.mark.slow
 def test_a_nan_trial_fails_and_the_sweep_goes_on(store, monkeypatch):
     # Trial 1 gets a learning rate at which the logits overflow float32: the loss becomes inf/NaN.
