@@ -229,8 +229,23 @@ def summarize(study: optuna.Study, run_id: str) -> None:
         mlflow.log_metrics(metrics)
         mlflow.log_metrics({f"best_{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))})
         mlflow.set_tags({f"best.{k}": str(v) for k, v in best.params.items()})
-        if client.get_run(run_id).data.tags.get(track.TAG_BEST_MODEL_TRIAL) != str(best.number):
+        tags = client.get_run(run_id).data.tags
+        if tags.get(track.TAG_BEST_MODEL_TRIAL) != str(best.number):
             mlflow.set_tags({track.TAG_BEST_MODEL_URI: log_best_model(child_id), track.TAG_BEST_MODEL_TRIAL: str(best.number)})
+            if tags.get(track.TAG_BEST_MODEL_URI):
+                delete_logged_model(tags[track.TAG_BEST_MODEL_URI])  # the former best's copy
+
+
+def delete_logged_model(uri: str) -> None:
+    """A logged model (models:/<id>) and its files, from the artifact store too."""
+    client = mlflow.MlflowClient()
+    model_id = uri.removeprefix("models:/")
+    try:
+        location = client.get_logged_model(model_id).artifact_location
+    except mlflow.exceptions.MlflowException:  # already gone
+        return
+    get_artifact_repository(location).delete_artifacts()
+    client.delete_logged_model(model_id)
 
 
 def log_best_model(child_run_id: str) -> str:
