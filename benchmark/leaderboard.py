@@ -50,7 +50,7 @@ PROGRESS = {k: f"metrics.{name}" for k, name in {**track.PROGRESS_METRICS, "comp
 RUN_COLUMNS = (
     *(f"metrics.{name}" for name in ("best_val_top1", "best_val_top5", "test_top1", "test_top5", "params_total",
                                      "model_size_mb", "infer_images_per_sec", "train_images_per_sec")),
-    "params.training.learning_rate", "params.strategy.unfreeze", TRIAL_NUMBER, BACKBONE, STRATEGY, BEST_RUN, STUDY,
+    "params.training.learning_rate", "params.training.optimizer", "params.strategy.unfreeze", TRIAL_NUMBER, BACKBONE, STRATEGY, BEST_RUN, STUDY,
     RECIPE, CONFIRM_OF, "end_time", "start_time", "status", "run_id", *PROGRESS.values(),
 )  # fmt: skip
 # What every run of a role has, as the benchmark writes it: a store without it was written by something else.
@@ -260,7 +260,9 @@ def summarize_group(candidates: pd.DataFrame, totals: pd.Series) -> dict:
         "model_size_mb": best["metrics.model_size_mb"],
         "infer_images_per_sec": best["metrics.infer_images_per_sec"],
         "train_images_per_sec": best["metrics.train_images_per_sec"],
-        "learning_rate": float(best["params.training.learning_rate"]),
+        # A linear probe (lbfgs) has no learning rate: its spec's value was never used.
+        "learning_rate": float("nan") if best.get("params.training.optimizer") == "lbfgs"
+        else float(best["params.training.learning_rate"]),
         "unfreeze": best["params.strategy.unfreeze"],
         "trials_complete": int(totals["complete"]),
         "trials_pruned": int(totals["pruned"]),

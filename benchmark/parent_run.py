@@ -140,6 +140,8 @@ def searched_params(spec: TrialSpec, space: SearchSpace) -> dict[str, str]:
     def span(r, log=True) -> str:
         return f"searched {r.low:g}..{r.high:g}" + (" (log)" if log else "")
 
+    if spec.training.optimizer == "lbfgs":
+        return {"training.l2": span(space.l2)}
     searched = {"training.learning_rate": span(space.learning_rate)}
     if spec.strategy.unfreeze == "search":
         searched["strategy.unfreeze"] = span(space.unfreeze, log=False)

@@ -152,7 +152,10 @@ class StrategySpec(Strict):
 
 
 class TrainingSpec(Strict):
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    # lbfgs: the standard linear probe of a frozen backbone (Kornblith et al. 2019): multinomial
+    # logistic regression on the cached features, fitted to convergence with L-BFGS, penalised by
+    # l2 / 2 * |W|^2 added to the mean cross-entropy. Head-only strategies (unfreeze = 0) only.
+    optimizer: Literal["adam", "adamw", "sgd", "lbfgs"] = "adam"
     learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0  # decoupled (every optimizer; AdamW's is Adam with it)
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9  # sgd only
@@ -167,6 +170,7 @@ class TrainingSpec(Strict):
     # auto: a head-only trial (unfreeze 0, no augmentation) trains on pooled backbone features computed
     # once and kept on disk (benchmark/features.py); off: every epoch runs through the frozen backbone.
     feature_cache: Literal["auto", "off"] = "auto"
+    l2: Annotated[float, Field(ge=0.0)] = 1e-3  # lbfgs only (others: weight_decay)
     seed: Seed = 0
 
 
@@ -237,6 +241,7 @@ DropoutRange = Annotated[FloatRange, searches(HeadSpec, "dropout", "head.dropout
 DenseUnitsChoices = Annotated[list[int], searches(HeadSpec, "dense_units", "head.dense_units")]
 FinetuneScaleRange = Annotated[PositiveFloatRange, searches(StrategySpec, "finetune_lr_scale", "strategies.*.finetune_lr_scale")]
 WeightDecayRange = Annotated[PositiveFloatRange, searches(TrainingSpec, "weight_decay", "training.weight_decay")]
+L2Range = Annotated[PositiveFloatRange, searches(TrainingSpec, "l2", "training.l2")]
 
 
 class SearchSpace(Strict):
@@ -248,6 +253,7 @@ class SearchSpace(Strict):
     dense_units: DenseUnitsChoices | None = None
     finetune_lr_scale: FinetuneScaleRange | None = None
     weight_decay: WeightDecayRange | None = None  # log scale; decoupled, as every Keras optimizer applies it
+    l2: L2Range | None = None  # log scale; the lbfgs optimizer searches this instead of learning_rate and weight_decay
 
 
 class SearchSpaceOverride(Strict):
@@ -257,6 +263,7 @@ class SearchSpaceOverride(Strict):
     dense_units: DenseUnitsChoices | None = None
     finetune_lr_scale: FinetuneScaleRange | None = None
     weight_decay: WeightDecayRange | None = None
+    l2: L2Range | None = None
 
 
 StrategySpec.model_rebuild()  # its `space` is defined above, after it
@@ -321,6 +328,9 @@ class ExperimentSpec(Strict):
             for key in keys:
                 if key not in self.backbones:
                     problems.append(f"{section}.{key}: not one of this experiment's backbones {self.backbones}")
+        if self.training.optimizer == "lbfgs":
+            problems += linear_probe_problems(self.training, self.strategies, self.head, self.data)
+            problems += linear_probe_search_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -368,6 +378,41 @@ class ExperimentSpec(Strict):
         )
 
 
+def linear_probe_problems(training: TrainingSpec, strategies: dict[str, StrategySpec], head: HeadSpec,
+                          data: DataSpec) -> list[str]:
+    """Why training.optimizer = "lbfgs" (a linear classifier fitted on cached features of a frozen
+    backbone) cannot train these strategies; each problem names the field to change."""
+    why = 'training.optimizer = "lbfgs" fits a linear classifier on the frozen backbone\'s cached features'
+    problems = [f"strategies.{name}.unfreeze = {strategy.unfreeze!r}: {why}; use unfreeze = 0 or another optimizer"
+                for name, strategy in strategies.items() if strategy.unfreeze != 0]
+    problems += [f"strategies.{name}.train_batchnorm = true: {why}; set it false"
+                 for name, strategy in strategies.items() if strategy.train_batchnorm]
+    fixes = {
+        "head.dense_units": (head.dense_units, "set 0 (no hidden layer)"),
+        "head.dropout": (head.dropout, "set 0"),
+        "training.label_smoothing": (training.label_smoothing, "set 0"),
+        "training.feature_cache": (training.feature_cache == "off", 'set "auto"'),
+        "data.augment": (data.augment.flip or data.augment.crop_padding, "set { flip = false, crop_padding = 0 }"),
+    }
+    problems += [f"{field}: {why}; {fix}" for field, (value, fix) in fixes.items() if value]
+    return problems
+
+
+def linear_probe_search_problems(experiment: ExperimentSpec) -> list[str]:
+    """An lbfgs sweep searches the L2 strength (the solver's result is otherwise fixed)."""
+    spaces = [("search.space", experiment.search.space)]
+    spaces += [(f"search.per_backbone.{name}", override) for name, override in experiment.search.per_backbone.items()]
+    spaces += [(f"strategies.{name}.space", s.space) for name, s in experiment.strategies.items() if s.space]
+    problems = [f"{where}.{field}: the lbfgs solver has no {field}; search l2 instead"
+                for where, space in spaces for field in ("weight_decay", "finetune_lr_scale")
+                if getattr(space, field) is not None]
+    if any(experiment.search_space(backbone, name).l2 is None
+           for backbone in experiment.backbones for name in experiment.strategies):
+        problems.append("search.space.l2: an lbfgs sweep searches the L2 strength; add "
+                        "l2 = { low = 1e-6, high = 1.0 } to search.space")
+    return problems
+
+
 def set_fields(override: BaseModel) -> dict[str, Any]:
     """The fields an override sets (not None), as model objects, for model_copy(update=...)."""
     return {name: getattr(override, name) for name in type(override).model_fields if getattr(override, name) is not None}
@@ -392,6 +437,7 @@ class TrialSpec(Strict):
         dense_units: int | None = None,
         finetune_lr_scale: float | None = None,
         weight_decay: float | None = None,
+        l2: float | None = None,
     ) -> TrialSpec:
         """A copy with the values a sweep (or the command line) chose; None keeps the spec's."""
 
@@ -401,7 +447,7 @@ class TrialSpec(Strict):
 
         return self.model_copy(
             update={
-                "training": updated(self.training, learning_rate=learning_rate, weight_decay=weight_decay),
+                "training": updated(self.training, learning_rate=learning_rate, weight_decay=weight_decay, l2=l2),
                 "strategy": updated(self.strategy, unfreeze=unfreeze, finetune_lr_scale=finetune_lr_scale),
                 "head": updated(self.head, dropout=dropout, dense_units=dense_units),
             }

@@ -153,6 +153,8 @@ def make_pruner(search: SearchSpec) -> optuna.pruners.BasePruner:
 
 def suggest(trial: optuna.Trial, spec: TrialSpec, space: SearchSpace) -> dict:
     """Values for TrialSpec.with_values, sampled from the spec's search space."""
+    if spec.training.optimizer == "lbfgs":  # a linear probe: the L2 strength is all there is to search
+        return {"l2": trial.suggest_float("l2", space.l2.low, space.l2.high, log=True)}
     values = {
         "learning_rate": trial.suggest_float("learning_rate", space.learning_rate.low, space.learning_rate.high, log=True)
     }
@@ -388,7 +390,9 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> Open
 def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str], None]) -> None:
     """Optuna's loop until the target is met (or the time is up), trials in a child process."""
     study, parent = opened.study, opened.parent_run_id
-    pruner = study.pruner if plan.search.pruner != "none" else None
+    # A linear probe has no epochs to stop between: one fit to convergence, nothing to prune.
+    prunes = plan.search.pruner != "none" and plan.spec.training.optimizer != "lbfgs"
+    pruner = study.pruner if prunes else None
     interruption = Interruption()
     runner = TrialRunner(plan.search.trials_per_process, plan.data, interrupted=lambda: interruption.seen)
     objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url, pruner, runner, verbose,

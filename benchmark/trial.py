@@ -20,7 +20,8 @@ import numpy as np
 from benchmark import features, measure, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.model import BuiltModel, create_model, on_frozen_part
-from benchmark.spec import TrialSpec
+from benchmark.errors import BenchmarkError
+from benchmark.spec import TrialSpec, linear_probe_problems
 from benchmark.train import History, train
 
 MODEL_FILE = "model.keras"
@@ -52,6 +53,9 @@ class TrialResult:
 
 def prepare(spec: TrialSpec, data: Dataset | None = None) -> Prepared:
     started = time.perf_counter()
+    if spec.training.optimizer == "lbfgs" and (problems := linear_probe_problems(
+            spec.training, {spec.strategy_name: spec.strategy}, spec.head, spec.data)):
+        raise BenchmarkError("; ".join(problems))  # a value given on the command line, say (the spec file was checked)
     data = data if data is not None else load_dataset(spec.data)
     if features.trains_head_only(spec):
         built = on_frozen_part(spec, data.num_classes, features.shared_frozen_part(spec, data))

@@ -57,3 +57,84 @@ def test_a_loss_that_becomes_nan_stops_the_trial_with_advice():
     data = small_data(spec, train=64, validation=32)
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
         train(create_model(spec, data.num_classes), spec, data)
+
+
+def lbfgs_spec(l2: float, normalize: bool = False):
+    spec = ci_spec()
+    return spec.model_copy(update={
+        "training": spec.training.model_copy(update={"optimizer": "lbfgs", "l2": l2}),
+        "head": spec.head.model_copy(update={"normalize": normalize})})
+
+
+def made_features(n: int, dim: int, classes: list[int], num_classes: int, seed: int):
+    """Gaussian blobs, one per class in `classes` (the others absent), as a cached-features Dataset."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_classes, dim))
+    labels = rng.choice(classes, size=n)
+    x = (centres[labels] + 1.5 * rng.normal(size=(n, dim))).astype(np.float32)
+    return x, labels
+
+
+def reference_logistic_regression(x, y, classes, l2):
+    """Mean cross-entropy + l2/2 |W|^2 minimised by scipy's L-BFGS-B on the explicit objective."""
+    from scipy.optimize import minimize
+    from scipy.special import log_softmax
+
+    x = x.astype(np.float64)
+    n, dim, k = len(x), x.shape[1], len(classes)
+    index = np.searchsorted(classes, y)
+
+    def objective(theta):
+        w, b = theta[: dim * k].reshape(dim, k), theta[dim * k:]
+        logp = log_softmax(x @ w + b, axis=1)
+        p = np.exp(logp)
+        p[np.arange(n), index] -= 1
+        loss = -logp[np.arange(n), index].mean() + l2 / 2 * (w ** 2).sum()
+        return loss, np.concatenate([(x.T @ p / n + l2 * w).ravel(), p.mean(axis=0)])
+
+    theta = minimize(objective, np.zeros(dim * k + k), jac=True, method="L-BFGS-B",
+                     options={"maxiter": 5000, "gtol": 1e-10, "ftol": 1e-14}).x
+    return theta[: dim * k].reshape(dim, k), theta[dim * k:]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_the_lbfgs_head_is_the_l2_regularised_logistic_regression_of_the_features(normalize):
+    from benchmark.data import Dataset
+    from benchmark.model import FrozenPart, create_head
+
+    classes, num_classes, l2 = [0, 1, 2, 4, 5], 7, 0.01  # classes 3 and 6 are absent from training
+    x, y = made_features(400, 12, classes, num_classes, seed=0)
+    x_val, y_val = made_features(100, 12, classes, num_classes, seed=0)
+    features = Dataset(x_train=x, y_train=y, x_val=x_val, y_val=y_val, x_test=x_val, y_test=y_val,
+                       class_names=[str(c) for c in range(num_classes)], origin="made")
+    spec = lbfgs_spec(l2, normalize)
+    made = keras.Input((12,))
+    part = FrozenPart(features=keras.Model(made, keras.layers.Identity()(made)), base=None, depth=0)
+    head = create_head(spec, num_classes, part)
+    history = train_linear_probe(head, spec, features)
+
+    inputs = keras.ops.convert_to_numpy(head.layers[1](x)) if normalize else x
+    kernel, bias = reference_logistic_regression(inputs, y, np.array(classes), l2)
+    logits = head.predict(x_val, verbose=0)
+    expected = (keras.ops.convert_to_numpy(head.layers[1](x_val)) if normalize else x_val) @ kernel + bias
+    probabilities = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(probabilities(logits[:, classes]), probabilities(expected), atol=2e-3)
+    assert (logits.argmax(1) != 3).all() and (logits.argmax(1) != 6).all()  # never an absent class
+    [epoch] = history.epochs
+    assert epoch["converged"] == 1.0 and 1 < epoch["solver_iterations"] < 1000
+    assert epoch["val_top1"] == pytest.approx(np.mean(logits.argmax(1) == y_val))
+
+
+def train_linear_probe(head, spec, features):
+    from benchmark.train import fit_linear_probe
+
+    return fit_linear_probe(head, spec, features)
+
+
+def test_lbfgs_is_for_head_only_strategies_and_says_what_to_change():
+    from benchmark.errors import BenchmarkError
+    from benchmark.trial import prepare
+
+    spec = lbfgs_spec(0.01).with_values(unfreeze=2)
+    with pytest.raises(BenchmarkError, match=r"strategies.frozen.unfreeze = 2: .*lbfgs.*use unfreeze = 0"):
+        prepare(spec)
