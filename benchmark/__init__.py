@@ -21,6 +21,7 @@ The modules, in the order data flows through them:
   checkpoint      reads PyTorch checkpoints without torch (Lite's ImageNet weights)
   model           a trial's Keras model: preprocessing, backbone, head
   features        the frozen-feature cache (head-only trials train on stored backbone outputs)
+  prefix          the prefix cache (top-N trials train the layers above a cut on its stored activations)
   train           fitting: phases, callbacks, the history of every epoch
   measure         top-1/top-5, parameter counts, size, throughput of a model
   throughput      the `throughput` command: one backbone's images/s (and check's re-measurement)

@@ -5,6 +5,10 @@ With the backbone frozen (BatchNorm in inference mode) and no augmentation, ever
 features, so they are computed once per (backbone weights, image size, pooling, precision, data
 splits, Keras version and backend), kept on disk under a hash of all of that, and reused by every
 later trial and sweep. Anything that changes the features changes the key.
+
+With augmentation on, `training.feature_views = V` caches V augmented views of the training
+images instead (view v drawn by the spec's augmentation layers seeded with seed + v, rounded to
+8-bit images); epoch e trains on view e mod V, validation and test stay plain.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import keras
 import numpy as np
 
 from benchmark.data import Dataset
-from benchmark.model import BuiltModel, FrozenPart, create_frozen_part
+from benchmark.model import BuiltModel, FrozenPart, augmentation_layers, create_frozen_part
 from benchmark.spec import TrialSpec
 
 FORMAT_VERSION = 1
@@ -37,6 +41,7 @@ class CachedFeatures:
     status: str  # "hit" (read from disk) or "miss" (computed, then saved)
     seconds: float  # spent computing or reading them
     path: Path
+    train_views: np.ndarray | None = None  # (V, N, D) with training.feature_views = V; data.x_train is view 0
 
 
 def cache_dir() -> Path:
@@ -55,9 +60,16 @@ def why_not_cached(spec: TrialSpec) -> str | None:
         return "the backbone trains (unfreeze > 0) in every epoch"
     if strategy.train_batchnorm:
         return "strategy.train_batchnorm updates BatchNorm statistics"
-    if augment.flip or augment.crop_padding:
-        return "augmentation changes the images every epoch (set data.augment flip = false, crop_padding = 0)"
+    if (augment.flip or augment.crop_padding) and not spec.training.feature_views:
+        return ("augmentation changes the images every epoch (set data.augment flip = false, crop_padding = 0, "
+                "or training.feature_views = V to cache V augmented views)")
     return None
+
+
+def views_of(spec: TrialSpec) -> int:
+    """How many augmented views of the training images the cache holds (0: the plain images)."""
+    augment = spec.data.augment
+    return spec.training.feature_views if augment.flip or augment.crop_padding else 0
 
 
 def trains_head_only(spec: TrialSpec) -> bool:
@@ -80,8 +92,9 @@ def shared_frozen_part(spec: TrialSpec, data: Dataset) -> FrozenPart:
     """The frozen part (and, once computed, its features) for a head-only trial, built once per
     process for every trial that would build the same one: a sweep's trials differ in their head
     and its training, not in the backbone below it."""
-    key = json.dumps([spec.backbone.model_dump(mode="json"), spec.head.pooling, spec.training.seed,
-                      spec.training.mixed_precision, keras.backend.backend()])  # the seed: random-init backbones
+    key = json.dumps([spec.backbone.model_dump(mode="json"), spec.head.pooling, spec.training.seed,  # the seed: random init
+                      spec.training.mixed_precision, keras.backend.backend(), spec.data.augment.model_dump(),
+                      views_of(spec)])
     shared = _shared.get(key)
     if shared is None or shared.data is not data:
         _shared.clear()
@@ -103,6 +116,8 @@ def cache_key(spec: TrialSpec, built: BuiltModel, data: Dataset) -> str:
         "pooling": spec.head.pooling,
         "dtype_policy": keras.config.dtype_policy().name,
     }
+    if views_of(spec):
+        settings["views"] = {"count": views_of(spec), "augment": spec.data.augment.model_dump(), "seed": spec.training.seed}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for weight in built.base.weights:
         digest.update(weight.path.encode())
@@ -122,28 +137,49 @@ def cached_features(spec: TrialSpec, built: BuiltModel, data: Dataset) -> Cached
         return dataclasses.replace(shared.features, status="hit", seconds=0.0)
     started = time.perf_counter()
     path = cache_dir() / f"{spec.backbone.name}-{spec.backbone.image_size}px-{cache_key(spec, built, data)[:32]}.npz"
-    features = read(path, data)
+    features = read(path, data, views_of(spec))
     status = "hit"
     if features is None:
         status = "miss"
-        features = compute(built, data, spec.training.batch_size)
+        features = compute(built, data, spec)
         write(path, features)
-    replaced = dataclasses.replace(data, **{f"x_{split}": features[split] for split in SPLITS})
-    cached = CachedFeatures(data=replaced, status=status, seconds=time.perf_counter() - started, path=path)
+    views = features["train"] if views_of(spec) else None
+    plain = {**features, "train": views[0]} if views is not None else features
+    replaced = dataclasses.replace(data, **{f"x_{split}": plain[split] for split in SPLITS})
+    cached = CachedFeatures(data=replaced, status=status, seconds=time.perf_counter() - started, path=path,
+                            train_views=views)
     if shared is not None:
         shared.features = cached
     return cached
 
 
-def compute(built: BuiltModel, data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
-    """One forward pass over all splits at once (one traced function, not one per split's shapes)."""
-    images = [getattr(data, f"x_{split}") for split in SPLITS]
-    pooled = np.asarray(built.features.predict(np.concatenate(images), batch_size=batch_size, verbose=0), np.float32)
-    ends = np.cumsum([len(x) for x in images])
-    return dict(zip(SPLITS, np.split(pooled, ends[:-1])))
+def compute(built: BuiltModel, data: Dataset, spec: TrialSpec) -> dict[str, np.ndarray]:
+    """One forward pass over all splits at once (one traced function, not one per split's shapes);
+    with views, "train" holds the features of every view, (V, N, D)."""
+    views = views_of(spec)
+    train = list(augmented_views(spec, data.x_train, views)) if views else [data.x_train]
+    images = [*train, data.x_val, data.x_test]
+    pooled = np.asarray(built.features.predict(np.concatenate(images), batch_size=spec.training.batch_size,
+                                               verbose=0), np.float32)
+    parts = np.split(pooled, np.cumsum([len(x) for x in images])[:-1])
+    return {"train": np.stack(parts[:-2]) if views else parts[0], "val": parts[-2], "test": parts[-1]}
 
 
-def read(path: Path, data: Dataset) -> dict[str, np.ndarray] | None:
+def augmented_views(spec: TrialSpec, images: np.ndarray, views: int, batch: int = 256):
+    """View v of the images: the spec's augmentation layers, seeded with training.seed + v, in
+    training mode, rounded back to 8-bit images."""
+    for view in range(views):
+        layers = augmentation_layers(spec, seed=spec.training.seed + view)
+        chunks = []
+        for start in range(0, len(images), batch):
+            x = keras.ops.cast(images[start:start + batch], "float32")
+            for layer in layers:
+                x = layer(x, training=True)
+            chunks.append(np.clip(np.rint(keras.ops.convert_to_numpy(x)), 0, 255).astype(np.uint8))
+        yield np.concatenate(chunks)
+
+
+def read(path: Path, data: Dataset, views: int = 0) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None if absent or unusable (then they are computed again)."""
     if not path.is_file():
         return None
@@ -153,7 +189,10 @@ def read(path: Path, data: Dataset) -> dict[str, np.ndarray] | None:
     except Exception as e:  # truncated or foreign file: recompute and overwrite it
         log.warning("feature cache %s is unreadable (%s: %s); computing the features again", path, type(e).__name__, e)
         return None
-    if any(len(features[split]) != len(getattr(data, f"y_{split}")) for split in SPLITS):
+    rows = {**{split: len(features[split]) for split in SPLITS},
+            "train": features["train"].shape[1] if views else len(features["train"])}
+    if (views and features["train"].shape[0] != views) or any(
+            rows[split] != len(getattr(data, f"y_{split}")) for split in SPLITS):
         log.warning("feature cache %s does not match the data's splits; computing the features again", path)
         return None
     return features

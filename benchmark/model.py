@@ -24,6 +24,7 @@ class FrozenPart:
     features: keras.Model
     base: keras.Model
     depth: int  # the backbone's weighted layers: the largest unfreeze depth
+    preprocessed: keras.KerasTensor | None = None  # the base's input in `features`' graph
 
 
 @dataclass
@@ -85,11 +86,12 @@ def create_frozen_part(spec: TrialSpec) -> FrozenPart:
         x = keras.layers.Resizing(spec.backbone.image_size, spec.backbone.image_size, name="resize")(x)
     for layer in registry.preprocessing_layers(backbone):
         x = layer(x)
+    preprocessed = x
     # training=False keeps BatchNorm in inference mode even where layers are unfrozen.
     x = base(x, training=None if spec.strategy.train_batchnorm else False)
     pooled = pooling_layer(spec)(x)
     return FrozenPart(features=keras.Model(inputs, pooled, name=f"{backbone.name}_features"), base=base,
-                      depth=registry.depth(base))
+                      depth=registry.depth(base), preprocessed=preprocessed)
 
 
 def create_head(spec: TrialSpec, num_classes: int, part: FrozenPart) -> keras.Model:
@@ -105,14 +107,54 @@ def join(part: FrozenPart, head: keras.Model, name: str) -> keras.Model:
     return keras.Model(part.features.input, apply(head.layers[1:], part.features.output), name=name)
 
 
+def cut_below_trainable(base: keras.Model) -> keras.layers.Layer | None:
+    """The highest layer below the base's first trainable one whose output every path to the
+    base's output passes through (a block boundary: no residual connection crosses it); None if
+    there is none above the input, or the base nests models (its layers are not one graph)."""
+    layers = base.layers
+    if any(isinstance(layer, keras.Model) for layer in layers):
+        return None
+    first = next((i for i, layer in enumerate(layers) if layer.trainable and layer.weights), None)
+    if first is None:
+        return None
+    position = {id(layer): i for i, layer in enumerate(layers)}
+    reach = list(range(len(layers)))  # the last layer that reads each layer's output
+    for j, layer in enumerate(layers):
+        for node in layer._inbound_nodes:
+            for parent in node.parent_nodes:
+                i = position.get(id(parent.operation))
+                if i is not None:
+                    reach[i] = max(reach[i], j)
+    crossing = 0  # the furthest any output of the layers before k is read
+    best = None
+    for k in range(first):
+        if k > 0 and crossing <= k and len(layers[k]._inbound_nodes) == 1:
+            best = layers[k]
+        crossing = max(crossing, reach[k])
+    return best
+
+
+def split_at(part: FrozenPart, cut: keras.layers.Layer, spec: TrialSpec, head: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """(prefix, top): uint8 images -> the cut's activations, and those activations -> logits
+    through the rest of the backbone (BatchNorm in inference mode), the pooling and the head.
+    Both share their layers, and so their weights, with the full model."""
+    prefix_base = keras.Model(part.base.input, cut.output, name=f"{part.base.name}_below_{cut.name}")
+    prefix = keras.Model(part.features.input, prefix_base(part.preprocessed, training=False), name="prefix")
+    suffix = keras.Model(cut.output, part.base.output, name=f"{part.base.name}_above_{cut.name}")
+    activations = keras.Input(cut.output.shape[1:], name="activations")
+    top = keras.Model(activations, head(pooling_layer(spec)(suffix(activations, training=False))), name="top")
+    return prefix, top
+
+
 def model_name(spec: TrialSpec) -> str:
     return f"{spec.backbone.name}_{spec.strategy_name}"
 
 
-def augmentation_layers(spec: TrialSpec) -> list[keras.layers.Layer]:
-    """Random flip and shift at 32 px; active only while training."""
+def augmentation_layers(spec: TrialSpec, seed: int | None = None) -> list[keras.layers.Layer]:
+    """Random flip and shift at 32 px; active only while training. Seeded by the training seed
+    unless `seed` says otherwise."""
     augment = spec.data.augment
-    seed = spec.training.seed
+    seed = spec.training.seed if seed is None else seed
     layers = []
     if augment.flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed, name="flip"))

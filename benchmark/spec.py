@@ -170,6 +170,10 @@ class TrainingSpec(Strict):
     # auto: a head-only trial (unfreeze 0, no augmentation) trains on pooled backbone features computed
     # once and kept on disk (benchmark/features.py); off: every epoch runs through the frozen backbone.
     feature_cache: Literal["auto", "off"] = "auto"
+    # With augmentation on: 0 trains head-only epochs through the backbone (fresh augmentation every
+    # epoch); V >= 1 caches the features of V augmented views of the training images (validation and
+    # test stay plain), and epoch e trains on view e mod V.
+    feature_views: Annotated[int, Field(ge=0, le=64)] = 0
     l2: Annotated[float, Field(ge=0.0)] = 1e-3  # lbfgs only (others: weight_decay)
     seed: Seed = 0
 
@@ -392,7 +396,8 @@ def linear_probe_problems(training: TrainingSpec, strategies: dict[str, Strategy
         "head.dropout": (head.dropout, "set 0"),
         "training.label_smoothing": (training.label_smoothing, "set 0"),
         "training.feature_cache": (training.feature_cache == "off", 'set "auto"'),
-        "data.augment": (data.augment.flip or data.augment.crop_padding, "set { flip = false, crop_padding = 0 }"),
+        "data.augment": ((data.augment.flip or data.augment.crop_padding) and not training.feature_views,
+                         "set { flip = false, crop_padding = 0 }, or training.feature_views >= 1 (augmented views)"),
     }
     problems += [f"{field}: {why}; {fix}" for field, (value, fix) in fixes.items() if value]
     return problems

@@ -72,6 +72,7 @@ TAG_RECIPE = "recipe_fingerprint"  # what the leaderboard matches a spec by (ben
 TAG_SPEC_FINGERPRINT, TAG_DATA_FINGERPRINT, TAG_WEIGHTS_FINGERPRINT = "spec_fingerprint", "data_fingerprint", "weights_fingerprint"
 TAG_CONFIRM_OF, TAG_CONFIRM_SEED, TAG_CONFIRM_RESPLIT = "confirm_of", "confirm_seed", "confirm_resplit"
 TAG_UPDATED = "updated"  # when a report run was last rewritten
+TAG_PREFIX_CACHE = "prefix_cache"  # "hit"/"miss" (below <layer>) or "off: <why>" (benchmark/prefix.py)
 TAG_MODEL = "model"  # whether the run's artifacts hold its model (a sweep keeps its best search.keep_models)
 MODEL_KEPT, MODEL_NOT_KEPT, MODEL_DROPPED = "kept", "not kept", "deleted: no longer among the study's best"
 PROGRESS_METRICS = {"complete": "trials_complete", "pruned": "trials_pruned", "failed": "trials_failed"}

@@ -6,6 +6,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -16,6 +17,9 @@ from benchmark.data import Dataset
 from benchmark.measure import top_k_accuracy
 from benchmark.model import BuiltModel, set_trainable
 from benchmark.spec import TrainingSpec, TrialSpec
+
+if TYPE_CHECKING:
+    from benchmark.prefix import Prefix
 
 MONITOR = "val_top1"
 
@@ -148,18 +152,23 @@ def train(
     callbacks: list[keras.callbacks.Callback] = (),
     verbose: int = 0,
     features: Dataset | None = None,
+    views: np.ndarray | None = None,
+    prefix: Prefix | None = None,
 ) -> History:
     """Fit through every phase; epochs are numbered continuously across phases (for pruning).
     On return the model holds the weights of its best validation epoch.
 
     `features`: `data` with pooled backbone features in place of images (the feature cache); the
-    phases that train only the head fit built.head on them (its weights are the full model's)."""
+    phases that train only the head fit built.head on them (its weights are the full model's).
+    `views`: the cached features of V augmented views of the training images, (V, N, D): epoch e
+    of those phases trains on view e mod V. `prefix`: the phases that unfreeze layers fit its
+    model above a cut on the cut's cached activations (benchmark/prefix.py)."""
     if spec.strategy.unfreeze == "search":
         raise ValueError("resolve unfreeze = 'search' to a depth before training (TrialSpec.with_values)")
     if spec.training.optimizer == "lbfgs":
         if features is None:
             raise ValueError("the lbfgs linear probe fits on cached features (spec.linear_probe_problems)")
-        return fit_linear_probe(built.head, spec, features, callbacks)
+        return fit_linear_probe(built.head, spec, features, callbacks, views)
     history = History()
     runtime.seed_everything(spec.training.seed)  # the same shuffles whatever was built before
     # What training can change: the head alone, unless a phase unfreezes layers or BatchNorm learns.
@@ -170,17 +179,22 @@ def train(
     epoch = 0
     for unfreeze, learning_rate, epochs in phases(spec):
         set_trainable(built, unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
-        model, inputs = (built.head, features) if features is not None and unfreeze == 0 else (built.model, data)
+        on_features = features is not None and unfreeze == 0
+        model, inputs = (built.head, features) if on_features else (built.model, data)
+        if unfreeze != 0 and prefix is not None:
+            model, inputs = prefix.top, prefix.data
         compile_model(model, spec, learning_rate)  # trainable weights are fixed at compile time
         before = len(history.epochs)
+        x, batches = inputs.x_train, {"batch_size": spec.training.batch_size, "shuffle": True}
+        if on_features and views is not None:
+            x, batches = ViewEpochs(views, y_train, spec.training.batch_size, spec.training.seed, epoch), {}
         model.fit(
-            inputs.x_train,
-            y_train,
+            x,
+            None if isinstance(x, ViewEpochs) else y_train,
             validation_data=(inputs.x_val, y_val),
-            batch_size=spec.training.batch_size,
+            **batches,
             initial_epoch=epoch,
             epochs=epoch + epochs,
-            shuffle=True,
             verbose=verbose,
             callbacks=[EpochRecorder(history), best, *schedule_callbacks(spec.training), *callbacks],
         )
@@ -189,31 +203,57 @@ def train(
     return history
 
 
+class ViewEpochs(keras.utils.PyDataset):
+    """Batches of cached features where epoch e is view e mod V, shuffled anew each epoch (seeded)."""
+
+    def __init__(self, views: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, first_epoch: int = 0):
+        super().__init__()
+        self.views, self.labels, self.batch_size = views, labels, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.epoch = first_epoch
+        self.order = self.rng.permutation(len(labels))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.views[self.epoch % len(self.views)][rows], self.labels[rows]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self.order = self.rng.permutation(len(self.labels))
+
+
 LBFGS_MAX_ITERATIONS = 1000  # "to convergence": scikit-learn's default of 100 stops short on 1,000+ features
 
 
-def fit_linear_probe(head: keras.Model, spec: TrialSpec, features: Dataset, callbacks=()) -> History:
+def fit_linear_probe(head: keras.Model, spec: TrialSpec, features: Dataset, callbacks=(),
+                     views: np.ndarray | None = None) -> History:
     """The standard linear evaluation of frozen features: multinomial logistic regression fitted
     to convergence with L-BFGS (scikit-learn), minimising the mean cross-entropy plus
     spec.training.l2 / 2 * |W|^2 (the bias is not penalised). The solution becomes the head's
     logits layer; the history holds one epoch, the converged solution, which the callbacks see
-    as any epoch's end (MLflow's curves, Optuna's report)."""
+    as any epoch's end (MLflow's curves, Optuna's report). With augmented `views` it fits all of
+    them at once (V x N training examples)."""
     from sklearn.linear_model import LogisticRegression
 
     started = time.perf_counter()
-    x_train, x_val = (logits_inputs(head, x) for x in (features.x_train, features.x_val))
+    train = features.x_train if views is None else np.concatenate(views)
+    y_train = features.y_train if views is None else np.tile(features.y_train, len(views))
+    x_train, x_val = (logits_inputs(head, x) for x in (train, features.x_val))
     l2 = spec.training.l2
     solver = LogisticRegression(C=1.0 / (l2 * len(x_train)) if l2 > 0 else np.inf, max_iter=LBFGS_MAX_ITERATIONS,
                                 tol=1e-6)
     with warnings.catch_warnings(record=True) as caught:  # ConvergenceWarning: recorded as converged = 0
         warnings.simplefilter("always")
-        solver.fit(x_train, features.y_train)  # float32: a third faster than float64, the same solution to 1e-3
+        solver.fit(x_train, y_train)  # float32: a third faster than float64, the same solution to 1e-3
     logits = head.layers[-1]
     kernel, bias = np.zeros(logits.kernel.shape, np.float32), np.full(logits.bias.shape, -1e4, np.float32)
     kernel[:, solver.classes_], bias[solver.classes_] = solver.coef_.T, solver.intercept_  # absent classes: never predicted
     logits.set_weights([kernel, bias])
     seconds = time.perf_counter() - started
-    logs = {**scores(x_train @ kernel + bias, features.y_train), **{f"val_{k}": v for k, v in
+    logs = {**scores(x_train @ kernel + bias, y_train), **{f"val_{k}": v for k, v in
             scores(x_val @ kernel + bias, features.y_val).items()},
             "solver_iterations": float(np.max(solver.n_iter_)), "converged": float(not caught), "epoch": 0.0}
     for callback in callbacks:

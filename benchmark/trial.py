@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmark import features, measure, track
+from benchmark import features, measure, prefix, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.model import BuiltModel, create_model, on_frozen_part
 from benchmark.errors import BenchmarkError
@@ -66,13 +66,18 @@ def prepare(spec: TrialSpec, data: Dataset | None = None) -> Prepared:
 
 def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
     spec, data, built = prepared.spec, prepared.data, prepared.built
-    not_cached = features.why_not_cached(spec)
+    not_cached, not_prefixed = features.why_not_cached(spec), prefix.why_not_prefixed(spec)
     cache = features.cached_features(spec, built, data) if not_cached is None else None
+    cut = prefix.prefixed(spec, built, data) if not_prefixed is None else None
     history = train(built, spec, data, callbacks=list(callbacks), verbose=verbose,
-                    features=cache.data if cache else None)
+                    features=cache.data if cache else None, views=cache.train_views if cache else None, prefix=cut)
     best, last = history.epochs[history.best_index], history.epochs[-1]
-    # A frozen trial's head is measured on the cached features: the same numbers as the full model on images.
-    test_model, test_data = (built.head, cache.data) if cache and spec.strategy.unfreeze == 0 else (built.model, data)
+    # Measured on what it trained on (cached features, a cut's activations): the same numbers as the full model on images.
+    test_model, test_data = (built.model, data)
+    if cache and spec.strategy.unfreeze == 0:
+        test_model, test_data = built.head, cache.data
+    elif cut:
+        test_model, test_data = cut.top, cut.data
     test = measure.evaluate(test_model, test_data.x_test, data.y_test, spec.training.batch_size)
     total, trainable = measure.count_params(built.features, built.head)
     metrics = {
@@ -89,7 +94,7 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
         "train_images_per_sec": measure.training_throughput(history.train_seconds, len(data.x_train)),
         "epochs_run": float(len(history.epochs)),
         "backbone_depth": float(built.depth),
-        "features_s": cache.seconds if cache else 0.0,
+        "features_s": (cache.seconds if cache else 0.0) + (cut.seconds if cut else 0.0),
     }
     metrics["wall_time_s"] = time.perf_counter() - prepared.started
     return TrialResult(
@@ -98,7 +103,9 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
         history=history,
         test_labels=data.y_test,
         test_predictions=test["predictions"],
-        tags={track.TAG_FEATURE_CACHE: cache.status if cache else f"off: {not_cached}"},
+        tags={track.TAG_FEATURE_CACHE: cache.status if cache else f"off: {not_cached}",
+              track.TAG_PREFIX_CACHE: f"{cut.status} (below {cut.cut})" if cut else
+              f"off: {not_prefixed or 'no block boundary below the trainable layers'}"},
         built=built,
     )
 
