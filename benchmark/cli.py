@@ -227,7 +227,7 @@ def command_run(args) -> int:
         logger = track.EpochLogger(run.info.run_id).callback()
         result = trial.finish(trial.execute(prepared, callbacks=[logger], verbose=0 if args.quiet else 2), keep=True)
         track.log_result(result, run.info.run_id)
-        track.log_model_file(result.model_path, run.info.run_id)
+        track.log_model(result.model_path, run.info.run_id)
     print(format_metrics(result.metrics))
     print(f"logged to MLflow run {run.info.run_id} at {track.tracking_uri()}")
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -35,16 +34,6 @@ def count_params(*models: keras.Model) -> tuple[int, int]:
     """(total, trainable) parameter counts of the models together (parts that share no layer)."""
     trainable = sum(int(np.prod(w.shape)) for model in models for w in model.trainable_weights)
     return sum(model.count_params() for model in models), trainable
-
-
-def save_for_inference(model: keras.Model, path: Path) -> float:
-    """Save the model as a .keras file without optimizer state; returns its size in MB (10^6 bytes).
-
-    An uncompiled Model over the same graph shares the weights but carries no optimizer slots,
-    which would otherwise triple the file of a fine-tuned model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keras.Model(model.inputs, model.outputs, name=model.name).save(path)
-    return path.stat().st_size / 1e6
 
 
 def inference_throughput(model: keras.Model, batch_size: int = 64, warmup: int = 3, steps: int = 10) -> float:

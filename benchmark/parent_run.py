@@ -1,6 +1,6 @@
-"""A study's MLflow parent run: created once (by tag, safe with several workers), kept up to date
-after every trial (counts, compute, which child run is best), summarised when the sweep ends (the
-best trial's metrics and params, its model in MLflow's Keras flavour). Also what the parent reads
+"""A study's MLflow parent run: created once (by its study's creator, safe with several workers),
+kept up to date after every trial (counts, compute, which child run is best), summarised when the
+sweep ends (the best trial's metrics and params, and the URI of its model, an MLflow Keras model). Also what the parent reads
 from the Optuna study: each trial's record, the counts, the best trial that kept its model.
 
 The sweep (benchmark/sweep.py) runs the Optuna loop and calls these; the leaderboard reads what
@@ -9,21 +9,17 @@ they wrote.
 
 from __future__ import annotations
 
-import tempfile
 import time
 
-import keras
 import mlflow
-import numpy as np
 import optuna
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from optuna.trial import TrialState
 
-from benchmark import registry, runtime, study_identity, track
+from benchmark import study_identity, track
 from benchmark.spec import SearchSpace, TrialSpec
 
-REQUIREMENTS = ("keras", "tensorflow", "tensorflow-cpu", "jax", "numpy", "benchmark")  # of the logged best model
 
 
 # ---------------------------------------------------------------- what the study holds
@@ -218,7 +214,7 @@ def record_progress(study: optuna.Study, parent_run_id: str) -> int:
 
 
 def summarize(study: optuna.Study, run_id: str) -> None:
-    """Trial counts, the best trial's params and metrics, and the best model in MLflow's Keras flavour."""
+    """Trial counts, the best trial's params and metrics, and where its model is (TAG_BEST_MODEL_URI)."""
     client = mlflow.MlflowClient()
     record_progress(study, run_id)
     best = best_with_model(study)
@@ -231,32 +227,5 @@ def summarize(study: optuna.Study, run_id: str) -> None:
         mlflow.log_metrics(metrics)
         mlflow.log_metrics({f"best_{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))})
         mlflow.set_tags({f"best.{k}": str(v) for k, v in best.params.items()})
-        tags = client.get_run(run_id).data.tags
-        if tags.get(track.TAG_BEST_MODEL_TRIAL) != str(best.number):
-            mlflow.set_tags({track.TAG_BEST_MODEL_URI: log_best_model(child_id), track.TAG_BEST_MODEL_TRIAL: str(best.number)})
-            if tags.get(track.TAG_BEST_MODEL_URI):
-                delete_logged_model(tags[track.TAG_BEST_MODEL_URI])  # the former best's copy
-
-
-def delete_logged_model(uri: str) -> None:
-    """A logged model (models:/<id>) and its files, from the artifact store too."""
-    client = mlflow.MlflowClient()
-    model_id = uri.removeprefix("models:/")
-    try:
-        location = client.get_logged_model(model_id).artifact_location
-    except mlflow.exceptions.MlflowException:  # already gone
-        return
-    get_artifact_repository(location).delete_artifacts()
-    client.delete_logged_model(model_id)
-
-
-def log_best_model(child_run_id: str) -> str:
-    """Re-log the best trial's saved model in MLflow's Keras flavour; returns its model URI."""
-    registry.register_custom_layers()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=child_run_id, artifact_path=track.ARTIFACT_MODEL, dst_path=tmp)
-        model = keras.saving.load_model(path)
-        example = np.zeros((1, *model.input_shape[1:]), dtype=np.uint8)
-        signature = mlflow.models.infer_signature(example, np.asarray(model.predict(example, verbose=0)))
-        requirements = [f"{k}=={v}" for k, v in runtime.package_versions().items() if k in REQUIREMENTS]
-        return mlflow.keras.log_model(model, name=track.ARTIFACT_BEST_MODEL, signature=signature, pip_requirements=requirements).model_uri
+        mlflow.set_tags({track.TAG_BEST_MODEL_URI: f"runs:/{child_id}/{track.ARTIFACT_MODEL_DIR}",
+                         track.TAG_BEST_MODEL_TRIAL: str(best.number)})

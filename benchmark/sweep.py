@@ -541,7 +541,7 @@ class Objective:
         value = result.metrics[track.OBJECTIVE]
         model_saved = result.model_path is not None
         if model_saved:
-            track.log_model_file(result.model_path, run_id)  # the parent re-logs the best as a Keras model
+            track.log_model(result.model_path, run_id)
             self.dropped |= parent_run.drop_models_beyond(trial.study, self.keep_models, (trial.number, value), self.dropped)
         # One write: each user attribute is a storage transaction (~30 ms on SQLite).
         trial.set_user_attr("outcome", {

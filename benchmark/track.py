@@ -50,6 +50,7 @@ FINAL_METRICS = (
     "model_size_mb",  # the saved .keras file
     "infer_images_per_sec",
     "train_images_per_sec",
+    "train_s",  # training's wall time: every phase, validation included (not the feature pass)
     "wall_time_s",
     "epochs_run",
     "backbone_depth",
@@ -66,7 +67,7 @@ TAG_TRIAL_STATE = "trial_state"  # RUNNING, then Optuna's COMPLETE, PRUNED or FA
 TAG_ERROR = "error"  # why a run failed
 TAG_BEST_RUN = "best_run_id"  # on a parent run: its best trial's run
 TAG_BEST_TRIAL = "best_trial_number"
-TAG_BEST_MODEL_URI = "best_model_uri"  # the best trial's model in MLflow's Keras flavour
+TAG_BEST_MODEL_URI = "best_model_uri"  # on a parent run: runs:/<best trial's run>/model, for mlflow.keras.load_model
 TAG_BEST_MODEL_TRIAL = "best_model_trial"
 TAG_RECIPE = "recipe_fingerprint"  # what the leaderboard matches a spec by (benchmark/study_identity.py)
 TAG_SPEC_FINGERPRINT, TAG_DATA_FINGERPRINT, TAG_WEIGHTS_FINGERPRINT = "spec_fingerprint", "data_fingerprint", "weights_fingerprint"
@@ -77,14 +78,13 @@ TAG_MODEL = "model"  # whether the run's artifacts hold its model (a sweep keeps
 MODEL_KEPT, MODEL_NOT_KEPT, MODEL_DROPPED = "kept", "not kept", "deleted: no longer among the study's best"
 PROGRESS_METRICS = {"complete": "trials_complete", "pruned": "trials_pruned", "failed": "trials_failed"}
 COMPUTE_METRIC = "trials_compute_s"  # all of a study's trials, wall time
-ARTIFACT_MODEL_DIR = "model"
-ARTIFACT_MODEL = f"{ARTIFACT_MODEL_DIR}/model.keras"  # kept by a trial among its study's best search.keep_models
+ARTIFACT_MODEL_DIR = "model"  # an MLflow Keras model, kept by a trial among its study's best search.keep_models
+ARTIFACT_MODEL = f"{ARTIFACT_MODEL_DIR}/data/model.keras"  # its Keras file
 ARTIFACT_CURVES = "learning_curves.png"
 ARTIFACT_PREDICTIONS = "test_predictions.npz"  # labels and top-5 predictions per test image
 ARTIFACT_HISTORY = "history.json"  # every epoch's logs
 ARTIFACT_SPEC = "trial_spec.json"  # the resolved spec, to reload the trial's data
 ARTIFACT_PLOTS = "plots"  # a report run's folder of PNGs
-ARTIFACT_BEST_MODEL = "best_model"  # a parent run's: the best trial's model in MLflow's Keras flavour
 EXPERIMENT_PREFIX = "benchmark/"
 # The experiment kind MLflow 3's UI knows for model training. The installed UI (3.17) still opens
 # an experiment on its GenAI overview whatever this says (it follows the URL's workflowType, see
@@ -409,10 +409,10 @@ def log_result(result, run_id: str) -> None:
         client.log_artifacts(run_id, str(tmp))
 
 
-def log_model_file(path: str | Path, run_id: str) -> None:
-    """A trial's saved model into its run (ARTIFACT_MODEL); the local file's folder is removed."""
-    mlflow.MlflowClient().log_artifact(run_id, str(path), ARTIFACT_MODEL_DIR)
-    shutil.rmtree(Path(path).parent, ignore_errors=True)
+def log_model(folder: str | Path, run_id: str) -> None:
+    """A trial's saved MLflow model into its run (ARTIFACT_MODEL_DIR); the local copy is removed."""
+    mlflow.MlflowClient().log_artifacts(run_id, str(folder), ARTIFACT_MODEL_DIR)
+    shutil.rmtree(Path(folder).parent, ignore_errors=True)
 
 
 def plot_learning_curves(history, path: Path, title: str = "") -> None:

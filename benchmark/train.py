@@ -34,6 +34,7 @@ class History:
 
     epochs: list[dict[str, float]] = field(default_factory=list)
     train_seconds: list[float] = field(default_factory=list)
+    fit_seconds: float = 0.0  # all of training: every phase's fit, first-epoch tracing and validation included
 
     def series(self, name: str) -> list[float]:
         return [logs[name] for logs in self.epochs if name in logs]
@@ -184,7 +185,7 @@ def train(
         if unfreeze != 0 and prefix is not None:
             model, inputs = prefix.top, prefix.data
         compile_model(model, spec, learning_rate)  # trainable weights are fixed at compile time
-        before = len(history.epochs)
+        before, started = len(history.epochs), time.perf_counter()
         x, batches = inputs.x_train, {"batch_size": spec.training.batch_size, "shuffle": True}
         if on_features and views is not None:
             x, batches = ViewEpochs(views, y_train, spec.training.batch_size, spec.training.seed, epoch), {}
@@ -199,6 +200,7 @@ def train(
             callbacks=[EpochRecorder(history), best, *schedule_callbacks(spec.training), *callbacks],
         )
         epoch += len(history.epochs) - before
+        history.fit_seconds += time.perf_counter() - started
     best.restore()
     return history
 
@@ -259,7 +261,7 @@ def fit_linear_probe(head: keras.Model, spec: TrialSpec, features: Dataset, call
     for callback in callbacks:
         callback.set_model(head)
         callback.on_epoch_end(0, dict(logs))
-    return History(epochs=[logs], train_seconds=[seconds])
+    return History(epochs=[logs], train_seconds=[seconds], fit_seconds=time.perf_counter() - started)
 
 
 def logits_inputs(head: keras.Model, x: np.ndarray) -> np.ndarray:

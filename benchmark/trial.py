@@ -17,15 +17,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmark import features, measure, prefix, track
+from benchmark import features, measure, prefix, runtime, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.model import BuiltModel, create_model, on_frozen_part
 from benchmark.errors import BenchmarkError
 from benchmark.spec import TrialSpec, linear_probe_problems
 from benchmark.train import History, train
-
-MODEL_FILE = "model.keras"
-
 
 @dataclass
 class Prepared:
@@ -44,7 +41,7 @@ class TrialResult:
     test_predictions: np.ndarray  # top-5 class indices per test image
     tags: dict[str, str]
     built: BuiltModel  # the trained model
-    model_path: Path | None = None  # where `finish` saved it, if it was kept
+    model_path: Path | None = None  # the MLflow Keras model `finish` saved, if it was kept (ARTIFACT_MODEL_DIR)
 
     @property
     def title(self) -> str:
@@ -92,6 +89,7 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
         "params_trainable": float(trainable),
         "infer_images_per_sec": inference_rate(spec, built),
         "train_images_per_sec": measure.training_throughput(history.train_seconds, len(data.x_train)),
+        "train_s": history.fit_seconds,
         "epochs_run": float(len(history.epochs)),
         "backbone_depth": float(built.depth),
         "features_s": (cache.seconds if cache else 0.0) + (cut.seconds if cut else 0.0),
@@ -111,20 +109,37 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
 
 
 def finish(result: TrialResult, keep: bool, directory: Path | None = None) -> TrialResult:
-    """Saves the full model (into `directory`, else a new temporary folder) if the caller keeps
-    it, and records model_size_mb: the saved file's size, a property of the architecture, so a
-    trial that keeps no model takes it from one measured earlier in this process."""
+    """Saves the full model (into `directory`/model, else a new temporary folder) if the caller
+    keeps it, and records model_size_mb: the size of its .keras file, a property of the
+    architecture, so a trial that keeps no model takes it from one measured earlier in this process."""
     key = architecture_key(result.spec, result.built)
     if keep:
-        directory = Path(directory or tempfile.mkdtemp(prefix="benchmark-trial-"))
-        result.model_path = directory / MODEL_FILE
-        _model_sizes[key] = measure.save_for_inference(result.built.model, result.model_path)
+        result.model_path = Path(directory or tempfile.mkdtemp(prefix="benchmark-trial-")) / track.ARTIFACT_MODEL_DIR
+        _model_sizes[key] = save_model(result.built.model, result.model_path)
     elif key not in _model_sizes:
         with tempfile.TemporaryDirectory(prefix="benchmark-size-") as tmp:
-            _model_sizes[key] = measure.save_for_inference(result.built.model, Path(tmp) / MODEL_FILE)
+            _model_sizes[key] = save_model(result.built.model, Path(tmp) / track.ARTIFACT_MODEL_DIR)
     result.metrics["model_size_mb"] = _model_sizes[key]
     result.tags[track.TAG_MODEL] = track.MODEL_KEPT if keep else track.MODEL_NOT_KEPT
     return result
+
+
+REQUIREMENTS = ("keras", "tensorflow", "tensorflow-cpu", "jax", "numpy", "benchmark")  # of a saved model
+
+
+def save_model(model: keras.Model, folder: Path) -> float:
+    """The model as an MLflow Keras model (its .keras file, signature and requirements: what
+    `mlflow.keras.load_model` and MLflow's model registry take) without optimizer state; returns
+    the .keras file's size in MB (10^6 bytes). An uncompiled Model over the same graph shares the
+    weights but carries no optimizer slots, which would otherwise triple a fine-tuned model's file."""
+    import mlflow.keras
+
+    inference = keras.Model(model.input, model.output, name=model.name)
+    example = np.zeros((1, *model.input_shape[1:]), dtype=np.uint8)
+    signature = mlflow.models.infer_signature(example, np.asarray(inference(example)))
+    requirements = [f"{k}=={v}" for k, v in runtime.package_versions().items() if k in REQUIREMENTS]
+    mlflow.keras.save_model(inference, str(folder), signature=signature, pip_requirements=requirements)
+    return (folder / track.ARTIFACT_MODEL.removeprefix(f"{track.ARTIFACT_MODEL_DIR}/")).stat().st_size / 1e6
 
 
 _model_sizes: dict[str, float] = {}

@@ -51,7 +51,7 @@ def test_training_on_cached_features_gives_the_results_of_training_through_the_f
 
     # The saved full model (backbone + the head trained on features) predicts images as the head did.
     data = load_dataset(reused.spec.data)
-    full_model = keras.models.load_model(reused.model_path)
+    full_model = mlflow.keras.load_model(str(reused.model_path))
     on_images = measure.evaluate(full_model, data.x_test, data.y_test, batch_size=64)
     assert on_images["top1"] == pytest.approx(reused.metrics["test_top1"], abs=1 / len(data.y_test))
 
@@ -178,7 +178,7 @@ def test_a_two_phase_trials_head_phase_trains_on_cached_features(cache_dir):
                                atol=0.011)
     # phase 2 runs through the backbone: its test metrics come from the full model on images
     data = load_dataset(cached.spec.data)
-    on_images = measure.evaluate(keras.models.load_model(cached.model_path), data.x_test, data.y_test, batch_size=64)
+    on_images = measure.evaluate(mlflow.keras.load_model(str(cached.model_path)), data.x_test, data.y_test, batch_size=64)
     assert on_images["top1"] == pytest.approx(cached.metrics["test_top1"], abs=1 / len(data.y_test))
 
 

@@ -102,10 +102,10 @@ def test_models_outside_the_best_are_deleted_from_the_artifact_store_once(store,
     study = optuna.create_study(direction="maximize")
     for number, value in enumerate((0.4, 0.6, 0.5)):
         run_id = client.create_run(experiment_id).info.run_id
-        saved = tmp_path / str(number) / "model.keras"  # log_model_file removes its folder
-        saved.parent.mkdir()
-        saved.write_bytes(b"a model")
-        track.log_model_file(saved, run_id)
+        saved = tmp_path / str(number) / "model"  # log_model removes the folder it is in
+        saved.mkdir(parents=True)
+        (saved / "MLmodel").write_text("a model")
+        track.log_model(saved, run_id)
         assert not saved.parent.exists()
         study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}, user_attrs={
             "mlflow_run_id": run_id, "outcome": {"model_saved": True}}))

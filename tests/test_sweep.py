@@ -122,10 +122,10 @@ def test_rerun_resumes_to_the_target_without_exceeding_it(store):
 
 
 def models_in_store(result: sweep.SweepResult) -> dict[int, list[str]]:
-    """Trial number -> the files under its run's model/ folder, for every trial of the study."""
+    """Trial number -> the Keras file under its run's model/ folder, if any, for every trial of the study."""
     client = mlflow.MlflowClient()
-    return {number: [f.path for f in client.list_artifacts(run.info.run_id, track.ARTIFACT_MODEL_DIR)]
-            for number, run in child_runs(result).items()}
+    return {number: [f.path for f in client.list_artifacts(run.info.run_id, f"{track.ARTIFACT_MODEL_DIR}/data")
+                     if f.path.endswith(".keras")] for number, run in child_runs(result).items()}
 
 
 @pytest.mark.slow
@@ -143,8 +143,9 @@ def test_only_the_best_trials_model_stays_in_the_artifact_store_also_after_a_rer
     assert tags[2] == track.MODEL_KEPT and tags[3] == track.MODEL_NOT_KEPT
     assert tags[best] == track.MODEL_DROPPED  # it was kept, then deleted when trial 2 beat it
     assert mlflow.get_run(again.parent_run_id).data.tags[track.TAG_BEST_MODEL_TRIAL] == "2"
-    # The parent's copy in MLflow's Keras flavour was replaced too: one logged model's files remain.
-    assert len([d for d in (store / "artifacts" / "models").iterdir() if any(d.rglob("*.keras"))]) == 1
+    assert mlflow.get_run(again.parent_run_id).data.tags[track.TAG_BEST_MODEL_URI] == \
+        f"runs:/{child_runs(again)[2].info.run_id}/model"
+    assert len(list(store.rglob("*.keras"))) == 1  # no other copy of any model anywhere in the store
     # What a trial that keeps no model leaves on disk: its curves, predictions, history and spec.
     for number, run in child_runs(again).items():
         if number != 2:
@@ -297,9 +298,10 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
     import psutil
 
     command, env = sweep_command(store, trials=3)
+    command[command.index("ci")] = str(uncached_spec(store.parent))  # trials of seconds, not a fraction of one
     storage = f"sqlite:///{store / 'optuna.db'}"
     first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_a_training_trial(first, storage, finished_first=True)
+    wait_for_a_training_trial(first, storage)
     trial_processes = psutil.Process(first.pid).children(recursive=True)
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
@@ -323,29 +325,42 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
     assert by_number[killed].info.status == "KILLED" and by_number[killed].data.tags["trial_state"] == "FAIL"
 
 
-def trial_states(storage: str) -> list[str]:
+def trials_of(storage: str) -> list:
+    """The ci vgg16/frozen study's trials, as a running sweep has stored them so far."""
     try:
-        return [t.state.name for t in pair_study(storage, "vgg16", "frozen").trials]
+        return pair_study(storage, "vgg16", "frozen").trials
     except Exception:  # the storage or study does not exist yet
         return []
 
 
-def wait_until(process: subprocess.Popen, storage: str, done: Callable[[list[str]], bool]) -> list[str]:
+def states_of(trials: list) -> list[str]:
+    return [t.state.name for t in trials]
+
+
+def wait_until(process: subprocess.Popen, storage: str, done: Callable[[list], bool]) -> list:
+    """Until `done` holds for the study's trials, read from the storage while the sweep runs."""
     import time
 
     deadline = time.monotonic() + 300
-    while not done(states := trial_states(storage)):
-        assert process.poll() is None and time.monotonic() < deadline, f"sweep ended early: {states}"
-        time.sleep(0.2)
-    return states
+    while not done(trials := trials_of(storage)):
+        assert process.poll() is None and time.monotonic() < deadline, f"sweep ended early: {states_of(trials)}"
+        time.sleep(0.05)
+    return trials
 
 
-def wait_for_a_training_trial(process: subprocess.Popen, storage: str, finished_first: bool) -> None:
-    import time
+def wait_for_a_training_trial(process: subprocess.Popen, storage: str) -> None:
+    """Until a trial has finished and the next one has trained an epoch."""
+    wait_until(process, storage, lambda trials: any(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+               and any(t.state.name == "RUNNING" and t.intermediate_values for t in trials))
 
-    wait_until(process, storage, lambda states: "RUNNING" in states
-               and (not finished_first or bool({"COMPLETE", "PRUNED"} & set(states))))
-    time.sleep(3)  # into its training
+
+def uncached_spec(folder: Path) -> Path:
+    """ci with every epoch through the backbone (no feature cache): trials of a few seconds."""
+    text = (REPO / "experiments" / "ci.toml").read_text()
+    assert "\nepochs = 3\n" in text
+    path = folder / "ci-uncached.toml"
+    path.write_text(text.replace("\nepochs = 3\n", '\nepochs = 3\nfeature_cache = "off"\n'))
+    return path
 
 
 def fill_up(folder: Path) -> Path:
@@ -366,6 +381,7 @@ def test_a_full_artifact_disk_fails_that_trial_and_the_sweep_goes_on(store):
     """Artifacts on their own small file system (a tmpfs in the sweep's private mount namespace):
     full while trial 1 runs, freed once it has failed."""
     command, env = sweep_command(store, trials=3)
+    command[command.index("ci")] = str(uncached_spec(store.parent))  # trial 1 lasts while the disk fills
     artifacts = store / "artifacts"
     artifacts.mkdir(parents=True)
     mount = f'mount -t tmpfs -o size=400m tmpfs "{artifacts}" && exec "$@"'
@@ -373,14 +389,14 @@ def test_a_full_artifact_disk_fails_that_trial_and_the_sweep_goes_on(store):
                                      env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = f"sqlite:///{store / 'optuna.db'}"
     seen_by_sweep = Path(f"/proc/{sweep_process.pid}/root") / artifacts.relative_to("/")  # inside its namespace
-    wait_until(sweep_process, storage, lambda states: states[:1] == ["COMPLETE"])
+    wait_until(sweep_process, storage, lambda trials: states_of(trials)[:1] == ["COMPLETE"])
     filler = fill_up(seen_by_sweep)
-    wait_until(sweep_process, storage, lambda states: len(states) > 1 and states[1] != "RUNNING")
+    wait_until(sweep_process, storage, lambda trials: len(trials) > 1 and trials[1].state.name != "RUNNING")
     filler.unlink()
     out, _ = sweep_process.communicate(timeout=600)
 
     assert sweep_process.returncode == 0, out
-    states = trial_states(storage)
+    states = states_of(trials_of(storage))
     assert states[:2] == ["COMPLETE", "FAIL"] and len(states) == 4, states
     assert "Trial 1 failed" in out and "No space left on device" in out and "Traceback" not in out, out
     mlflow.set_tracking_uri(track.tracking_uri())
@@ -401,11 +417,7 @@ def long_trials_spec(folder: Path) -> Path:
 
 
 def first_trial(storage: str):
-    try:
-        trials = pair_study(storage, "vgg16", "frozen").trials
-    except Exception:  # the storage or study does not exist yet
-        return None
-    return trials[0] if trials else None
+    return (trials_of(storage) or [None])[0]
 
 
 MOMENTS = {  # when Ctrl-C comes, read from the storage

@@ -58,7 +58,7 @@ def test_short_training_on_synthetic_data_learns():
     assert result.metrics["test_top1"] > 15 * chance, result.metrics
     assert result.metrics["params_trainable"] < result.metrics["params_total"]
     assert result.metrics["infer_images_per_sec"] > 0 and result.metrics["train_images_per_sec"] > 0
-    assert result.metrics["model_size_mb"] == pytest.approx(result.model_path.stat().st_size / 1e6)
+    assert result.metrics["model_size_mb"] == pytest.approx((result.model_path / "data" / "model.keras").stat().st_size / 1e6)
 
 
 @pytest.mark.slow
@@ -82,7 +82,10 @@ def test_trial_metrics_land_in_mlflow_under_documented_names(store, capsys):
     assert run["tags.backbone"] == "vgg16" and run["tags.strategy"] == "frozen" and run["tags.role"] == "run"
     assert run["tags.versions.keras"] and run["tags.device"].endswith("cpu")
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.run_id)}
-    assert {"learning_curves.png", "test_predictions.npz", "history.json"} <= artifacts
+    assert {"learning_curves.png", "test_predictions.npz", "history.json", track.ARTIFACT_MODEL_DIR} <= artifacts
+    assert run["tags.model"] == track.MODEL_KEPT  # a single run keeps its model, as an MLflow Keras model
+    model = mlflow.keras.load_model(f"runs:/{run.run_id}/{track.ARTIFACT_MODEL_DIR}")
+    assert model.count_params() == run["metrics.params_total"]
     assert "best_val_top1" in capsys.readouterr().out
 
 
