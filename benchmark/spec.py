@@ -336,7 +336,7 @@ class ExperimentSpec(Strict):
             problems += linear_probe_problems(self.training, self.strategies, self.head, self.data)
             problems += linear_probe_search_problems(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))  # one line each (parse_experiment)
         return self
 
     def backbone_options(self, name: str) -> BackboneOptions:
@@ -562,7 +562,7 @@ def parse_experiment(raw: dict[str, Any], source: str = "<spec>") -> ExperimentS
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(source, [describe_error(err) for err in e.errors()]) from None
+        raise SpecError(source, [line for err in e.errors() for line in describe_error(err).splitlines()]) from None
 
 
 def describe_error(err: dict[str, Any]) -> str:

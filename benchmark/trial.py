@@ -19,10 +19,11 @@ import numpy as np
 
 from benchmark import features, measure, prefix, runtime, track
 from benchmark.data import Dataset, load_dataset
-from benchmark.model import BuiltModel, create_model, on_frozen_part
 from benchmark.errors import BenchmarkError
+from benchmark.model import BuiltModel, create_model, on_frozen_part
 from benchmark.spec import TrialSpec, linear_probe_problems
 from benchmark.train import History, train
+
 
 @dataclass
 class Prepared:

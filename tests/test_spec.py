@@ -227,3 +227,23 @@ def test_every_search_range_must_lie_inside_its_fields_domain():
     assert any("choice 16385" in error for error in errors) and not any("choice 16384" in error for error in errors)
     inside = spec.SearchSpace.model_validate({"dropout": {"low": 0.0, "high": 0.9}, "dense_units": [0, 16384]})
     assert inside.dropout.high == 0.9
+
+
+def test_the_linear_probe_experiment_searches_the_l2_strength_alone():
+    import optuna
+
+    from benchmark import sweep
+
+    experiment = load_experiment("transfer-probe")
+    trial_spec = experiment.resolve("efficientnetlite2", "frozen")
+    assert trial_spec.training.optimizer == "lbfgs" and trial_spec.data.augment.flip is False
+    study = optuna.create_study(direction="maximize")
+    values = sweep.suggest(study.ask(), trial_spec, experiment.search_space("efficientnetlite2", "frozen"))
+    assert list(values) == ["l2"] and 1e-5 <= values["l2"] <= 1.0
+    assert trial_spec.with_values(**values).training.l2 == values["l2"]
+    with_views = experiment.model_dump(mode="json")
+    with_views["data"]["augment"] = {"flip": True, "crop_padding": 4}
+    with pytest.raises(SpecError, match="data.augment: .*feature_views"):
+        parse_experiment(copy.deepcopy(with_views))
+    with_views["training"]["feature_views"] = 4  # augmentation served by cached views: a linear probe still
+    assert parse_experiment(with_views).training.feature_views == 4
