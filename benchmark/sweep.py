@@ -33,7 +33,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from benchmark import parent_run, registry, study_identity, track
+from benchmark import features, parent_run, registry, study_identity, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.errors import BenchmarkError
 from benchmark.isolation import TrialJob, TrialRunner
@@ -394,7 +394,7 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
     prunes = plan.search.pruner != "none" and plan.spec.training.optimizer != "lbfgs"
     pruner = study.pruner if prunes else None
     interruption = Interruption()
-    runner = TrialRunner(plan.search.trials_per_process, plan.data, interrupted=lambda: interruption.seen)
+    runner = TrialRunner(trials_per_process(plan), plan.data, interrupted=lambda: interruption.seen)
     objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url, pruner, runner, verbose,
                           plan.search.keep_models)
     try:
@@ -411,7 +411,7 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
                         interruption.check,
                     ],
                     catch=(Exception,),
-                    gc_after_trial=not runner.isolated,
+                    gc_after_trial=not runner.isolated and not features.trains_head_only(plan.spec),  # a head leaves little
                 )
                 interruption.check()
             except KeyboardInterrupt:  # Ctrl-C: the study is resumable, its parent run was not a failure
@@ -427,6 +427,18 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
                 raise
     finally:
         runner.close()
+
+
+CHILD_TRIALS = 10  # trials per child process under trials_per_process = "auto"
+
+
+def trials_per_process(plan: Plan) -> int:
+    """search.trials_per_process, with "auto" resolved: head-only trials on cached features in
+    this process (0), others in a child process replaced every CHILD_TRIALS trials."""
+    setting = plan.search.trials_per_process
+    if setting != "auto":
+        return setting
+    return 0 if features.trains_head_only(plan.spec) else CHILD_TRIALS
 
 
 def study_attrs(spec: TrialSpec, fingerprint: study_identity.Fingerprint, recipe: dict) -> dict:
