@@ -103,7 +103,9 @@ def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> J
         callbacks.append(KerasPruningCallback(optuna.Trial(study, trial_id), MONITOR))
     started = time.perf_counter()
     try:
-        result = execute(prepare(job.spec, data or dataset_for(job.spec.data)), callbacks=callbacks, verbose=job.verbose)
+        with epoch_logger:  # a pruned or failed trial's epochs are written too
+            result = execute(prepare(job.spec, data or dataset_for(job.spec.data)), callbacks=callbacks,
+                             verbose=job.verbose)
         value = result.metrics[track.OBJECTIVE]
         finish(result, keep=job.keep_above is None or value > job.keep_above)
     except optuna.TrialPruned:

@@ -80,7 +80,7 @@ PROGRESS_METRICS = {"complete": "trials_complete", "pruned": "trials_pruned", "f
 COMPUTE_METRIC = "trials_compute_s"  # all of a study's trials, wall time
 ARTIFACT_MODEL_DIR = "model"  # an MLflow Keras model, kept by a trial among its study's best search.keep_models
 ARTIFACT_MODEL = f"{ARTIFACT_MODEL_DIR}/data/model.keras"  # its Keras file
-ARTIFACT_CURVES = "learning_curves.png"
+ARTIFACT_CURVES = "learning_curves.png"  # runs that keep their model
 ARTIFACT_PREDICTIONS = "test_predictions.npz"  # labels and top-5 predictions per test image
 ARTIFACT_HISTORY = "history.json"  # every epoch's logs
 ARTIFACT_SPEC = "trial_spec.json"  # the resolved spec, to reload the trial's data
@@ -372,24 +372,47 @@ def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_
 
 
 class EpochLogger:
-    """Logs the per-epoch curves to a run as they happen (visible live in the UI). By run id: trial
-    processes log into a run their parent process owns. `.callback()` is the Keras callback."""
+    """Logs the per-epoch curves to a run as training goes (visible live in the UI): an epoch's
+    metrics are written when it ends, except that epochs shorter than FLUSH_S are gathered into
+    one write every FLUSH_S (a head on cached features runs tens of epochs a second; one store
+    write each would cost more than the epochs), and whatever is left when training ends or
+    fails (a context manager). By run id: trial processes log into a run their parent process
+    owns. `.callback()` is the Keras callback."""
+
+    FLUSH_S = 2.0
 
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.seconds = 0.0  # time spent logging, for the bookkeeping benchmark
+        self.pending: list = []
+        self.flushed = time.perf_counter()
 
     def __call__(self, epoch: int, logs: dict | None = None) -> None:
-        start = time.perf_counter()
+        now_ms = int(time.time() * 1000)
         logs = logs or {}
-        metrics = {k: float(logs[k]) for k in EPOCH_METRICS if k in logs and np.isfinite(float(logs[k]))}
-        mlflow.log_metrics(metrics, step=epoch + 1, run_id=self.run_id)  # Keras passes 0-based epochs
-        self.seconds += time.perf_counter() - start
+        self.pending += [mlflow.entities.Metric(k, float(logs[k]), now_ms, epoch + 1)  # Keras passes 0-based epochs
+                         for k in EPOCH_METRICS if k in logs and np.isfinite(float(logs[k]))]
+        if time.perf_counter() - self.flushed >= self.FLUSH_S:
+            self.flush()
+
+    def __enter__(self) -> EpochLogger:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.flush()
+
+    def flush(self, logs: dict | None = None) -> None:
+        start = time.perf_counter()
+        if self.pending:
+            mlflow.MlflowClient().log_batch(self.run_id, metrics=self.pending)
+            self.pending = []
+        self.flushed = time.perf_counter()
+        self.seconds += self.flushed - start
 
     def callback(self):
         import keras  # here, not at the top: reading the store (leaderboard, check) should not load TensorFlow
 
-        return keras.callbacks.LambdaCallback(on_epoch_end=self)
+        return keras.callbacks.LambdaCallback(on_epoch_end=self, on_train_end=self.flush)
 
 
 def log_result(result, run_id: str) -> None:
@@ -402,7 +425,8 @@ def log_result(result, run_id: str) -> None:
     client.log_batch(run_id, metrics=metrics, tags=tags)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        plot_learning_curves(result.history, tmp / ARTIFACT_CURVES, title=result.title)
+        if result.model_path is not None:  # a picture for the runs people open; every run has its metrics' charts
+            plot_learning_curves(result.history, tmp / ARTIFACT_CURVES, title=result.title)
         np.savez_compressed(tmp / ARTIFACT_PREDICTIONS, labels=result.test_labels, top5=result.test_predictions)
         (tmp / ARTIFACT_HISTORY).write_text(json.dumps(result.history.epochs, indent=1))
         (tmp / ARTIFACT_SPEC).write_text(result.spec.model_dump_json(indent=1))  # reports reload its data

@@ -261,6 +261,7 @@ def fit_linear_probe(head: keras.Model, spec: TrialSpec, features: Dataset, call
     for callback in callbacks:
         callback.set_model(head)
         callback.on_epoch_end(0, dict(logs))
+        callback.on_train_end(dict(logs))
     return History(epochs=[logs], train_seconds=[seconds], fit_seconds=time.perf_counter() - started)
 
 

@@ -146,10 +146,14 @@ def test_only_the_best_trials_model_stays_in_the_artifact_store_also_after_a_rer
     assert mlflow.get_run(again.parent_run_id).data.tags[track.TAG_BEST_MODEL_URI] == \
         f"runs:/{child_runs(again)[2].info.run_id}/model"
     assert len(list(store.rglob("*.keras"))) == 1  # no other copy of any model anywhere in the store
-    # What a trial that keeps no model leaves on disk: its curves, predictions, history and spec.
+    # What a trial that keeps no model leaves on disk: its history, predictions and spec (and its
+    # metrics' curves in the store); one that kept its model, even for a while, a picture of them.
     for number, run in child_runs(again).items():
-        if number != 2:
-            folder = Path(run.info.artifact_uri.removeprefix("file://"))
+        folder = Path(run.info.artifact_uri.removeprefix("file://"))
+        assert (folder / track.ARTIFACT_CURVES).exists() == (tags[number] != track.MODEL_NOT_KEPT)
+        if tags[number] == track.MODEL_NOT_KEPT:
+            assert {f.name for f in folder.iterdir()} == {track.ARTIFACT_HISTORY, track.ARTIFACT_PREDICTIONS,
+                                                         track.ARTIFACT_SPEC}
             assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 1_000_000
 
 

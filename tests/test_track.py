@@ -50,3 +50,30 @@ def test_the_schema_versions_read_from_mlflows_migrations_match_alembics():
     script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
     assert head == _get_latest_schema_revision()
     assert known == {revision.revision for revision in script.walk_revisions()}
+
+
+def test_short_epochs_are_written_together_and_nothing_is_lost_when_training_fails(store, monkeypatch):
+    import mlflow
+    import pytest
+
+    track.configure()
+    client = mlflow.MlflowClient()
+
+    def steps(run_id):
+        return [m.step for m in client.get_metric_history(run_id, "val_top1")]
+
+    gathered = client.create_run(track.experiment_id("made-up")).info.run_id
+    monkeypatch.setattr(track.EpochLogger, "FLUSH_S", 3600.0)
+    with pytest.raises(RuntimeError):
+        with track.EpochLogger(gathered) as logger:
+            for epoch in range(3):
+                logger(epoch, {"val_top1": 0.1 * epoch, "loss": float("nan")})  # a NaN is not written
+            assert steps(gathered) == []  # not yet: three short epochs make one write
+            raise RuntimeError("training failed")
+    assert steps(gathered) == [1, 2, 3] and client.get_metric_history(gathered, "loss") == []
+
+    live = client.create_run(track.experiment_id("made-up")).info.run_id
+    monkeypatch.setattr(track.EpochLogger, "FLUSH_S", 0.0)
+    logger = track.EpochLogger(live)
+    logger(0, {"val_top1": 0.5})
+    assert steps(live) == [1]  # long epochs (here: any) are written as they end
