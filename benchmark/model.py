@@ -2,7 +2,10 @@
 the model (so they run on the accelerator, on every Keras backend); then backbone; then head.
 
 `create_model(spec, num_classes)` is the one way to build a trial's model (like timm's
-create_model): seeded, under the spec's dtype policy, with its final trainable layers."""
+create_model): seeded, under the spec's dtype policy, with its final trainable layers. A model is
+a frozen part (images -> pooled features) and a head; a head-only trial puts a new head on a
+frozen part built for an earlier trial (`on_frozen_part`), and a top-N trial can be split at a
+block boundary below its trainable layers (`cut_below_trainable`, `split_at`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """A study's MLflow parent run: created once (by its study's creator, safe with several workers),
 kept up to date after every trial (counts, compute, which child run is best), summarised when the
-sweep ends (the best trial's metrics and params, and the URI of its model, an MLflow Keras model). Also what the parent reads
+sweep ends (the best trial's metrics and params, and the URI of its model, an MLflow Keras
+model); and the models a study keeps (its best `search.keep_models`). Also what the parent reads
 from the Optuna study: each trial's record, the counts, the best trial that kept its model.
 
 The sweep (benchmark/sweep.py) runs the Optuna loop and calls these; the leaderboard reads what
@@ -9,6 +10,7 @@ they wrote.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import mlflow
@@ -18,8 +20,10 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from optuna.trial import TrialState
 
 from benchmark import study_identity, track
+from benchmark.redaction import redact
 from benchmark.spec import SearchSpace, TrialSpec
 
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- what the study holds
@@ -64,8 +68,12 @@ def drop_models_beyond(study: optuna.Study, keep: int, current: tuple[int, float
             if t.state == TrialState.COMPLETE and trial_record(t).get("model_saved") and t.number not in kept} - dropped
     client = mlflow.MlflowClient()
     for run_id in gone:
-        repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
-        repository.delete_artifacts(track.ARTIFACT_MODEL_DIR)
+        try:
+            repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+            repository.delete_artifacts(track.ARTIFACT_MODEL_DIR)
+        except Exception as e:  # an artifact store that cannot delete costs disk, not the trial that just finished
+            log.warning("could not delete the model of run %s (%s); it stays", run_id, redact(f"{type(e).__name__}: {e}"))
+            continue
         client.set_tag(run_id, track.TAG_MODEL, track.MODEL_DROPPED)
     return gone
 

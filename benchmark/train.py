@@ -238,6 +238,7 @@ def fit_linear_probe(head: keras.Model, spec: TrialSpec, features: Dataset, call
     logits layer; the history holds one epoch, the converged solution, which the callbacks see
     as any epoch's end (MLflow's curves, Optuna's report). With augmented `views` it fits all of
     them at once (V x N training examples)."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     started = time.perf_counter()
@@ -257,7 +258,8 @@ def fit_linear_probe(head: keras.Model, spec: TrialSpec, features: Dataset, call
     seconds = time.perf_counter() - started
     logs = {**scores(x_train @ kernel + bias, y_train), **{f"val_{k}": v for k, v in
             scores(x_val @ kernel + bias, features.y_val).items()},
-            "solver_iterations": float(np.max(solver.n_iter_)), "converged": float(not caught), "epoch": 0.0}
+            "solver_iterations": float(np.max(solver.n_iter_)), "epoch": 0.0,
+            "converged": float(not any(issubclass(w.category, ConvergenceWarning) for w in caught))}
     for callback in callbacks:
         callback.set_model(head)
         callback.on_epoch_end(0, dict(logs))

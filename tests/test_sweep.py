@@ -358,12 +358,13 @@ def wait_for_a_training_trial(process: subprocess.Popen, storage: str) -> None:
                and any(t.state.name == "RUNNING" and t.intermediate_values for t in trials))
 
 
-def uncached_spec(folder: Path) -> Path:
-    """ci with every epoch through the backbone (no feature cache): trials of a few seconds."""
+def uncached_spec(folder: Path, epochs: int = 3) -> Path:
+    """ci with every epoch through the backbone (no feature cache): trials of a few seconds, or
+    with 2000 epochs trials that cannot end by themselves within a test."""
     text = (REPO / "experiments" / "ci.toml").read_text()
     assert "\nepochs = 3\n" in text
-    path = folder / "ci-uncached.toml"
-    path.write_text(text.replace("\nepochs = 3\n", '\nepochs = 3\nfeature_cache = "off"\n'))
+    path = folder / f"ci-uncached-{epochs}.toml"
+    path.write_text(text.replace("\nepochs = 3\n", f'\nepochs = {epochs}\nfeature_cache = "off"\n'))
     return path
 
 
@@ -411,15 +412,6 @@ def test_a_full_artifact_disk_fails_that_trial_and_the_sweep_goes_on(store):
     assert {by_number[n].info.status for n in (0, 2, 3)} == {"FINISHED"}
 
 
-def long_trials_spec(folder: Path) -> Path:
-    """ci with trials that cannot end by themselves within the test: 2000 epochs through the backbone."""
-    text = (REPO / "experiments" / "ci.toml").read_text()
-    assert "\nepochs = 3\n" in text
-    path = folder / "ci-long.toml"
-    path.write_text(text.replace("\nepochs = 3\n", '\nepochs = 2000\nfeature_cache = "off"\n'))
-    return path
-
-
 def first_trial(storage: str):
     return (trials_of(storage) or [None])[0]
 
@@ -440,7 +432,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(store, tmp_path, moment):
     import time
 
     command, env = sweep_command(store, trials=2)
-    command[command.index("ci")] = str(long_trials_spec(tmp_path))
+    command[command.index("ci")] = str(uncached_spec(tmp_path, epochs=2000))
     storage = f"sqlite:///{store / 'optuna.db'}"
     sweep_process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
