@@ -3,6 +3,7 @@ below the baseline, a throughput drop, a missing row), reports improvements, rej
 baselines with exit 2; the GitHub workflow validates against GitHub's schema."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,11 @@ def edited(path: Path, content: dict, row: int, metric: str, factor: float = 1.0
     entry["value"] = entry["value"] * factor + shift
     path.write_text(json.dumps(content))
     return path
+
+
+def machine_speed(out: str) -> float:
+    """The machine's speed relative to where the baseline was recorded, as check printed it."""
+    return float(re.search(r"\(x(\d+\.\d+)\)", out).group(1))
 
 
 def run_check(path: Path, capsys) -> tuple[int, dict[tuple[str, str], str], str]:
@@ -74,7 +80,8 @@ def test_a_throughput_drop_beyond_tolerance_fails(in_ci_store, tmp_path, capsys)
     assert code == 1
     assert verdicts[(f"{row['backbone']}/{row['strategy']}", "infer_images_per_sec")] == "REGRESSION"
     assert f"{row['backbone']}/{row['strategy']} infer_images_per_sec looked like a regression" in out
-    assert "(x0.9" in out or "(x1.0" in out or "(x1.1" in out  # the same machine: its backbone runs as fast
+    # The same machine: its backbone runs about as fast (loose bounds: other work may share the cores).
+    assert 0.5 <= machine_speed(out) <= 2.0, out
     edited(tmp_path / "ci.json", content, 1, "infer_images_per_sec", factor=1.8)  # now is 56%: within 50%
     assert run_check(tmp_path / "ci.json", capsys)[0] == 0
 
@@ -90,7 +97,8 @@ def test_a_baseline_from_a_faster_machine_is_scaled_to_this_one(in_ci_store, tmp
     code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
     assert code == 0, out
     assert verdicts[(f"{row['backbone']}/{row['strategy']}", "infer_images_per_sec")] == "ok"
-    assert "measured again, best of 3" in out and "(x0.2" in out  # about a quarter of the recorded speed
+    assert "measured again, best of 3" in out
+    assert 0.125 <= machine_speed(out) <= 0.5, out  # about a quarter of the recorded speed
 
 
 def made_throughput_baseline(value: float, reference: float | None) -> check.Baseline:
