@@ -434,15 +434,22 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(store, tmp_path, moment):
     command, env = sweep_command(store, trials=2)
     command[command.index("ci")] = str(uncached_spec(tmp_path, epochs=2000))
     storage = f"sqlite:///{store / 'optuna.db'}"
+    # Started as a shell starts a foreground job: SIGINT at its default even where this test runs with
+    # it ignored (a background job of a non-interactive shell), which the sweep would respect.
     sweep_process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not ((trial := first_trial(storage)) and MOMENTS[moment](trial)):
-        assert sweep_process.poll() is None and time.monotonic() < deadline, f"the sweep ended first: {trial}"
-        time.sleep(0.05)
-    os.killpg(sweep_process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
-    interrupted = time.monotonic()
-    out, err = sweep_process.communicate(timeout=120)
+                                     text=True, start_new_session=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 300
+        while not ((trial := first_trial(storage)) and MOMENTS[moment](trial)):
+            assert sweep_process.poll() is None and time.monotonic() < deadline, f"the sweep ended first: {trial}"
+            time.sleep(0.05)
+        os.killpg(sweep_process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
+        interrupted = time.monotonic()
+        out, err = sweep_process.communicate(timeout=120)
+    finally:  # a sweep that did not stop would train 2000 epochs beside the rest of the suite
+        if sweep_process.poll() is None:
+            os.killpg(sweep_process.pid, signal.SIGKILL)
     assert sweep_process.returncode == 130, out + err
     assert time.monotonic() - interrupted < 60  # not after training 2000 epochs
     assert "rerun the same command to resume" in err and "Traceback" not in out + err
