@@ -31,7 +31,9 @@ def edited(path: Path, content: dict, row: int, metric: str, factor: float = 1.0
 
 def machine_speed(out: str) -> float:
     """The machine's speed relative to where the baseline was recorded, as check printed it."""
-    return float(re.search(r"\(x(\d+\.\d+)\)", out).group(1))
+    printed = re.search(r"\(x(\d+\.\d+)\)", out)
+    assert printed, out
+    return float(printed.group(1))
 
 
 def run_check(path: Path, capsys) -> tuple[int, dict[tuple[str, str], str], str]:
