@@ -1,12 +1,14 @@
-"""Files the commands write are all or nothing: written beside the target and renamed into place,
-so a reader never sees half a file and a failed write leaves the old one. A target that cannot be
-written (under a regular file, a directory in its place, a read-only or full device) is a one-line
-BenchmarkError (exit 2) naming the path."""
+"""Every file the package writes is all or nothing: written beside the target and renamed into
+place, so a reader never sees half a file (or half a folder of them: `replaced_folder`) and a
+failed write leaves the old one. A target that cannot be written (under a regular file, a
+directory in its place, a read-only or full device) is a one-line BenchmarkError (exit 2) naming
+the path."""
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,7 +58,8 @@ def replaced(path: Path, what: str) -> Iterator[Path]:
     error, removed when it fails. `what` names the file in errors ("the report", "the baseline")."""
     path = check_target(Path(path), what)
     try:
-        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        # The temporary name ends as the target's does: writers that check the extension (Keras's) accept it.
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial.", suffix=f".{path.name}")
         os.close(handle)
         os.chmod(name, 0o666 & ~umask())  # as a plain open() would create it (mkstemp's is private)
     except OSError as e:
@@ -69,6 +72,32 @@ def replaced(path: Path, what: str) -> Iterator[Path]:
         raise unwritable(path, what, e) from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+@contextmanager
+def replaced_folder(folder: Path, what: str) -> Iterator[Path]:
+    """A temporary folder beside `folder` to fill; it takes `folder`'s place (an older one there
+    is removed first) when the block ends without an error, and is removed when it fails. If
+    another process put its own `folder` there meanwhile, that one stays: it holds the same."""
+    folder = Path(folder)
+    make_folder(folder.parent, what)
+    try:
+        partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial"))
+    except OSError as e:
+        raise unwritable(folder, what, e) from None
+    try:
+        yield partial
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+        try:
+            os.replace(partial, folder)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not folder.is_dir():
+                raise
+    except OSError as e:
+        raise unwritable(folder, what, e) from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def umask() -> int:

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from benchmark import checkpoint
+from benchmark import checkpoint, files
 from benchmark.errors import BenchmarkError
 
 if TYPE_CHECKING:
@@ -255,18 +253,12 @@ def mismatch(source: str, name: str, problem: str) -> BenchmarkError:
 
 
 def save_atomically(model: "keras.Model", path: Path) -> None:
-    """Workers may convert at once: each writes its own temp file, renamed into place. A cache that
-    cannot be written only costs the conversion next time."""
+    """Workers may convert at once: each writes its own temporary file (files.replaced). A cache
+    that cannot be written only costs the conversion next time."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".weights.h5")
-        os.close(handle)
-        try:
-            model.save_weights(temp, overwrite=True)
-            os.replace(temp, path)
-        finally:
-            Path(temp).unlink(missing_ok=True)
-    except OSError:
+        with files.replaced(path, "the converted weights") as partial:
+            model.save_weights(partial, overwrite=True)
+    except (BenchmarkError, OSError):
         pass
 
 
