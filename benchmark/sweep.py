@@ -33,10 +33,11 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from benchmark import features, parent_run, registry, study_identity, track
+from benchmark import parent_run, registry, study_identity, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.errors import BenchmarkError
 from benchmark.isolation import TrialJob, TrialRunner
+from benchmark.plan import builds_head_only
 from benchmark.redaction import redact
 from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
 from benchmark.storage import default_storage, open_storage
@@ -411,7 +412,7 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
                         interruption.check,
                     ],
                     catch=(Exception,),
-                    gc_after_trial=not runner.isolated and not features.trains_head_only(plan.spec),  # a head leaves little
+                    gc_after_trial=not runner.isolated and not builds_head_only(plan.spec),  # a head leaves little
                 )
                 interruption.check()
             except KeyboardInterrupt:  # Ctrl-C: the study is resumable, its parent run was not a failure
@@ -438,7 +439,7 @@ def trials_per_process(plan: Plan) -> int:
     setting = plan.search.trials_per_process
     if setting != "auto":
         return setting
-    return 0 if features.trains_head_only(plan.spec) else CHILD_TRIALS
+    return 0 if builds_head_only(plan.spec) else CHILD_TRIALS
 
 
 def study_attrs(spec: TrialSpec, fingerprint: study_identity.Fingerprint, recipe: dict) -> dict:

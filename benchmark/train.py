@@ -1,4 +1,4 @@
-"""Training: compile and fit one model under its strategy (one phase, or head-then-unfreeze)."""
+"""Training: compile and fit each phase of a trial's plan (one phase, or head-then-unfreeze)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -16,10 +15,8 @@ from benchmark import runtime
 from benchmark.data import Dataset
 from benchmark.measure import top_k_accuracy
 from benchmark.model import BuiltModel, set_trainable
+from benchmark.plan import TrialPlan
 from benchmark.spec import TrainingSpec, TrialSpec
-
-if TYPE_CHECKING:
-    from benchmark.prefix import Prefix
 
 MONITOR = "val_top1"
 
@@ -134,68 +131,50 @@ def schedule_callbacks(training: TrainingSpec) -> list[keras.callbacks.Callback]
     return callbacks
 
 
-def phases(spec: TrialSpec) -> list[tuple[int | str, float, int]]:
-    """(unfreeze depth, learning rate, epochs) for each phase of the strategy."""
-    strategy, training = spec.strategy, spec.training
-    epochs = strategy.epochs or training.epochs
-    if strategy.schedule == "two_phase":
-        return [
-            (0, training.learning_rate, strategy.head_epochs),
-            (strategy.unfreeze, training.learning_rate * strategy.finetune_lr_scale, epochs),
-        ]
-    return [(strategy.unfreeze, training.learning_rate, epochs)]
+@dataclass
+class Fit:
+    """What the phases of one kind of inputs fit (plan.Inputs): a model and its data."""
+
+    model: keras.Model
+    data: Dataset  # images, or a cut's cached arrays in their place
+    views: np.ndarray | None = None  # (V, N, D): epoch e trains on view e mod V (augmented views' features)
 
 
 def train(
+    plan: TrialPlan,
     built: BuiltModel,
+    fits: dict[str, Fit],
     spec: TrialSpec,
-    data: Dataset,
     callbacks: list[keras.callbacks.Callback] = (),
     verbose: int = 0,
-    features: Dataset | None = None,
-    views: np.ndarray | None = None,
-    prefix: Prefix | None = None,
 ) -> History:
-    """Fit through every phase; epochs are numbered continuously across phases (for pruning).
-    On return the model holds the weights of its best validation epoch.
-
-    `features`: `data` with pooled backbone features in place of images (the feature cache); the
-    phases that train only the head fit built.head on them (its weights are the full model's).
-    `views`: the cached features of V augmented views of the training images, (V, N, D): epoch e
-    of those phases trains on view e mod V. `prefix`: the phases that unfreeze layers fit its
-    model above a cut on the cut's cached activations (benchmark/prefix.py)."""
-    if spec.strategy.unfreeze == "search":
-        raise ValueError("resolve unfreeze = 'search' to a depth before training (TrialSpec.with_values)")
-    if spec.training.optimizer == "lbfgs":
-        if features is None:
-            raise ValueError("the lbfgs linear probe fits on cached features (spec.linear_probe_problems)")
-        return fit_linear_probe(built.head, spec, features, callbacks, views)
+    """Carry out the plan: fit each phase's inputs (`fits[phase.inputs]`), epochs numbered
+    continuously across phases (for pruning). On return the model holds the weights of its best
+    validation epoch; the layers of every Fit are the full model's own."""
+    if plan.solver == "lbfgs":
+        probe = fits["features"]
+        return fit_linear_probe(probe.model, spec, probe.data, callbacks, probe.views)
     history = History()
     runtime.seed_everything(spec.training.seed)  # the same shuffles whatever was built before
-    # What training can change: the head alone, unless a phase unfreezes layers or BatchNorm learns.
-    head_only = all(unfreeze == 0 for unfreeze, _, _ in phases(spec)) and not spec.strategy.train_batchnorm
-    best = KeepBestWeights(built.head if head_only else built.model)
-    y_train = keras.utils.to_categorical(data.y_train, data.num_classes)
-    y_val = keras.utils.to_categorical(data.y_val, data.num_classes)
+    best = KeepBestWeights(built.model if plan.trains_backbone else built.head)
+    num_classes = len(next(iter(fits.values())).data.class_names)
     epoch = 0
-    for unfreeze, learning_rate, epochs in phases(spec):
-        set_trainable(built, unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
-        on_features = features is not None and unfreeze == 0
-        model, inputs = (built.head, features) if on_features else (built.model, data)
-        if unfreeze != 0 and prefix is not None:
-            model, inputs = prefix.top, prefix.data
-        compile_model(model, spec, learning_rate)  # trainable weights are fixed at compile time
+    for phase in plan.phases:
+        set_trainable(built, phase.unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
+        fit = fits[phase.inputs]
+        y_train = keras.utils.to_categorical(fit.data.y_train, num_classes)
+        compile_model(fit.model, spec, phase.learning_rate)  # trainable weights are fixed at compile time
         before, started = len(history.epochs), time.perf_counter()
-        x, batches = inputs.x_train, {"batch_size": spec.training.batch_size, "shuffle": True}
-        if on_features and views is not None:
-            x, batches = ViewEpochs(views, y_train, spec.training.batch_size, spec.training.seed, epoch), {}
-        model.fit(
+        x, batches = fit.data.x_train, {"batch_size": spec.training.batch_size, "shuffle": True}
+        if fit.views is not None:
+            x, batches = ViewEpochs(fit.views, y_train, spec.training.batch_size, spec.training.seed, epoch), {}
+        fit.model.fit(
             x,
             None if isinstance(x, ViewEpochs) else y_train,
-            validation_data=(inputs.x_val, y_val),
+            validation_data=(fit.data.x_val, keras.utils.to_categorical(fit.data.y_val, num_classes)),
             **batches,
             initial_epoch=epoch,
-            epochs=epoch + epochs,
+            epochs=epoch + phase.epochs,
             verbose=verbose,
             callbacks=[EpochRecorder(history), best, *schedule_callbacks(spec.training), *callbacks],
         )

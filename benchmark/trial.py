@@ -1,9 +1,11 @@
-"""One trial: spec -> data -> model -> train -> measure. Tracking is the caller's (see track.py).
+"""One trial: spec -> plan -> data -> model -> train -> measure, and `run_tracked`, which runs it
+inside its MLflow run.
 
-`prepare` does everything that can reject bad input (data, model, unfreeze depth) before any
-training starts or any run is recorded; `execute` trains and measures; `finish` saves the model
+`prepare` does everything that can reject bad input (plan, data, model, unfreeze depth) before
+any training starts or any run is recorded; `execute` carries out the plan (benchmark/plan.py):
+the cached arrays it needs (benchmark/cache.py), training, measuring; `finish` saves the model
 when the caller keeps it. A head-only trial on cached features builds only its head: the frozen
-part below it is built once per process (features.shared_frozen_part).
+part below it is built once per process (cache.shared_frozen_part).
 """
 
 from __future__ import annotations
@@ -13,21 +15,23 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
 
-from benchmark import features, measure, prefix, runtime, track
+from benchmark import cache, measure, runtime, track
 from benchmark.data import Dataset, load_dataset
-from benchmark.errors import BenchmarkError
-from benchmark.model import BuiltModel, create_model, on_frozen_part
-from benchmark.spec import TrialSpec, linear_probe_problems
-from benchmark.train import History, train
+from benchmark.model import BuiltModel, create_model, cut_below_trainable, on_frozen_part
+from benchmark.plan import TrialPlan, plan_trial
+from benchmark.spec import TrialSpec
+from benchmark.train import Fit, History, train
 
 
 @dataclass
 class Prepared:
     spec: TrialSpec
+    plan: TrialPlan
     data: Dataset
     built: BuiltModel
     started: float
@@ -51,32 +55,34 @@ class TrialResult:
 
 def prepare(spec: TrialSpec, data: Dataset | None = None) -> Prepared:
     started = time.perf_counter()
-    if spec.training.optimizer == "lbfgs" and (problems := linear_probe_problems(
-            spec.training, {spec.strategy_name: spec.strategy}, spec.head, spec.data)):
-        raise BenchmarkError("; ".join(problems))  # a value given on the command line, say (the spec file was checked)
+    plan = plan_trial(spec)
     data = data if data is not None else load_dataset(spec.data)
-    if features.trains_head_only(spec):
-        built = on_frozen_part(spec, data.num_classes, features.shared_frozen_part(spec, data))
+    if plan.builds_head_only:
+        built = on_frozen_part(spec, data.num_classes, cache.shared_frozen_part(spec, data))
     else:
         built = create_model(spec, data.num_classes)
-    return Prepared(spec=spec, data=data, built=built, started=started)
+    if plan.uses("activations"):
+        cut = cut_below_trainable(built.base)
+        plan = plan.at_cut(cut.name if cut is not None else None)
+    return Prepared(spec=spec, plan=plan, data=data, built=built, started=started)
 
 
 def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
-    spec, data, built = prepared.spec, prepared.data, prepared.built
-    not_cached, not_prefixed = features.why_not_cached(spec), prefix.why_not_prefixed(spec)
-    cache = features.cached_features(spec, built, data) if not_cached is None else None
-    cut = prefix.prefixed(spec, built, data) if not_prefixed is None else None
-    history = train(built, spec, data, callbacks=list(callbacks), verbose=verbose,
-                    features=cache.data if cache else None, views=cache.train_views if cache else None, prefix=cut)
+    spec, plan, data, built = prepared.spec, prepared.plan, prepared.data, prepared.built
+    features = cache.pooled_features(spec, built, data) if plan.uses("features") else None
+    above = cache.above_cut(spec, built, data, plan.cut) if plan.uses("activations") else None
+    fits = {}
+    if plan.uses("images"):
+        fits["images"] = Fit(built.model, data)
+    if features:
+        fits["features"] = Fit(built.head, features.data, features.train_views)
+    if above:
+        fits["activations"] = Fit(above.top, above.cached.data)
+    history = train(plan, built, fits, spec, callbacks=list(callbacks), verbose=verbose)
     best, last = history.epochs[history.best_index], history.epochs[-1]
-    # Measured on what it trained on (cached features, a cut's activations): the same numbers as the full model on images.
-    test_model, test_data = (built.model, data)
-    if cache and spec.strategy.unfreeze == 0:
-        test_model, test_data = built.head, cache.data
-    elif cut:
-        test_model, test_data = cut.top, cut.data
-    test = measure.evaluate(test_model, test_data.x_test, data.y_test, spec.training.batch_size)
+    # Measured on what the last phase trained on: the same numbers as the full model on images.
+    tested = fits[plan.test_inputs]
+    test = measure.evaluate(tested.model, tested.data.x_test, data.y_test, spec.training.batch_size)
     total, trainable = measure.count_params(built.features, built.head)
     metrics = {
         "best_val_top1": best["val_top1"],
@@ -93,7 +99,7 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
         "train_s": history.fit_seconds,
         "epochs_run": float(len(history.epochs)),
         "backbone_depth": float(built.depth),
-        "features_s": (cache.seconds if cache else 0.0) + (cut.seconds if cut else 0.0),
+        "features_s": (features.seconds if features else 0.0) + (above.cached.seconds if above else 0.0),
     }
     metrics["wall_time_s"] = time.perf_counter() - prepared.started
     return TrialResult(
@@ -102,9 +108,9 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
         history=history,
         test_labels=data.y_test,
         test_predictions=test["predictions"],
-        tags={track.TAG_FEATURE_CACHE: cache.status if cache else f"off: {not_cached}",
-              track.TAG_PREFIX_CACHE: f"{cut.status} (below {cut.cut})" if cut else
-              f"off: {not_prefixed or 'no block boundary below the trainable layers'}"},
+        tags={track.TAG_FEATURE_CACHE: features.status if features else f"off: {plan.no_features}",
+              track.TAG_PREFIX_CACHE: f"{above.cached.status} (below {plan.cut})" if above else
+              f"off: {plan.no_activations}"},
         built=built,
     )
 
@@ -163,5 +169,29 @@ def inference_rate(spec: TrialSpec, built: BuiltModel) -> float:
 
 
 def run_trial(spec: TrialSpec, data: Dataset | None = None, callbacks=(), verbose: int = 0) -> TrialResult:
-    """Prepare, execute and keep the model (in a temporary folder: result.model_path)."""
+    """Prepare, execute and keep the model (in a temporary folder: result.model_path). Untracked."""
     return finish(execute(prepare(spec, data), callbacks=callbacks, verbose=verbose), keep=True)
+
+
+@dataclass
+class TrialRecord:
+    """What a tracked trial leaves its caller: the run holds the rest."""
+
+    metrics: dict[str, float]
+    model_path: Path | None  # the saved model, if the trial kept it (for track.log_model)
+    compute_s: float  # training and measuring; not logging
+
+
+def run_tracked(prepared: Prepared, run_id: str, keep: bool | Callable[[dict[str, float]], bool],
+                callbacks=(), verbose: int = 0) -> TrialRecord:
+    """Execute a prepared trial inside the MLflow run `run_id` (by id: a trial process logs into
+    a run its parent owns): its curves as it trains (also when it is pruned or fails), then its
+    metrics, tags and artifacts. `keep` says whether it saves its model, or decides from its metrics."""
+    epoch_logger = track.EpochLogger(run_id)
+    started = time.perf_counter()
+    with epoch_logger:
+        result = execute(prepared, callbacks=[epoch_logger.callback(), *callbacks], verbose=verbose)
+    finish(result, keep=keep(result.metrics) if callable(keep) else keep)
+    compute_s = time.perf_counter() - started - epoch_logger.seconds
+    track.log_result(result, run_id)
+    return TrialRecord(metrics=result.metrics, model_path=result.model_path, compute_s=compute_s)

@@ -1,17 +1,20 @@
-"""The frozen-feature cache: same results as training through the frozen backbone, keyed by
-everything that determines the features, robust to a damaged or unwritable cache."""
+"""The activation cache: training on cached pooled features, or on the activations at a block
+boundary, gives the results of training through the frozen layers; keyed by everything that
+determines the arrays, robust to a damaged or unwritable cache; the saved model is the whole network."""
 
 import logging
 
 import keras
 import mlflow
+import mlflow.keras
 import numpy as np
 import pytest
 
-from benchmark import features, measure, track
+from benchmark import cache, measure, registry, track
 from benchmark.data import load_dataset
-from benchmark.spec import load_experiment
-from benchmark.model import create_model
+from benchmark.model import create_model, cut_below_trainable
+from benchmark.plan import plan_trial
+from benchmark.spec import ExperimentSpec, load_experiment
 from benchmark.trial import Prepared, execute, prepare, run_trial
 
 
@@ -39,7 +42,7 @@ def test_training_on_cached_features_gives_the_results_of_training_through_the_f
 
     assert through_backbone.tags["feature_cache"] == "off: training.feature_cache = off"
     assert (computed.tags["feature_cache"], reused.tags["feature_cache"]) == ("miss", "hit")
-    assert len(list(cache_dir.glob("vgg16-32px-*.npz"))) == 1
+    assert len(list(cache_dir.glob("vgg16-32px-pooled-*"))) == 1
     for result in (computed, reused):
         for name in ("best_val_top1", "test_top1", "test_top5", "last_val_top1", "params_total", "params_trainable"):
             assert result.metrics[name] == pytest.approx(through_backbone.metrics[name], abs=0.01), name
@@ -58,7 +61,7 @@ def test_training_on_cached_features_gives_the_results_of_training_through_the_f
 
 def key_of(spec, data=None):
     prepared = prepare(spec, data)
-    return features.cache_key(spec, prepared.built, prepared.data)
+    return cache.cache_key(spec, prepared.built, prepared.data)
 
 
 @pytest.mark.slow
@@ -83,32 +86,32 @@ def test_the_key_changes_with_everything_that_determines_the_features_and_nothin
     assert len(set(changed.values())) == len(changed)
 
 
-@pytest.mark.slow
 def unshared(spec):
     """A trial's model built on its own, not the process's shared frozen part (whose features stay
     in memory once read): what a trial in a new process sees of the disk cache."""
     data = load_dataset(spec.data)
-    return Prepared(spec=spec, data=data, built=create_model(spec, data.num_classes), started=0.0)
+    return Prepared(spec=spec, plan=plan_trial(spec), data=data, built=create_model(spec, data.num_classes), started=0.0)
 
 
 @pytest.mark.slow
 def test_a_damaged_cache_file_is_computed_again_and_replaced(cache_dir, caplog):
     spec = frozen_spec()
     prepared = unshared(spec)
-    first = features.cached_features(spec, prepared.built, prepared.data)
-    assert first.status == "miss" and first.path.is_file()
-    first.path.write_bytes(first.path.read_bytes()[:1000])  # truncated, as by a full disk
+    first = cache.pooled_features(spec, prepared.built, prepared.data)
+    assert first.status == "miss" and first.path.is_dir()
+    expected = {split: np.array(getattr(first.data, f"x_{split}")) for split in cache.SPLITS}  # off the memory map
+    train = first.path / "train.npy"
+    train.write_bytes(train.read_bytes()[:1000])  # truncated in place, as by a full disk
 
-    with caplog.at_level(logging.WARNING, logger="benchmark.features"):
-        again = features.cached_features(spec, prepared.built, prepared.data)
+    with caplog.at_level(logging.WARNING, logger="benchmark.cache"):
+        again = cache.pooled_features(spec, prepared.built, prepared.data)
     assert again.status == "miss" and "unreadable" in caplog.text
-    third = features.cached_features(spec, prepared.built, prepared.data)
+    third = cache.pooled_features(spec, prepared.built, prepared.data)
     assert third.status == "hit"
-    for split in features.SPLITS:
-        expected = getattr(first.data, f"x_{split}")
-        assert expected.shape == (len(getattr(prepared.data, f"y_{split}")), 512)
-        np.testing.assert_array_equal(getattr(again.data, f"x_{split}"), expected)
-        np.testing.assert_array_equal(getattr(third.data, f"x_{split}"), expected)
+    for split in cache.SPLITS:
+        assert expected[split].shape == (len(getattr(prepared.data, f"y_{split}")), 512)
+        np.testing.assert_array_equal(getattr(again.data, f"x_{split}"), expected[split])
+        np.testing.assert_array_equal(getattr(third.data, f"x_{split}"), expected[split])
 
 
 @pytest.mark.slow
@@ -118,34 +121,11 @@ def test_an_unwritable_cache_costs_speed_not_the_trial(tmp_path, monkeypatch, ca
     monkeypatch.setenv("BENCHMARK_CACHE_DIR", str(blocker / "cache"))
     spec = frozen_spec()
     prepared = prepare(spec)
-    with caplog.at_level(logging.WARNING, logger="benchmark.features"):
-        result = features.cached_features(spec, prepared.built, prepared.data)
+    with caplog.at_level(logging.WARNING, logger="benchmark.cache"):
+        result = cache.pooled_features(spec, prepared.built, prepared.data)
     assert result.status == "miss" and len(result.data.x_train) == len(prepared.data.y_train)
-    assert "cannot write the feature cache" in caplog.text and "BENCHMARK_CACHE_DIR" in caplog.text
+    assert "cannot write the activation cache" in caplog.text and "BENCHMARK_CACHE_DIR" in caplog.text
     assert list(tmp_path.iterdir()) == [blocker]
-
-
-@pytest.mark.parametrize(
-    "changes, reason",
-    [
-        ({}, None),
-        ({"training": {"feature_cache": "off"}}, "training.feature_cache = off"),
-        ({"strategy": {"unfreeze": 2}}, "the backbone trains"),
-        ({"strategy": {"unfreeze": 2, "schedule": "two_phase", "head_epochs": 1}}, None),  # its head phase
-        ({"strategy": {"unfreeze": "all"}}, "the backbone trains"),
-        ({"strategy": {"train_batchnorm": True}}, "BatchNorm"),
-        ({"data": {"augment": {"flip": True, "crop_padding": 0}}}, "augmentation"),
-        ({"data": {"augment": {"flip": False, "crop_padding": 4}}}, "augmentation"),
-        ({"data": {"augment": {"flip": True, "crop_padding": 4}}, "training": {"feature_views": 4}}, None),
-    ],
-)
-def test_only_head_only_trials_on_unchanging_images_use_the_cache(changes, reason):
-    spec = frozen_spec()
-    for section, updates in changes.items():
-        spec = spec.model_copy(update={section: getattr(spec, section).model_validate(
-            {**getattr(spec, section).model_dump(), **updates})})
-    why = features.why_not_cached(spec)
-    assert why == reason if reason is None else reason in why
 
 
 def test_a_sweeps_frozen_trials_compute_the_features_at_most_once(in_ci_store):
@@ -171,7 +151,7 @@ def two_phase_spec(feature_cache="auto", finetune_lr_scale=0.1):
 def test_a_two_phase_trials_head_phase_trains_on_cached_features(cache_dir):
     through_backbone = run_trial(two_phase_spec("off"))
     cached = run_trial(two_phase_spec())
-    assert cached.tags["feature_cache"] == "miss" and len(list(cache_dir.glob("*.npz"))) == 1
+    assert cached.tags["feature_cache"] == "miss" and len(list(cache_dir.glob("*-pooled-*"))) == 1
     assert len(cached.history.epochs) == len(through_backbone.history.epochs) == 4
     # phase 1 (head only) is the same training on the same features
     np.testing.assert_allclose(cached.history.series("val_top1")[:3], through_backbone.history.series("val_top1")[:3],
@@ -231,20 +211,20 @@ def test_epoch_e_trains_on_view_e_mod_v_in_a_new_order_each_epoch():
 @pytest.mark.slow
 def test_augmented_views_are_cached_for_training_and_validation_and_test_stay_plain(cache_dir):
     plain_spec, spec = frozen_spec(), views_spec(3)
-    assert features.why_not_cached(views_spec(0)) and features.why_not_cached(spec) is None
+    assert plan_trial(views_spec(0)).no_features and plan_trial(spec).no_features is None
     prepared = unshared(spec)
-    cached = features.cached_features(spec, prepared.built, prepared.data)
-    plain = features.cached_features(plain_spec, prepared.built, prepared.data)
+    cached = cache.pooled_features(spec, prepared.built, prepared.data)
+    plain = cache.pooled_features(plain_spec, prepared.built, prepared.data)
     n = len(prepared.data.y_train)
     assert cached.train_views.shape == (3, n, 512) and plain.train_views is None
     for split in ("val", "test"):
         np.testing.assert_array_equal(getattr(cached.data, f"x_{split}"), getattr(plain.data, f"x_{split}"))
     views = [cached.train_views[v] for v in range(3)]
     assert all(not np.allclose(a, b) for i, a in enumerate([*views, plain.data.x_train]) for b in views[i + 1:])
-    keys = {features.cache_key(s, prepared.built, prepared.data) for s in (plain_spec, spec, views_spec(4),
+    keys = {cache.cache_key(s, prepared.built, prepared.data) for s in (plain_spec, spec, views_spec(4),
                                                                        views_spec(3, flip=True, crop_padding=0))}
     assert len(keys) == 4
-    again = features.cached_features(spec, prepared.built, prepared.data)  # read back from disk
+    again = cache.pooled_features(spec, prepared.built, prepared.data)  # read back from disk
     assert again.status == "hit"
     np.testing.assert_array_equal(again.train_views, cached.train_views)
 
@@ -253,3 +233,61 @@ def test_augmented_views_are_cached_for_training_and_validation_and_test_stay_pl
     on_views, on_plain = run_trial(spec), run_trial(plain_spec)
     assert on_views.tags["feature_cache"] == "hit" and on_views.metrics["best_val_top1"] > 0.04
     assert on_views.history.series("loss")[0] != pytest.approx(on_plain.history.series("loss")[0], rel=1e-3)
+
+
+# ---------------------------------------------------------------- the cut below a top-N trial's trainable layers
+
+
+def top_spec(backbone="vgg16", unfreeze=2, feature_cache="auto", epochs=3):
+    raw = load_experiment("ci").model_dump(mode="json")
+    raw["backbones"] = [backbone]
+    raw["training"].update(feature_cache=feature_cache, epochs=epochs, learning_rate=1e-3)
+    spec = ExperimentSpec.model_validate(raw).resolve(backbone, "top")
+    return spec.with_values(unfreeze=unfreeze)
+
+
+def base_with_top(name: str, unfreeze: int, image_size: int = 32) -> keras.Model:
+    base = registry.build_base(registry.get_backbone(name), image_size, "none")
+    registry.apply_unfreeze(base, unfreeze)
+    return base
+
+
+@pytest.mark.parametrize("name, unfreeze, expected", [
+    ("vgg16", 2, "block5_conv1"),  # a plain stack: the layer right below the first trainable one
+    ("resnet50", 1, "conv5_block2_out"),  # the last block's third conv: its input, not inside it (the shortcut)
+    ("resnet50", 3, "conv5_block2_out"),
+    ("resnet50", 4, "conv5_block1_out"),  # one conv of block 2 more: not inside block 2 (its shortcut crosses)
+    ("efficientnetlite0", 4, "block14_add"),  # block 15's expand, depthwise, project + the head conv
+    ("efficientnetlite0", 2, "block15_dw_bn_relu6"),  # block 15 has no shortcut: any layer of it is a cut
+])
+def test_the_cut_is_the_highest_block_boundary_below_the_trainable_layers(name, unfreeze, expected):
+    cut = cut_below_trainable(base_with_top(name, unfreeze))
+    assert cut.name == expected
+
+
+def test_no_cut_when_the_whole_backbone_trains():
+    assert cut_below_trainable(base_with_top("vgg16", 13)) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone, unfreeze", [("vgg16", 2), ("resnet50", 3)])
+def test_a_trial_on_a_cuts_activations_equals_training_through_the_backbone_and_saves_the_whole_network(
+        cache_dir, backbone, unfreeze):
+    through = run_trial(top_spec(backbone, unfreeze, feature_cache="off"))
+    cached = run_trial(top_spec(backbone, unfreeze))
+    again = run_trial(top_spec(backbone, unfreeze))
+
+    assert through.tags["prefix_cache"] == "off: training.feature_cache = off"
+    assert cached.tags["prefix_cache"].startswith("miss (below ") and again.tags["prefix_cache"].startswith("hit (below ")
+    for name in ("loss", "val_loss", "val_top1", "top1"):
+        np.testing.assert_allclose(cached.history.series(name), through.history.series(name), rtol=1e-3, atol=1e-3)
+    for name in ("best_val_top1", "test_top1", "test_top5", "params_total", "params_trainable"):
+        assert cached.metrics[name] == pytest.approx(through.metrics[name], abs=2e-3), name
+    np.testing.assert_allclose(again.history.series("loss"), cached.history.series("loss"), rtol=1e-5)
+
+    data = load_dataset(cached.spec.data)
+    registry.register_custom_layers()
+    saved = mlflow.keras.load_model(str(cached.model_path))
+    assert saved.count_params() == cached.metrics["params_total"]
+    on_images = measure.evaluate(saved, data.x_test, data.y_test, batch_size=64)
+    assert on_images["top1"] == pytest.approx(cached.metrics["test_top1"], abs=1 / len(data.y_test))

@@ -7,7 +7,8 @@ import pytest
 from benchmark.data import load_dataset
 from benchmark.model import create_model
 from benchmark.spec import load_experiment
-from benchmark.train import History, TrainingDiverged, make_optimizer, phases, train
+from benchmark.plan import plan_trial
+from benchmark.train import Fit, History, TrainingDiverged, make_optimizer, train
 
 
 def ci_spec(strategy="frozen", **values):
@@ -17,13 +18,6 @@ def ci_spec(strategy="frozen", **values):
 def test_the_best_epoch_is_the_first_of_equal_bests():
     history = History(epochs=[{"val_top1": 0.2}, {"val_top1": 0.5}, {"val_top1": 0.5}, {"val_top1": 0.4}])
     assert history.best_index == 1 and history.series("val_top1")[history.best_index] == 0.5
-
-
-def test_two_phase_is_the_head_at_the_learning_rate_then_the_unfrozen_layers_at_its_fraction():
-    spec = ci_spec("top", unfreeze=3, learning_rate=0.01, finetune_lr_scale=0.1)
-    strategy = spec.strategy.model_copy(update={"schedule": "two_phase", "head_epochs": 2, "epochs": 4})
-    assert phases(spec.model_copy(update={"strategy": strategy})) == [(0, 0.01, 2), (3, pytest.approx(0.001), 4)]
-    assert phases(spec) == [(3, 0.01, 3)]  # one phase: training.epochs
 
 
 @pytest.mark.parametrize("name, kind", [("adam", keras.optimizers.Adam), ("adamw", keras.optimizers.AdamW),
@@ -42,11 +36,18 @@ def small_data(spec, train=128, validation=64):
                       class_names=data.class_names, origin=data.origin)
 
 
+def train_on_images(spec, data):
+    """A freshly built model trained through its backbone on the images (no cache)."""
+    training = spec.training.model_copy(update={"feature_cache": "off"})
+    spec = spec.model_copy(update={"training": training})
+    built = create_model(spec, data.num_classes)
+    return built, train(plan_trial(spec), built, {"images": Fit(built.model, data)}, spec)
+
+
 def test_training_ends_on_the_weights_of_the_best_validation_epoch():
     spec = ci_spec(learning_rate=0.05)  # large enough that later epochs move away from the best one
     data = small_data(spec)
-    built = create_model(spec, data.num_classes)
-    history = train(built, spec, data)
+    built, history = train_on_images(spec, data)
     assert len(history.epochs) == spec.training.epochs and [e["epoch"] for e in history.epochs] == [0, 1, 2]
     predicted = built.model.predict(data.x_val, verbose=0).argmax(axis=1)
     assert np.mean(predicted == data.y_val) == pytest.approx(max(history.series("val_top1")), abs=1e-6)
@@ -56,7 +57,7 @@ def test_a_loss_that_becomes_nan_stops_the_trial_with_advice():
     spec = ci_spec(learning_rate=1e35)
     data = small_data(spec, train=64, validation=32)
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
-        train(create_model(spec, data.num_classes), spec, data)
+        train_on_images(spec, data)
 
 
 def lbfgs_spec(l2: float, normalize: bool = False):

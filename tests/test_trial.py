@@ -6,7 +6,7 @@ import pytest
 
 from benchmark import registry, track
 from benchmark.spec import BackboneSpec, load_experiment
-from benchmark.train import phases
+from benchmark.plan import Phase
 from benchmark.trial import execute, prepare, run_trial
 
 
@@ -41,8 +41,9 @@ def test_two_phase_trains_head_first_then_unfreezes_at_lower_lr():
     spec = spec.model_copy(
         update={"strategy": spec.strategy.model_copy(update={"schedule": "two_phase", "head_epochs": 1})}
     )
-    assert phases(spec) == [(0, 1e-3, 1), (3, pytest.approx(1e-4), spec.training.epochs)]
     prepared = prepare(spec)
+    assert prepared.plan.phases == (Phase(0, 1e-3, 1, "features"),
+                                    Phase(3, pytest.approx(1e-4), spec.training.epochs, "activations"))
     result = execute(prepared)
     assert len(prepared.built.model.trainable_weights) == 2 + 3 * 2
     rates = result.history.series("learning_rate")
