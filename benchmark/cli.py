@@ -224,12 +224,9 @@ def command_run(args) -> int:
     track.configure()
     name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with track.open_run(spec, track.ROLE_RUN, prepared.data.origin, run_name=name, extra_tags={track.TAG_RECIPE: recipe}) as run:
-        with track.EpochLogger(run.info.run_id) as logger:
-            result = trial.execute(prepared, callbacks=[logger.callback()], verbose=0 if args.quiet else 2)
-        trial.finish(result, keep=True)
-        track.log_result(result, run.info.run_id)
-        track.log_model(result.model_path, run.info.run_id)
-    print(format_metrics(result.metrics))
+        record = trial.run_tracked(prepared, run.info.run_id, keep=True, verbose=0 if args.quiet else 2)
+        track.log_model(record.model_path, run.info.run_id)
+    print(format_metrics(record.metrics))
     print(f"logged to MLflow run {run.info.run_id} at {track.tracking_uri()}")
     return 0
 

@@ -86,11 +86,9 @@ def repeat_once(spec: TrialSpec, data, row, k: int, resplit: bool, verbose: int)
     name = f"{row.study or spec.experiment}-t{row.trial_number:03d}-seed{k}" + ("-resplit" if resplit else "")
     prepared = trial.prepare(spec, data)
     with track.open_run(spec, track.ROLE_CONFIRM, data.origin, run_name=name, extra_tags=tags) as run:
-        with track.EpochLogger(run.info.run_id) as logger:
-            result = trial.execute(prepared, callbacks=[logger.callback()], verbose=verbose)
-        trial.finish(result, keep=False)  # a repeat keeps its curves and predictions, not a model
-        track.log_result(result, run.info.run_id)
-    return result.metrics["test_top1"]
+        # a repeat keeps its curves and predictions, not a model
+        record = trial.run_tracked(prepared, run.info.run_id, keep=False, verbose=verbose)
+    return record.metrics["test_top1"]
 
 
 def summary(repeats: list[Repeat]) -> list[str]:

@@ -85,16 +85,15 @@ def stop_when_interrupted(interrupted: Callable[[], bool]):
 
 
 def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> JobResult:
-    """Prepare, train, measure and log one trial. Runs in the child (or in-process)."""
+    """Prepare, then run the trial tracked in its run (trial.run_tracked). Runs in the child (or in-process)."""
     from optuna_integration import KerasPruningCallback
 
     from benchmark.train import MONITOR
-    from benchmark.trial import execute, finish, prepare
+    from benchmark.trial import prepare, run_tracked
 
     started_at = time.time()
     track.point_mlflow_at(job.tracking_uri)
-    epoch_logger = track.EpochLogger(job.run_id)
-    callbacks = [epoch_logger.callback(), *extra_callbacks]
+    callbacks = list(extra_callbacks)
     if job.pruner is not None:
         storage = open_storage(job.storage_url, heartbeat=False)
         study = optuna.load_study(study_name=job.study_name, storage=storage, pruner=job.pruner)
@@ -103,19 +102,16 @@ def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> J
         callbacks.append(KerasPruningCallback(optuna.Trial(study, trial_id), MONITOR))
     started = time.perf_counter()
     try:
-        with epoch_logger:  # a pruned or failed trial's epochs are written too
-            result = execute(prepare(job.spec, data or dataset_for(job.spec.data)), callbacks=callbacks,
-                             verbose=job.verbose)
-        value = result.metrics[track.OBJECTIVE]
-        finish(result, keep=job.keep_above is None or value > job.keep_above)
+        prepared = prepare(job.spec, data or dataset_for(job.spec.data))
+        preparing_s = time.perf_counter() - started
+        record = run_tracked(prepared, job.run_id, keep=lambda metrics: job.keep_above is None or
+                             metrics[track.OBJECTIVE] > job.keep_above, callbacks=callbacks, verbose=job.verbose)
     except optuna.TrialPruned:
         raise
     except Exception as e:
         raise TrialFailed(f"{type(e).__name__}: {e}") from None
-    compute_s = time.perf_counter() - started - epoch_logger.seconds
-    track.log_result(result, job.run_id)
-    return JobResult(metrics=result.metrics, model_path=str(result.model_path) if result.model_path else None,
-                     compute_s=compute_s, started_at=started_at)
+    return JobResult(metrics=record.metrics, model_path=str(record.model_path) if record.model_path else None,
+                     compute_s=preparing_s + record.compute_s, started_at=started_at)
 
 
 def start_trial_process() -> None:
