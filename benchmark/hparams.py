@@ -90,6 +90,7 @@ TABLE: tuple[Hyperparameter, ...] = (
     Hyperparameter("training.weight_decay", "float", log=True, linear_probe="refused"),
     Hyperparameter("strategy.finetune_lr_scale", "float", log=True, linear_probe="refused", when=two_phase),
     Hyperparameter("training.l2", "float", log=True, linear_probe="only"),
+    Hyperparameter("training.label_smoothing", "float", linear_probe="refused"),
 )
 BY_NAME = {entry.name: entry for entry in TABLE}
 

@@ -2,7 +2,6 @@
 with_values key, an Optuna suggestion and a parent-run param; the entries added to it are searched
 end to end."""
 
-import copy
 import tomllib
 from typing import get_args, get_origin
 
@@ -105,3 +104,37 @@ def test_an_unset_new_entry_leaves_the_fingerprinted_dump_as_it_was():
     dumped = spec.SearchSpace().model_dump(mode="json")
     assert set(dumped) == hparams.DUMPED_WHEN_UNSET
     assert dumped["dropout"] is None  # an old entry, unset: still there, as old fingerprints hash it
+
+
+def sampled(experiment: spec.ExperimentSpec, backbone: str, strategy: str, trials: int = 6) -> list[dict]:
+    """What the sweep's seeded sampler asks for in `trials` trials of one pair."""
+    trial_spec, space = experiment.resolve(backbone, strategy), experiment.search_space(backbone, strategy)
+    study = optuna.create_study(sampler=sweep.make_sampler(experiment.search), direction="maximize")
+    values = []
+    for number in range(trials):
+        trial = study.ask()
+        values.append(sweep.suggest(trial, trial_spec, space))
+        study.tell(trial, number % 3)
+    return values
+
+
+def test_label_smoothing_is_searched_on_a_linear_scale():
+    experiment = parse_experiment(ci_raw(label_smoothing={"low": 0.0, "high": 0.2}))
+    trial_spec, space = experiment.resolve("vgg16", "frozen"), experiment.search_space("vgg16", "frozen")
+    smoothings = [values["label_smoothing"] for values in sampled(experiment, "vgg16", "frozen", trials=8)]
+    assert all(0.0 <= s <= 0.2 for s in smoothings) and len(set(smoothings)) == 8
+    assert trial_spec.with_values(label_smoothing=smoothings[0]).training.label_smoothing == smoothings[0]
+    assert parent_run.searched_params(trial_spec, space) == {
+        "training.learning_rate": "searched 0.001..0.01 (log)", "training.label_smoothing": "searched 0..0.2"}
+    study = optuna.create_study()
+    sweep.suggest(study.ask(), trial_spec, space)
+    assert study.trials[0].distributions["label_smoothing"] == optuna.distributions.FloatDistribution(0.0, 0.2)
+
+
+def test_an_lbfgs_sweep_refuses_to_search_label_smoothing():
+    raw = tomllib.loads((EXPERIMENTS_DIR / "transfer-probe.toml").read_text())
+    raw["strategies"]["frozen"]["space"] = {"label_smoothing": {"low": 0.0, "high": 0.1}}
+    with pytest.raises(SpecError) as caught:
+        parse_experiment(raw)
+    assert caught.value.problems == [
+        "strategies.frozen.space.label_smoothing: the lbfgs solver has no label_smoothing; search l2 instead"]
