@@ -91,6 +91,7 @@ TABLE: tuple[Hyperparameter, ...] = (
     Hyperparameter("strategy.finetune_lr_scale", "float", log=True, linear_probe="refused", when=two_phase),
     Hyperparameter("training.l2", "float", log=True, linear_probe="only"),
     Hyperparameter("training.label_smoothing", "float", linear_probe="refused"),
+    Hyperparameter("head.pooling", "choices", linear_probe="also"),  # the probe's cached features are pooled too
 )
 BY_NAME = {entry.name: entry for entry in TABLE}
 

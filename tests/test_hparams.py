@@ -138,3 +138,55 @@ def test_an_lbfgs_sweep_refuses_to_search_label_smoothing():
         parse_experiment(raw)
     assert caught.value.problems == [
         "strategies.frozen.space.label_smoothing: the lbfgs solver has no label_smoothing; search l2 instead"]
+
+
+def test_pooling_is_searched_among_its_choices():
+    experiment = parse_experiment(ci_raw(pooling={"choices": ["avg", "max"]}))
+    trial_spec, space = experiment.resolve("vgg16", "top"), experiment.search_space("vgg16", "top")
+    assert space.pooling == ["avg", "max"]
+    poolings = [values["pooling"] for values in sampled(experiment, "vgg16", "top", trials=10)]
+    assert set(poolings) == {"avg", "max"}
+    assert [trial_spec.with_values(pooling=p).head.pooling for p in poolings] == poolings
+    assert parent_run.searched_params(trial_spec, space)["head.pooling"] == "searched avg, max"
+    study = optuna.create_study()
+    sweep.suggest(study.ask(), trial_spec, space)
+    assert study.trials[0].distributions["pooling"] == optuna.distributions.CategoricalDistribution(["avg", "max"])
+
+
+def test_choices_are_written_as_a_table_or_a_bare_list():
+    as_table = parse_experiment(ci_raw(pooling={"choices": ["max"]}, dense_units={"choices": [64, 128]}))
+    as_list = parse_experiment(ci_raw(pooling=["max"], dense_units=[64, 128]))
+    assert as_table.search_space("vgg16") == as_list.search_space("vgg16")
+    assert as_list.search_space("vgg16").dense_units == [64, 128]
+
+
+def test_an_lbfgs_probe_searches_pooling_with_the_l2_strength():
+    raw = tomllib.loads((EXPERIMENTS_DIR / "transfer-probe.toml").read_text())
+    raw["search"]["space"]["pooling"] = {"choices": ["avg", "max"]}
+    experiment = parse_experiment(raw)
+    values = sampled(experiment, experiment.backbones[0], "frozen", trials=1)[0]
+    assert list(values) == ["l2", "pooling"]
+
+
+@pytest.mark.slow
+def test_trials_that_search_pooling_train_on_features_pooled_their_way(tmp_path, monkeypatch):
+    from benchmark import features
+    from benchmark.data import load_dataset
+    from benchmark.trial import prepare
+
+    monkeypatch.setenv("BENCHMARK_CACHE_DIR", str(tmp_path))
+    raw = ci_raw(pooling={"choices": ["avg", "max"]})
+    raw["backbone"]["image_size"] = 64  # VGG16's last feature map is 2x2 (at 32 px, 1x1: avg and max pool alike)
+    raw["data"]["subset"] = {"train": 100, "validation": 50, "test": 50}
+    frozen = parse_experiment(raw).resolve("vgg16", "frozen")
+    data = load_dataset(frozen.data)
+    cached = {}
+    for pooling in ("avg", "max", "avg"):
+        trial_spec = frozen.with_values(pooling=pooling)
+        prepared = prepare(trial_spec, data)
+        cached.setdefault(pooling, []).append(features.cached_features(trial_spec, prepared.built, data))
+    (avg, avg_again), (pooled_max,) = cached["avg"], cached["max"]
+    assert pooled_max.path != avg.path and avg_again.path == avg.path
+    assert (avg.status, pooled_max.status, avg_again.status) == ("miss", "miss", "hit")
+    assert not (pooled_max.data.x_train == avg.data.x_train).all()
+    assert (avg_again.data.x_train == avg.data.x_train).all()
