@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from optuna.trial import TrialState
 
-from benchmark import study_identity, track
+from benchmark import hparams, study_identity, track
 from benchmark.redaction import redact
 from benchmark.spec import SearchSpace, TrialSpec
 
@@ -141,23 +141,7 @@ def create(spec: TrialSpec, name: str, space: SearchSpace, identity: dict[str, s
 def searched_params(spec: TrialSpec, space: SearchSpace) -> dict[str, str]:
     """The MLflow params (of the parent run) that the sweep searches, as their ranges: a study has
     no single value of them (each trial's run, and the parent's best_* metrics, hold those)."""
-    def span(r, log=True) -> str:
-        return f"searched {r.low:g}..{r.high:g}" + (" (log)" if log else "")
-
-    if spec.training.optimizer == "lbfgs":
-        return {"training.l2": span(space.l2)}
-    searched = {"training.learning_rate": span(space.learning_rate)}
-    if spec.strategy.unfreeze == "search":
-        searched["strategy.unfreeze"] = span(space.unfreeze, log=False)
-    if space.dropout is not None:
-        searched["head.dropout"] = span(space.dropout, log=False)
-    if space.dense_units:
-        searched["head.dense_units"] = "searched " + ", ".join(str(u) for u in space.dense_units)
-    if space.weight_decay is not None:
-        searched["training.weight_decay"] = span(space.weight_decay)
-    if space.finetune_lr_scale is not None and spec.strategy.schedule == "two_phase":
-        searched["strategy.finetune_lr_scale"] = span(space.finetune_lr_scale)
-    return searched
+    return {entry.field: entry.shown(searched) for entry, searched in hparams.searched_by(spec, space)}
 
 
 def identity_tags(fingerprint: study_identity.Fingerprint) -> dict[str, str]:

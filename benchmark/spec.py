@@ -10,11 +10,12 @@ import contextlib
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError,
+                      create_model, model_validator)
 
-from benchmark import registry
+from benchmark import hparams, registry
 from benchmark.errors import BenchmarkError, SpecError, SpecValueError
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -239,35 +240,57 @@ def searches(model: type[BaseModel], field: str, shown: str) -> AfterValidator:
     return AfterValidator(inside)
 
 
-LearningRateRange = Annotated[PositiveFloatRange, searches(TrainingSpec, "learning_rate", "training.learning_rate")]
-UnfreezeRange = Annotated[IntRange, searches(StrategySpec, "unfreeze", "strategies.*.unfreeze")]
-DropoutRange = Annotated[FloatRange, searches(HeadSpec, "dropout", "head.dropout")]
-DenseUnitsChoices = Annotated[list[int], searches(HeadSpec, "dense_units", "head.dense_units")]
-FinetuneScaleRange = Annotated[PositiveFloatRange, searches(StrategySpec, "finetune_lr_scale", "strategies.*.finetune_lr_scale")]
-WeightDecayRange = Annotated[PositiveFloatRange, searches(TrainingSpec, "weight_decay", "training.weight_decay")]
-L2Range = Annotated[PositiveFloatRange, searches(TrainingSpec, "l2", "training.l2")]
+SECTIONS = {"training": (TrainingSpec, "training"), "head": (HeadSpec, "head"), "strategy": (StrategySpec, "strategies.*")}
 
 
-class SearchSpace(Strict):
-    """What the sweep searches. None = not searched (the spec's fixed value is used)."""
-
-    learning_rate: LearningRateRange = PositiveFloatRange(low=1e-4, high=1e-2)
-    unfreeze: UnfreezeRange = IntRange(low=0, high=10)  # used by strategies with unfreeze = "search"
-    dropout: DropoutRange | None = None
-    dense_units: DenseUnitsChoices | None = None
-    finetune_lr_scale: FinetuneScaleRange | None = None
-    weight_decay: WeightDecayRange | None = None  # log scale; decoupled, as every Keras optimizer applies it
-    l2: L2Range | None = None  # log scale; the lbfgs optimizer searches this instead of learning_rate and weight_decay
+def choices_table(value: Any) -> Any:
+    """`{ choices = [...] }` is the list of choices; a bare list is too (dense_units = [64, 128])."""
+    if not isinstance(value, dict):
+        return value
+    if set(value) != {"choices"}:
+        raise ValueError(f'must be a list of choices, e.g. {{ choices = ["a", "b"] }} or ["a", "b"] (got {value!r})')
+    return value["choices"]
 
 
-class SearchSpaceOverride(Strict):
-    learning_rate: LearningRateRange | None = None
-    unfreeze: UnfreezeRange | None = None
-    dropout: DropoutRange | None = None
-    dense_units: DenseUnitsChoices | None = None
-    finetune_lr_scale: FinetuneScaleRange | None = None
-    weight_decay: WeightDecayRange | None = None
-    l2: L2Range | None = None
+def choice_type(annotation: Any) -> Any:
+    """What one choice is parsed as: the field's own type, except that a Literal's choices are strings
+    (or numbers) that `searches` checks against it, so that the error names the field's values."""
+    return type(get_args(annotation)[0]) if get_origin(annotation) is Literal else annotation
+
+
+def searched_type(entry: hparams.Hyperparameter) -> Any:
+    """The type of an entry's range (or choices), held inside its field's domain."""
+    model, spelled = SECTIONS[entry.section]
+    domain = searches(model, entry.name, f"{spelled}.{entry.name}")
+    if entry.kind == "choices":
+        return Annotated[list[choice_type(model.model_fields[entry.name].annotation)], BeforeValidator(choices_table), domain]
+    return Annotated[IntRange if entry.kind == "int" else PositiveFloatRange if entry.log else FloatRange, domain]
+
+
+def unset_field(entry: hparams.Hyperparameter) -> Any:
+    """None, left out of the dump unless old fingerprints hash it (hparams.DUMPED_WHEN_UNSET)."""
+    if entry.name in hparams.DUMPED_WHEN_UNSET:
+        return None
+    return Field(default=None, exclude_if=lambda value: value is None)
+
+
+def search_fields(with_defaults: bool) -> dict[str, Any]:
+    fields = {}
+    for entry in hparams.TABLE:
+        searched = searched_type(entry)
+        if with_defaults and entry.default is not None:
+            fields[entry.name] = (searched, TypeAdapter(searched).validate_python(entry.default))
+        else:
+            fields[entry.name] = (searched | None, unset_field(entry))
+    return fields
+
+
+SearchSpace = create_model(
+    "SearchSpace", __base__=Strict, __module__=__name__, **search_fields(with_defaults=True),
+    __doc__="What the sweep searches (benchmark/hparams.py). None = not searched (the spec's fixed value is used).")
+SearchSpaceOverride = create_model(
+    "SearchSpaceOverride", __base__=Strict, __module__=__name__, **search_fields(with_defaults=False),
+    __doc__="A part of a SearchSpace: what search.per_backbone or a strategy's `space` sets over search.space.")
 
 
 StrategySpec.model_rebuild()  # its `space` is defined above, after it
@@ -411,14 +434,19 @@ def linear_probe_search_problems(experiment: ExperimentSpec) -> list[str]:
     spaces = [("search.space", experiment.search.space)]
     spaces += [(f"search.per_backbone.{name}", override) for name, override in experiment.search.per_backbone.items()]
     spaces += [(f"strategies.{name}.space", s.space) for name, s in experiment.strategies.items() if s.space]
+    refused = [entry.name for entry in hparams.TABLE if entry.linear_probe == "refused"]
     problems = [f"{where}.{field}: the lbfgs solver has no {field}; search l2 instead"
-                for where, space in spaces for field in ("weight_decay", "finetune_lr_scale")
-                if getattr(space, field) is not None]
+                for where, space in spaces for field in refused if getattr(space, field) is not None]
     if any(experiment.search_space(backbone, name).l2 is None
            for backbone in experiment.backbones for name in experiment.strategies):
         problems.append("search.space.l2: an lbfgs sweep searches the L2 strength; add "
                         "l2 = { low = 1e-6, high = 1.0 } to search.space")
     return problems
+
+
+def updated(model: BaseModel, changes: dict[str, Any]) -> BaseModel:
+    """A validated copy of `model` with `changes`."""
+    return model.model_validate({**model.model_dump(), **changes})
 
 
 def set_fields(override: BaseModel) -> dict[str, Any]:
@@ -437,29 +465,18 @@ class TrialSpec(Strict):
     head: HeadSpec
     training: TrainingSpec
 
-    def with_values(
-        self,
-        learning_rate: float | None = None,
-        unfreeze: int | str | None = None,
-        dropout: float | None = None,
-        dense_units: int | None = None,
-        finetune_lr_scale: float | None = None,
-        weight_decay: float | None = None,
-        l2: float | None = None,
-    ) -> TrialSpec:
-        """A copy with the values a sweep (or the command line) chose; None keeps the spec's."""
-
-        def updated(model: BaseModel, **values: Any) -> BaseModel:
-            values = {k: v for k, v in values.items() if v is not None}
-            return model.model_validate({**model.model_dump(), **values}) if values else model
-
-        return self.model_copy(
-            update={
-                "training": updated(self.training, learning_rate=learning_rate, weight_decay=weight_decay, l2=l2),
-                "strategy": updated(self.strategy, unfreeze=unfreeze, finetune_lr_scale=finetune_lr_scale),
-                "head": updated(self.head, dropout=dropout, dense_units=dense_units),
-            }
-        )
+    def with_values(self, **values: Any) -> TrialSpec:
+        """A copy with the values a sweep (or the command line) chose for hyperparameters of
+        hparams.TABLE, by name (learning_rate=..., unfreeze=...); None keeps the spec's."""
+        unknown = sorted(set(values) - set(hparams.BY_NAME))
+        if unknown:
+            raise TypeError(f"with_values() got unknown hyperparameters {unknown}; known: {', '.join(hparams.BY_NAME)}")
+        by_section: dict[str, dict[str, Any]] = {}
+        for name, value in values.items():
+            if value is not None:
+                by_section.setdefault(hparams.BY_NAME[name].section, {})[name] = value
+        return self.model_copy(update={section: updated(getattr(self, section), changes)
+                                       for section, changes in by_section.items()})
 
     def params(self) -> dict[str, str]:
         """The spec as flat, dotted MLflow params: the same names in every run."""

@@ -33,7 +33,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from benchmark import parent_run, registry, study_identity, track
+from benchmark import hparams, parent_run, registry, study_identity, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.errors import BenchmarkError
 from benchmark.isolation import TrialJob, TrialRunner
@@ -153,28 +153,9 @@ def make_pruner(search: SearchSpec) -> optuna.pruners.BasePruner:
 
 
 def suggest(trial: optuna.Trial, spec: TrialSpec, space: SearchSpace) -> dict:
-    """Values for TrialSpec.with_values, sampled from the spec's search space."""
-    if spec.training.optimizer == "lbfgs":  # a linear probe: the L2 strength is all there is to search
-        return {"l2": trial.suggest_float("l2", space.l2.low, space.l2.high, log=True)}
-    values = {
-        "learning_rate": trial.suggest_float("learning_rate", space.learning_rate.low, space.learning_rate.high, log=True)
-    }
-    if spec.strategy.unfreeze == "search":
-        low = max(space.unfreeze.low, 1) if spec.strategy.schedule == "two_phase" else space.unfreeze.low  # phase 2 unfreezes
-        values["unfreeze"] = trial.suggest_int("unfreeze", low, max(low, space.unfreeze.high))
-    if space.dropout is not None:
-        values["dropout"] = trial.suggest_float("dropout", space.dropout.low, space.dropout.high)
-    if space.dense_units:
-        values["dense_units"] = trial.suggest_categorical("dense_units", space.dense_units)
-    if space.weight_decay is not None:
-        values["weight_decay"] = trial.suggest_float(
-            "weight_decay", space.weight_decay.low, space.weight_decay.high, log=True
-        )
-    if space.finetune_lr_scale is not None and spec.strategy.schedule == "two_phase":
-        values["finetune_lr_scale"] = trial.suggest_float(
-            "finetune_lr_scale", space.finetune_lr_scale.low, space.finetune_lr_scale.high, log=True
-        )
-    return values
+    """Values for TrialSpec.with_values, sampled from the spec's search space (hparams.TABLE says
+    which a trial searches, and in which order Optuna is asked)."""
+    return {entry.name: entry.suggest(trial, spec, searched) for entry, searched in hparams.searched_by(spec, space)}
 
 
 def check_unfreeze_fits(spec: TrialSpec, space: SearchSpace) -> None:
