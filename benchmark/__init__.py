@@ -19,6 +19,7 @@ The modules, in the order data flows through them:
   registry        the backbones: how to build, preprocess and unfreeze each; their depth and size
   lite            EfficientNet-Lite0/1/2 in Keras layers
   checkpoint      reads PyTorch checkpoints without torch (Lite's ImageNet weights)
+  keras_cache     where Keras keeps downloaded (and Lite's converted) ImageNet weights
   model           a trial's Keras model: preprocessing, backbone, head
   features        the frozen-feature cache (head-only trials train on stored backbone outputs)
   prefix          the prefix cache (top-N trials train the layers above a cut on its stored activations)
