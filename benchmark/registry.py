@@ -528,6 +528,18 @@ def _describe(backbone: Backbone, build: bool) -> dict:
     return row
 
 
+def depth_of(backbone: Backbone, image_size: int) -> int:
+    """The backbone's weighted layers: from ARCHITECTURE, or by building it (random weights) if
+    the table does not have it."""
+    if backbone.name in ARCHITECTURE:
+        return ARCHITECTURE[backbone.name][0]
+    import keras
+
+    measured = depth(build_base(backbone, image_size, "none"))
+    keras.backend.clear_session()
+    return measured
+
+
 def measure_architecture(backbone: Backbone) -> tuple[int, int]:
     """(depth, parameters) of the no-top model with random weights."""
     import keras

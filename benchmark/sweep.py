@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import keras
 import mlflow
 import optuna
 from optuna.study import MaxTrialsCallback
@@ -179,10 +178,9 @@ def suggest(trial: optuna.Trial, spec: TrialSpec, space: SearchSpace) -> dict:
 def check_unfreeze_fits(spec: TrialSpec, space: SearchSpace) -> None:
     """Reject an unfreeze depth (fixed or searched) deeper than the backbone, before any trial."""
     if spec.strategy.unfreeze in (0, "all"):
-        return  # nothing to check: no need to build the backbone
+        return  # nothing to check
     backbone = registry.get_backbone(spec.backbone.name)
-    depth = registry.depth(registry.build_base(backbone, spec.backbone.image_size, "none"))
-    keras.backend.clear_session()
+    depth = registry.depth_of(backbone, spec.backbone.image_size)
     unfreeze = spec.strategy.unfreeze
     try:
         registry.check_unfreeze(space.unfreeze.high if unfreeze == "search" else unfreeze, depth)
