@@ -27,7 +27,9 @@ The modules, in the order data flows through them:
   measure         top-1/top-5, parameter counts, size, throughput of a model
   throughput      the `throughput` command: one backbone's images/s (and check's re-measurement)
   runtime         device, accelerator defaults, seeds, versions (the only backend-specific code)
-  track           MLflow: where runs go, and the names of every param, metric and tag
+  names           the name of every tracked param, metric, tag, artifact and Optuna user attr (no MLflow)
+  mlflow_store    the MLflow store: where runs go, links into its UI, its checks and creation lock
+  track           MLflow run logging: a trial's run, its epochs, final metrics, artifacts and model
   trial           one trial: prepare, train, measure
   isolation       trials in a child process, replaced every few trials
   storage         Optuna storage URLs: open, time out

@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from benchmark import features, measure, track
+from benchmark import features, measure, mlflow_store
 from benchmark.data import load_dataset
 from benchmark.spec import load_experiment
 from benchmark.model import create_model
@@ -150,7 +150,7 @@ def test_only_head_only_trials_on_unchanging_images_use_the_cache(changes, reaso
 
 def test_a_sweeps_frozen_trials_compute_the_features_at_most_once(in_ci_store):
     runs = mlflow.search_runs(
-        [track.experiment_id("ci")],
+        [mlflow_store.experiment_id("ci")],
         filter_string="tags.role = 'trial' and tags.trial_state = 'COMPLETE'",  # pruned trials log no final tags
         output_format="pandas",
     )
