@@ -20,15 +20,18 @@ The modules, in the order data flows through them:
   registry        the backbones: how to build, preprocess and unfreeze each; their depth and size
   lite            EfficientNet-Lite0/1/2 in Keras layers
   checkpoint      reads PyTorch checkpoints without torch (Lite's ImageNet weights)
+  keras_cache     where Keras keeps downloaded (and Lite's converted) ImageNet weights
   model           a trial's Keras model: preprocessing, backbone, head
-  features        the frozen-feature cache (head-only trials train on stored backbone outputs)
-  prefix          the prefix cache (top-N trials train the layers above a cut on its stored activations)
-  train           fitting: phases, callbacks, the history of every epoch
+  plan            a trial's plan, decided once: the solver, and what each phase fits (images, cached features or activations)
+  cache           the activation cache: pooled features and a cut's activations, computed once, memory-mapped
+  train           fitting each phase of the plan: callbacks, the history of every epoch
   measure         top-1/top-5, parameter counts, size, throughput of a model
   throughput      the `throughput` command: one backbone's images/s (and check's re-measurement)
   runtime         device, accelerator defaults, seeds, versions (the only backend-specific code)
-  track           MLflow: where runs go, and the names of every param, metric and tag
-  trial           one trial: prepare, train, measure
+  names           the name of every tracked param, metric, tag, artifact and Optuna user attr (no MLflow)
+  mlflow_store    the MLflow store: where runs go, links into its UI, its checks and creation lock
+  track           MLflow run logging: a trial's run, its epochs, final metrics, artifacts and model
+  trial           one trial: prepare, train, measure; run_tracked runs it inside its MLflow run
   isolation       trials in a child process, replaced every few trials
   storage         Optuna storage URLs: open, time out
   study_identity  a study's fingerprint: recipe, data and weights
@@ -40,7 +43,7 @@ The modules, in the order data flows through them:
   check           the leaderboard against a stored baseline
   errors          one-line errors and quiet native start-up
   redaction       no password or token in any message, log line or recorded value
-  files           all-or-nothing writes of every file a command writes
+  files           all-or-nothing writes of every file (and cache folder) the package writes
   cli             the command line over all of the above
 """
 

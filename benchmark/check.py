@@ -32,7 +32,7 @@ import mlflow
 import pandas as pd
 from pydantic import ConfigDict, Field, ValidationError
 
-from benchmark import files, leaderboard, spec
+from benchmark import files, leaderboard, names, spec
 from benchmark.errors import BenchmarkError
 
 BASELINES_DIR = "baselines"  # under experiments/
@@ -241,7 +241,8 @@ def summary(table: pd.DataFrame) -> str:
 
 def environment_of(run_id: str) -> dict[str, str]:
     tags = mlflow.get_run(run_id).data.tags
-    keep = {k: v for k, v in tags.items() if k.startswith("versions.") or k in ("device", "git_commit", "data_origin")}
+    environment = (names.TAG_DEVICE, names.TAG_GIT_COMMIT, names.TAG_DATA_ORIGIN)
+    keep = {k: v for k, v in tags.items() if k.startswith(names.VERSION_TAG_PREFIX) or k in environment}
     return dict(sorted(keep.items()))
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported: its C++ log lines are noise here
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per artifact read buries the output
 
+from benchmark import names  # noqa: E402
 from benchmark.errors import BenchmarkError, tensorflow_start_up_silenced  # noqa: E402
 from benchmark.redaction import redact, redact_log_records  # noqa: E402
 
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def command_run(args) -> int:
     import time
 
-    from benchmark import spec as specs, study_identity
+    from benchmark import mlflow_store, spec as specs, study_identity
 
     experiment = specs.load_experiment(args.experiment)  # before TensorFlow loads: a bad spec is reported at once
     spec = experiment.resolve(args.backbone, args.strategy, args.data_dir)
@@ -221,13 +222,13 @@ def command_run(args) -> int:
     spec = with_values(spec, learning_rate=args.lr, unfreeze=unfreeze)
     with experiment.naming_its_file():
         prepared = trial.prepare(spec)  # rejects bad data or depth before anything is recorded
-    track.configure()
+    mlflow_store.configure()
     name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    with track.open_run(spec, track.ROLE_RUN, prepared.data.origin, run_name=name, extra_tags={track.TAG_RECIPE: recipe}) as run:
+    with track.open_run(spec, names.ROLE_RUN, prepared.data.origin, run_name=name, extra_tags={names.TAG_RECIPE: recipe}) as run:
         record = trial.run_tracked(prepared, run.info.run_id, keep=True, verbose=0 if args.quiet else 2)
         track.log_model(record.model_path, run.info.run_id)
     print(format_metrics(record.metrics))
-    print(f"logged to MLflow run {run.info.run_id} at {track.tracking_uri()}")
+    print(f"logged to MLflow run {run.info.run_id} at {mlflow_store.tracking_uri()}")
     return 0
 
 
@@ -293,7 +294,7 @@ def report_study(sweep, result) -> None:
     if best is not None:
         params = sweep.format_params(best.params)
         print(f"best trial #{best.number}: {params} best_val_top1={best.value:.4f} "
-              f"test_top1={sweep.parent_run.trial_record(best)['test_top1']:.4f}")
+              f"test_top1={sweep.parent_run.trial_record(best)[names.TEST_TOP1]:.4f}")
 
 
 def print_leaderboard(experiment) -> None:
@@ -310,11 +311,11 @@ def print_leaderboard(experiment) -> None:
 
 def print_next_steps(argument: str, name: str) -> None:
     """Where to look next: the report, and the experiment's runs in the MLflow UI."""
-    from benchmark import leaderboard, track
+    from benchmark import leaderboard, mlflow_store
 
-    start = f"{track.ui_command()}, then " if track.ui_command() else ""
+    start = f"{mlflow_store.ui_command()}, then " if mlflow_store.ui_command() else ""
     print(f"next: python -m benchmark leaderboard --experiment {argument} --format html --output report/index.html"
-          f" (the report); {start}open {track.experiment_url(leaderboard.experiment_id_of(name))} (the runs in MLflow)")
+          f" (the report); {start}open {mlflow_store.experiment_url(leaderboard.experiment_id_of(name))} (the runs in MLflow)")
 
 
 def experiment_argument(text: str):
@@ -331,12 +332,12 @@ def experiment_argument(text: str):
 def command_leaderboard(args) -> int:
     import tempfile
 
-    from benchmark import files, leaderboard, track
+    from benchmark import files, leaderboard, mlflow_store
 
     experiment = experiment_argument(args.experiment)
     if args.output is not None:
         files.check_target(args.output, "the leaderboard")  # before any work, and before anything is logged
-    track.configure_for_reading()
+    mlflow_store.configure_for_reading()
     board = leaderboard.leaderboard(experiment, superseded=args.superseded)
     name = leaderboard.spec_name(experiment)
     plots = args.plots if args.plots is not None else (args.output is not None or args.format == "html")
@@ -379,10 +380,10 @@ def report_page(name: str, board) -> str:
 
 
 def command_check(args) -> int:
-    from benchmark import check, track
+    from benchmark import check, mlflow_store
 
     experiment = experiment_argument(args.experiment)
-    track.configure_for_reading()
+    mlflow_store.configure_for_reading()
     return check.run_check(experiment, args.baseline, update=args.update, fmt=args.format)
 
 
@@ -390,10 +391,10 @@ def command_confirm(args) -> int:
     from benchmark import spec as specs
 
     experiment = specs.load_experiment(args.experiment)
-    track = import_training_modules()[0]
-    from benchmark import confirm
+    import_training_modules()  # TensorFlow's start-up lines, silenced
+    from benchmark import confirm, mlflow_store
 
-    track.configure_for_reading()
+    mlflow_store.configure_for_reading()
     repeats = confirm.run_confirm(experiment, top=args.top, seeds=args.seeds, resplit=args.resplit,
                                   verbose=0 if args.quiet else 2)
     skipped = sum(r.skipped for r in repeats)
@@ -409,13 +410,15 @@ def command_throughput(args) -> int:
     from benchmark import throughput  # TensorFlow loads on first use, not here
 
     spec = throughput.throughput_spec(args.backbone, args.image_size, args.batch_size, args.precision, args.jit, args.unfreeze)
-    track = import_training_modules()[0]
+    import_training_modules()  # TensorFlow's start-up lines, silenced
+    from benchmark import mlflow_store
+
     model = throughput.compiled_model(spec)  # rejects an unfreeze depth beyond the backbone before anything is recorded
-    track.configure()
+    mlflow_store.configure()
     result = throughput.measure_model(model, spec, args.warmup, args.steps)
     run_id = throughput.log_run(result)
     print(format_throughput(result))
-    print(f"logged to MLflow run {run_id} at {track.display_uri()}")
+    print(f"logged to MLflow run {run_id} at {mlflow_store.display_uri()}")
     return 0
 
 
@@ -424,9 +427,9 @@ def format_throughput(result: dict) -> str:
     return "\n".join([
         f"{result['backbone']} at {result['image_size']} px, batch {result['batch_size']}, {result['dtype_policy']}, "
         f"jit {jit}, unfreeze {result['unfreeze']}, on {result['device']}",
-        f"  params     {result['params_total']:,} ({result['params_trainable']:,} trainable)",
-        f"  inference  {result['infer_images_per_sec']:,.1f} images/s  {result['infer_step_ms']:.1f} ms/step",
-        f"  training   {result['train_images_per_sec']:,.1f} images/s  {result['train_step_ms']:.1f} ms/step",
+        f"  params     {result[names.PARAMS_TOTAL]:,} ({result[names.PARAMS_TRAINABLE]:,} trainable)",
+        f"  inference  {result[names.INFER_IMAGES_PER_SEC]:,.1f} images/s  {result[names.INFER_STEP_MS]:.1f} ms/step",
+        f"  training   {result[names.TRAIN_IMAGES_PER_SEC]:,.1f} images/s  {result[names.TRAIN_STEP_MS]:.1f} ms/step",
         f"  median of {result['steps']} steps after {result['warmup']} warm-up, synthetic input",
     ])
 

@@ -15,7 +15,7 @@ from typing import Callable
 import mlflow
 import pandas as pd
 
-from benchmark import leaderboard, report, track, trial
+from benchmark import leaderboard, names, report, track, trial
 from benchmark.data import load_dataset
 from benchmark.errors import BenchmarkError
 from benchmark.spec import ExperimentSpec, TrialSpec
@@ -41,10 +41,10 @@ def finished_repeats(experiment_id: str, run_id: str, resplit: bool) -> dict[int
     """confirm_seed -> test_top1 of the finished repeats of one trial run."""
     runs = mlflow.search_runs(
         [experiment_id], output_format="list",
-        filter_string=track.tags_filter(**{track.TAG_ROLE: track.ROLE_CONFIRM, track.TAG_CONFIRM_OF: run_id,
-                                           track.TAG_CONFIRM_RESPLIT: str(resplit)}) + " and attributes.status = 'FINISHED'",
+        filter_string=names.tags_filter(**{names.TAG_ROLE: names.ROLE_CONFIRM, names.TAG_CONFIRM_OF: run_id,
+                                           names.TAG_CONFIRM_RESPLIT: str(resplit)}) + " and attributes.status = 'FINISHED'",
     )
-    return {int(r.data.tags[track.TAG_CONFIRM_SEED]): r.data.metrics["test_top1"] for r in runs if "test_top1" in r.data.metrics}
+    return {int(r.data.tags[names.TAG_CONFIRM_SEED]): r.data.metrics[names.TEST_TOP1] for r in runs if names.TEST_TOP1 in r.data.metrics}
 
 
 def top_rows(experiment: ExperimentSpec, top: int) -> pd.DataFrame:
@@ -81,14 +81,14 @@ def run_confirm(experiment: ExperimentSpec, top: int = 3, seeds: int = 3, respli
 
 
 def repeat_once(spec: TrialSpec, data, row, k: int, resplit: bool, verbose: int) -> float:
-    tags = {track.TAG_CONFIRM_OF: row.run_id, track.TAG_CONFIRM_SEED: str(k), track.TAG_CONFIRM_RESPLIT: str(resplit),
-            track.TAG_STUDY: row.study, track.TAG_TRIAL_NUMBER: str(row.trial_number)}
+    tags = {names.TAG_CONFIRM_OF: row.run_id, names.TAG_CONFIRM_SEED: str(k), names.TAG_CONFIRM_RESPLIT: str(resplit),
+            names.TAG_STUDY: row.study, names.TAG_TRIAL_NUMBER: str(row.trial_number)}
     name = f"{row.study or spec.experiment}-t{row.trial_number:03d}-seed{k}" + ("-resplit" if resplit else "")
     prepared = trial.prepare(spec, data)
-    with track.open_run(spec, track.ROLE_CONFIRM, data.origin, run_name=name, extra_tags=tags) as run:
+    with track.open_run(spec, names.ROLE_CONFIRM, data.origin, run_name=name, extra_tags=tags) as run:
         # a repeat keeps its curves and predictions, not a model
         record = trial.run_tracked(prepared, run.info.run_id, keep=False, verbose=verbose)
-    return record.metrics["test_top1"]
+    return record.metrics[names.TEST_TOP1]
 
 
 def summary(repeats: list[Repeat]) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 import optuna
 
-from benchmark import track
+from benchmark import mlflow_store, names
 from benchmark.data import Dataset, load_dataset
 from benchmark.errors import tensorflow_start_up_silenced
 from benchmark.spec import DataSpec, TrialSpec
@@ -92,7 +92,7 @@ def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> J
     from benchmark.trial import prepare, run_tracked
 
     started_at = time.time()
-    track.point_mlflow_at(job.tracking_uri)
+    mlflow_store.point_mlflow_at(job.tracking_uri)
     callbacks = list(extra_callbacks)
     if job.pruner is not None:
         storage = open_storage(job.storage_url, heartbeat=False)
@@ -105,7 +105,7 @@ def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> J
         prepared = prepare(job.spec, data or dataset_for(job.spec.data))
         preparing_s = time.perf_counter() - started
         record = run_tracked(prepared, job.run_id, keep=lambda metrics: job.keep_above is None or
-                             metrics[track.OBJECTIVE] > job.keep_above, callbacks=callbacks, verbose=job.verbose)
+                             metrics[names.OBJECTIVE] > job.keep_above, callbacks=callbacks, verbose=job.verbose)
     except optuna.TrialPruned:
         raise
     except Exception as e:

@@ -21,8 +21,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from benchmark import files, study_identity, track
+from benchmark import files, mlflow_store, names, study_identity
 from benchmark.errors import BenchmarkError
+from benchmark.names import metric_column, param_column, tag_column
 from benchmark.spec import ExperimentSpec, find_experiment, load_experiment
 
 COLUMNS = (
@@ -43,29 +44,35 @@ BOOTSTRAP_SAMPLES = 2000
 SIGNIFICANCE = 0.05  # rows whose p_vs_best is at least this are tied with the best
 TABLE_WIDTH = 100
 
-# The columns of mlflow.search_runs' table that the leaderboard reads, by the names track.py owns.
-BACKBONE, STRATEGY, STUDY, TRIAL_NUMBER = "tags.backbone", "tags.strategy", f"tags.{track.TAG_STUDY}", f"tags.{track.TAG_TRIAL_NUMBER}"
-BEST_RUN, RECIPE, CONFIRM_OF = f"tags.{track.TAG_BEST_RUN}", f"tags.{track.TAG_RECIPE}", f"tags.{track.TAG_CONFIRM_OF}"
-PROGRESS = {k: f"metrics.{name}" for k, name in {**track.PROGRESS_METRICS, "compute_s": track.COMPUTE_METRIC}.items()}
+# The columns of mlflow.search_runs' table that the leaderboard reads.
+BACKBONE, STRATEGY, STUDY = tag_column(names.TAG_BACKBONE), tag_column(names.TAG_STRATEGY), tag_column(names.TAG_STUDY)
+TRIAL_NUMBER, BEST_RUN = tag_column(names.TAG_TRIAL_NUMBER), tag_column(names.TAG_BEST_RUN)
+RECIPE, CONFIRM_OF = tag_column(names.TAG_RECIPE), tag_column(names.TAG_CONFIRM_OF)
+VAL_TOP1, VAL_TOP5 = metric_column(names.BEST_VAL_TOP1), metric_column(names.BEST_VAL_TOP5)
+TEST_TOP1, TEST_TOP5 = metric_column(names.TEST_TOP1), metric_column(names.TEST_TOP5)
+PARAMS, MODEL_SIZE = metric_column(names.PARAMS_TOTAL), metric_column(names.MODEL_SIZE_MB)
+INFER_RATE, TRAIN_RATE = metric_column(names.INFER_IMAGES_PER_SEC), metric_column(names.TRAIN_IMAGES_PER_SEC)
+LEARNING_RATE, OPTIMIZER = param_column(names.PARAM_LEARNING_RATE), param_column(names.PARAM_OPTIMIZER)
+UNFREEZE = param_column(names.PARAM_UNFREEZE)
+PROGRESS = {k: metric_column(name) for k, name in {**names.PROGRESS_METRICS, "compute_s": names.COMPUTE_METRIC}.items()}
 RUN_COLUMNS = (
-    *(f"metrics.{name}" for name in ("best_val_top1", "best_val_top5", "test_top1", "test_top5", "params_total",
-                                     "model_size_mb", "infer_images_per_sec", "train_images_per_sec")),
-    "params.training.learning_rate", "params.training.optimizer", "params.strategy.unfreeze", TRIAL_NUMBER, BACKBONE, STRATEGY, BEST_RUN, STUDY,
+    VAL_TOP1, VAL_TOP5, TEST_TOP1, TEST_TOP5, PARAMS, MODEL_SIZE, INFER_RATE, TRAIN_RATE,
+    LEARNING_RATE, OPTIMIZER, UNFREEZE, TRIAL_NUMBER, BACKBONE, STRATEGY, BEST_RUN, STUDY,
     RECIPE, CONFIRM_OF, "end_time", "start_time", "status", "run_id", *PROGRESS.values(),
 )  # fmt: skip
 # What every run of a role has, as the benchmark writes it: a store without it was written by something else.
 REQUIRED = {
-    track.ROLE_SWEEP: (BACKBONE, STRATEGY, STUDY),
-    track.ROLE_TRIAL: (BACKBONE, STRATEGY, STUDY, TRIAL_NUMBER, "metrics.best_val_top1"),
-    track.ROLE_RUN: (BACKBONE, STRATEGY),
-    track.ROLE_CONFIRM: (BACKBONE, STRATEGY, CONFIRM_OF),
+    names.ROLE_SWEEP: (BACKBONE, STRATEGY, STUDY),
+    names.ROLE_TRIAL: (BACKBONE, STRATEGY, STUDY, TRIAL_NUMBER, VAL_TOP1),
+    names.ROLE_RUN: (BACKBONE, STRATEGY),
+    names.ROLE_CONFIRM: (BACKBONE, STRATEGY, CONFIRM_OF),
 }
 
 
 def search(experiment_id: str, role: str, filter_string: str = "") -> pd.DataFrame:
     """mlflow.search_runs of one role into pandas, with every column the leaderboard reads present
     (NaN where a run has no value). A run without a column its role requires is an error naming it."""
-    where = track.tags_filter(**{track.TAG_ROLE: role}) + (f" and {filter_string}" if filter_string else "")
+    where = names.tags_filter(**{names.TAG_ROLE: role}) + (f" and {filter_string}" if filter_string else "")
     runs = mlflow.search_runs([experiment_id], filter_string=where, output_format="pandas")
     runs = runs.reindex(columns=list(dict.fromkeys([*runs.columns, *RUN_COLUMNS])))
     for column in REQUIRED[role]:
@@ -73,21 +80,21 @@ def search(experiment_id: str, role: str, filter_string: str = "") -> pd.DataFra
         if len(lacking):
             kind, name = column.split(".", 1)
             raise BenchmarkError(
-                f"run {lacking.iloc[0]} (role {role}) in the MLflow store {track.display_uri()} has no {kind[:-1]} "
-                f"'{name}', which the benchmark writes on every {role} run; point {track.STORE_ENV}/MLFLOW_TRACKING_URI "
+                f"run {lacking.iloc[0]} (role {role}) in the MLflow store {mlflow_store.display_uri()} has no {kind[:-1]} "
+                f"'{name}', which the benchmark writes on every {role} run; point {mlflow_store.STORE_ENV}/MLFLOW_TRACKING_URI "
                 f"at a store the benchmark wrote, or sweep into a fresh one"
             )
     return runs
 
 
 def experiment_id_of(experiment: str) -> str:
-    track.point_mlflow_at(track.tracking_uri())
-    found = mlflow.get_experiment_by_name(track.EXPERIMENT_PREFIX + experiment)
+    mlflow_store.point_mlflow_at(mlflow_store.tracking_uri())
+    found = mlflow.get_experiment_by_name(names.experiment_name(experiment))
     if found is None:
         raise BenchmarkError(
-            f"no experiment '{experiment}' in the MLflow store {track.display_uri()}; run "
+            f"no experiment '{experiment}' in the MLflow store {mlflow_store.display_uri()}; run "
             f"`python -m benchmark sweep --experiment {experiment}` first, or point "
-            f"{track.STORE_ENV}/MLFLOW_TRACKING_URI at the store that holds it"
+            f"{mlflow_store.STORE_ENV}/MLFLOW_TRACKING_URI at the store that holds it"
         )
     return found.experiment_id
 
@@ -151,11 +158,11 @@ def candidate_runs(experiment: str | ExperimentSpec, superseded: bool = False) -
     spec = spec_of(experiment)
     name = spec.name if spec else str(experiment)
     experiment_id = experiment_id_of(name)
-    sweeps = search(experiment_id, track.ROLE_SWEEP)
-    singles = search(experiment_id, track.ROLE_RUN)
+    sweeps = search(experiment_id, names.ROLE_SWEEP)
+    singles = search(experiment_id, names.ROLE_RUN)
     if sweeps.empty and singles.empty:
         raise BenchmarkError(
-            f"experiment '{name}' has no sweeps or runs in {track.display_uri()}; run "
+            f"experiment '{name}' has no sweeps or runs in {mlflow_store.display_uri()}; run "
             f"`python -m benchmark sweep --experiment {name}` first"
         )
     recipes = current_recipes(spec) if spec else None
@@ -164,7 +171,7 @@ def candidate_runs(experiment: str | ExperimentSpec, superseded: bool = False) -
                         else [current.assign(kind="sweep")], ignore_index=True)
     singles = singles[is_current(singles, recipes)]
     best = best_trial_runs(experiment_id, parents)
-    single_done = (singles["status"] == "FINISHED") & singles["metrics.test_top1"].notna()
+    single_done = (singles["status"] == "FINISHED") & singles[TEST_TOP1].notna()
     started = pd.to_datetime(singles["start_time"], utc=True)
     ended = pd.to_datetime(singles["end_time"], utc=True).fillna(pd.Timestamp.now(tz="UTC"))  # still running
     books = pd.concat([
@@ -182,7 +189,7 @@ def candidate_runs(experiment: str | ExperimentSpec, superseded: bool = False) -
     candidates = pd.concat([best, singles[single_done].assign(kind="run", study="")], ignore_index=True)
     candidates["study"] = candidates["study"].fillna("")  # a NaN key would drop the row from groupby
     books = books.fillna({"study": "", "complete": 0.0, "pruned": 0.0, "failed": 0.0, "compute_s": 0.0})
-    return candidates[candidates["metrics.best_val_top1"].notna()], books
+    return candidates[candidates[VAL_TOP1].notna()], books
 
 
 def best_trial_runs(experiment_id: str, parents: pd.DataFrame) -> pd.DataFrame:
@@ -191,7 +198,7 @@ def best_trial_runs(experiment_id: str, parents: pd.DataFrame) -> pd.DataFrame:
     if known.empty:
         return parents[:0].drop(columns=["kind"]).assign(kind=[], study=[])
     ids = ", ".join(repr(i) for i in known[BEST_RUN])
-    best = search(experiment_id, track.ROLE_TRIAL, f"attributes.run_id IN ({ids})")
+    best = search(experiment_id, names.ROLE_TRIAL, f"attributes.run_id IN ({ids})")
     of = known.set_index(BEST_RUN)
     return best.assign(kind=best["run_id"].map(of["kind"]), study=best["run_id"].map(of[STUDY]))
 
@@ -199,9 +206,9 @@ def best_trial_runs(experiment_id: str, parents: pd.DataFrame) -> pd.DataFrame:
 def confirmations(experiment: str | ExperimentSpec) -> pd.DataFrame:
     """Finished seed repeats (`confirm`): confirm_of (the trial run they repeat) and test_top1."""
     spec = spec_of(experiment)
-    runs = search(experiment_id_of(spec.name if spec else str(experiment)), track.ROLE_CONFIRM)
-    done = runs[(runs["status"] == "FINISHED") & runs["metrics.test_top1"].notna()]
-    return pd.DataFrame({"confirm_of": done[CONFIRM_OF], "test_top1": done["metrics.test_top1"]})
+    runs = search(experiment_id_of(spec.name if spec else str(experiment)), names.ROLE_CONFIRM)
+    done = runs[(runs["status"] == "FINISHED") & runs[TEST_TOP1].notna()]
+    return pd.DataFrame({names.TAG_CONFIRM_OF: done[CONFIRM_OF], names.TEST_TOP1: done[TEST_TOP1]})
 
 
 def leaderboard(experiment: str | ExperimentSpec, intervals: bool = True, require_complete: bool = True,
@@ -217,11 +224,11 @@ def leaderboard(experiment: str | ExperimentSpec, intervals: bool = True, requir
     if candidates.empty and not superseded and not candidate_runs(experiment, superseded=True)[0].empty:
         raise BenchmarkError(
             f"experiment '{spec_name(experiment)}' has results only from older versions of its spec in "
-            f"{track.display_uri()}; sweep the spec as it is now, or see the old ones with --superseded"
+            f"{mlflow_store.display_uri()}; sweep the spec as it is now, or see the old ones with --superseded"
         )
     if candidates.empty:
         raise BenchmarkError(
-            f"experiment '{spec_name(experiment)}' has no completed trial yet in {track.display_uri()} "
+            f"experiment '{spec_name(experiment)}' has no completed trial yet in {mlflow_store.display_uri()} "
             f"(only running, pruned or failed ones); let a sweep finish one"
         )
     totals = books.groupby(["backbone", "strategy", "kind", "study"]).sum()
@@ -247,23 +254,22 @@ def spec_name(experiment: str | ExperimentSpec) -> str:
 
 def summarize_group(candidates: pd.DataFrame, totals: pd.Series) -> dict:
     # Best validation top-1; ties go to the earliest run, as in Optuna's own best_trial.
-    best = candidates.sort_values(["metrics.best_val_top1", "start_time"], ascending=[False, True], kind="stable").iloc[0]
+    best = candidates.sort_values([VAL_TOP1, "start_time"], ascending=[False, True], kind="stable").iloc[0]
     return {
         "backbone": best[BACKBONE],
         "strategy": best[STRATEGY],
         "kind": best["kind"],
-        "val_top1": best["metrics.best_val_top1"],
-        "val_top5": best["metrics.best_val_top5"],
-        "test_top1": best["metrics.test_top1"],
-        "test_top5": best["metrics.test_top5"],
-        "params": best["metrics.params_total"],
-        "model_size_mb": best["metrics.model_size_mb"],
-        "infer_images_per_sec": best["metrics.infer_images_per_sec"],
-        "train_images_per_sec": best["metrics.train_images_per_sec"],
+        "val_top1": best[VAL_TOP1],
+        "val_top5": best[VAL_TOP5],
+        "test_top1": best[TEST_TOP1],
+        "test_top5": best[TEST_TOP5],
+        "params": best[PARAMS],
+        "model_size_mb": best[MODEL_SIZE],
+        "infer_images_per_sec": best[INFER_RATE],
+        "train_images_per_sec": best[TRAIN_RATE],
         # A linear probe (lbfgs) has no learning rate: its spec's value was never used.
-        "learning_rate": float("nan") if best.get("params.training.optimizer") == "lbfgs"
-        else float(best["params.training.learning_rate"]),
-        "unfreeze": best["params.strategy.unfreeze"],
+        "learning_rate": float("nan") if best.get(OPTIMIZER) == "lbfgs" else float(best[LEARNING_RATE]),
+        "unfreeze": best[UNFREEZE],
         "trials_complete": int(totals["complete"]),
         "trials_pruned": int(totals["pruned"]),
         "trials_failed": int(totals["failed"]),
@@ -277,7 +283,7 @@ def summarize_group(candidates: pd.DataFrame, totals: pd.Series) -> dict:
 
 def add_confirmations(board: pd.DataFrame, confirms: pd.DataFrame) -> None:
     """Mean and std (ddof 1) of test top-1 over each row's seed repeats."""
-    grouped = confirms.groupby("confirm_of")["test_top1"]
+    grouped = confirms.groupby(names.TAG_CONFIRM_OF)[names.TEST_TOP1]
     stats = pd.DataFrame({"n": grouped.count(), "mean": grouped.mean(), "std": grouped.std(ddof=1)})
     for i, run_id in enumerate(board["run_id"]):
         if run_id in stats.index:
@@ -292,12 +298,12 @@ def add_confirmations(board: pd.DataFrame, confirms: pd.DataFrame) -> None:
 def compare_url(experiment: str, board: pd.DataFrame) -> str:
     """MLflow's compare page for the board's rows (their runs), or '' when no row has a run."""
     run_ids = [r for r in board["run_id"] if isinstance(r, str)]
-    return track.compare_url(experiment_id_of(experiment), run_ids) if run_ids else ""
+    return mlflow_store.compare_url(experiment_id_of(experiment), run_ids) if run_ids else ""
 
 
 def test_predictions(run_id: str) -> dict[str, np.ndarray]:
     """labels and top-5 predictions per test image, as the trial saved them."""
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=track.ARTIFACT_PREDICTIONS)
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.ARTIFACT_PREDICTIONS)
     with np.load(path) as saved:
         return {"labels": saved["labels"], "top5": saved["top5"]}
 

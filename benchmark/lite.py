@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from benchmark import checkpoint, files
+from benchmark import checkpoint, files, keras_cache
 from benchmark.errors import BenchmarkError
 
 if TYPE_CHECKING:
@@ -169,9 +169,7 @@ def wheel_checkpoint(name: str) -> Path:
 
 
 def converted_weights_path(name: str, digest: str) -> Path:
-    from benchmark.registry import keras_models_dir
-
-    return Path(keras_models_dir()) / f"{name}-{digest[:16]}_notop.weights.h5"
+    return Path(keras_cache.models_dir()) / f"{name}-{digest[:16]}_notop.weights.h5"
 
 
 def load_checkpoint(base: "keras.Model", name: str, path: Path) -> None:

@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from optuna.trial import TrialState
 
-from benchmark import hparams, study_identity, track
+from benchmark import hparams, names, study_identity, track
 from benchmark.redaction import redact
 from benchmark.spec import SearchSpace, TrialSpec
 
@@ -30,16 +30,16 @@ log = logging.getLogger(__name__)
 
 
 def trial_record(trial: optuna.trial.FrozenTrial) -> dict:
-    """What a finished trial recorded in its study (user attr "outcome"): test_top1, model_saved,
-    compute_s, process_start_s."""
-    return trial.user_attrs.get("outcome", {})
+    """What a finished trial recorded in its study (user attr names.ATTR_OUTCOME): test_top1,
+    model_saved, compute_s, process_start_s."""
+    return trial.user_attrs.get(names.ATTR_OUTCOME, {})
 
 
 def best_with_model(study: optuna.Study, trials: list | None = None) -> optuna.trial.FrozenTrial | None:
     """The best completed trial that saved its model (on ties, the lowest number). A trial saves
     its model when it enters the study's best `keep_models`, so this is the study's best trial."""
     trials = study.trials if trials is None else trials
-    saved = [t for t in trials if t.state == TrialState.COMPLETE and trial_record(t).get("model_saved")]
+    saved = [t for t in trials if t.state == TrialState.COMPLETE and trial_record(t).get(names.OUTCOME_MODEL_SAVED)]
     return max(saved, key=lambda t: (t.value, -t.number)) if saved else None
 
 
@@ -64,17 +64,17 @@ def drop_models_beyond(study: optuna.Study, keep: int, current: tuple[int, float
     `dropped`: run ids already done. Returns the run ids deleted now."""
     trials = study.get_trials(deepcopy=False)
     kept = set(ranking(trials, current)[:keep])
-    gone = {t.user_attrs["mlflow_run_id"] for t in trials
-            if t.state == TrialState.COMPLETE and trial_record(t).get("model_saved") and t.number not in kept} - dropped
+    gone = {t.user_attrs[names.ATTR_RUN_ID] for t in trials
+            if t.state == TrialState.COMPLETE and trial_record(t).get(names.OUTCOME_MODEL_SAVED) and t.number not in kept} - dropped
     client = mlflow.MlflowClient()
     for run_id in gone:
         try:
             repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
-            repository.delete_artifacts(track.ARTIFACT_MODEL_DIR)
+            repository.delete_artifacts(names.ARTIFACT_MODEL_DIR)
         except Exception as e:  # an artifact store that cannot delete costs disk, not the trial that just finished
             log.warning("could not delete the model of run %s (%s); it stays", run_id, redact(f"{type(e).__name__}: {e}"))
             continue
-        client.set_tag(run_id, track.TAG_MODEL, track.MODEL_DROPPED)
+        client.set_tag(run_id, names.TAG_MODEL, names.MODEL_DROPPED)
     return gone
 
 
@@ -90,7 +90,6 @@ def trial_counts(study: optuna.Study, trials: list | None = None) -> dict[str, i
 # ---------------------------------------------------------------- the parent run
 
 
-PARENT_ATTR = "mlflow_parent_run_id"  # the study's user attr naming its parent run, once it exists
 WAIT_FOR_CREATOR_S = 60.0  # a worker that found the study new-made waits this long for its creator's parent run
 
 
@@ -103,7 +102,7 @@ def find_or_create(study: optuna.Study, created: bool, spec: TrialSpec, space: S
     name = study.study_name
     deadline = time.monotonic() + WAIT_FOR_CREATOR_S
     while not created:
-        recorded = study.user_attrs.get(PARENT_ATTR)
+        recorded = study.user_attrs.get(names.ATTR_PARENT_RUN)
         found = active_parents(experiment_id, name)
         if recorded in found:
             return recorded
@@ -113,7 +112,7 @@ def find_or_create(study: optuna.Study, created: bool, spec: TrialSpec, space: S
             break
         time.sleep(0.2)
     run_id = create(spec, name, space, identity, experiment_id)
-    study.set_user_attr(PARENT_ATTR, run_id)
+    study.set_user_attr(names.ATTR_PARENT_RUN, run_id)
     return run_id
 
 
@@ -121,7 +120,7 @@ def active_parents(experiment_id: str, name: str) -> list[str]:
     """The study's parent runs that are not deleted, earliest first."""
     found = mlflow.search_runs(
         [experiment_id],
-        filter_string=track.tags_filter(**{track.TAG_STUDY: name, track.TAG_ROLE: track.ROLE_SWEEP}),
+        filter_string=names.tags_filter(**{names.TAG_STUDY: name, names.TAG_ROLE: names.ROLE_SWEEP}),
         output_format="list",
     )
     return [run.info.run_id for run in sorted(found, key=lambda run: (run.info.start_time, run.info.run_id))]
@@ -130,7 +129,7 @@ def active_parents(experiment_id: str, name: str) -> list[str]:
 def create(spec: TrialSpec, name: str, space: SearchSpace, identity: dict[str, str], experiment_id: str) -> str:
     """A new parent run: the spec's params, with the searched ones given as their ranges; `identity`
     (the fingerprints) in its tags."""
-    tags = {**track.trial_tags(spec, role=track.ROLE_SWEEP, data_origin=""), track.TAG_STUDY: name, **identity}
+    tags = {**track.trial_tags(spec, role=names.ROLE_SWEEP, data_origin=""), names.TAG_STUDY: name, **identity}
     client = mlflow.MlflowClient()
     run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     params = {**spec.params(), **searched_params(spec, space)}
@@ -145,8 +144,8 @@ def searched_params(spec: TrialSpec, space: SearchSpace) -> dict[str, str]:
 
 
 def identity_tags(fingerprint: study_identity.Fingerprint) -> dict[str, str]:
-    return {track.TAG_SPEC_FINGERPRINT: fingerprint.full, track.TAG_RECIPE: fingerprint.recipe,
-            track.TAG_DATA_FINGERPRINT: fingerprint.data, track.TAG_WEIGHTS_FINGERPRINT: fingerprint.weights}
+    return {names.TAG_SPEC_FINGERPRINT: fingerprint.full, names.TAG_RECIPE: fingerprint.recipe,
+            names.TAG_DATA_FINGERPRINT: fingerprint.data, names.TAG_WEIGHTS_FINGERPRINT: fingerprint.weights}
 
 
 def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str, status: str = "KILLED") -> int:
@@ -155,16 +154,16 @@ def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str, status
     states = {t.number: t.state for t in study.trials}
     orphans = mlflow.search_runs(
         [experiment_id],
-        filter_string=track.tags_filter(**{track.TAG_STUDY: name, track.TAG_ROLE: track.ROLE_TRIAL})
+        filter_string=names.tags_filter(**{names.TAG_STUDY: name, names.TAG_ROLE: names.ROLE_TRIAL})
         + " and attributes.status = 'RUNNING'",
         output_format="list",
     )
     client = mlflow.MlflowClient()
     closed = 0
     for run in orphans:
-        number = int(run.data.tags.get(track.TAG_TRIAL_NUMBER, -1))
+        number = int(run.data.tags.get(names.TAG_TRIAL_NUMBER, -1))
         if states.get(number, TrialState.FAIL) != TrialState.RUNNING:
-            client.set_tag(run.info.run_id, track.TAG_TRIAL_STATE, states.get(number, TrialState.FAIL).name)
+            client.set_tag(run.info.run_id, names.TAG_TRIAL_STATE, states.get(number, TrialState.FAIL).name)
             client.set_terminated(run.info.run_id, status=status)
             closed += 1
     return closed
@@ -195,29 +194,30 @@ def record_progress(study: optuna.Study, parent_run_id: str) -> int:
     spent = sum((t.datetime_complete - t.datetime_start).total_seconds()
                 for t in trials if t.datetime_start and t.datetime_complete)
     counts = trial_counts(study, trials)
-    metrics = [Metric(track.PROGRESS_METRICS[k], float(v), now, 0) for k, v in counts.items()]
-    metrics.append(Metric(track.COMPUTE_METRIC, spent, now, 0))
+    metrics = [Metric(names.PROGRESS_METRICS[k], float(v), now, 0) for k, v in counts.items()]
+    metrics.append(Metric(names.COMPUTE_METRIC, spent, now, 0))
     best = best_with_model(study, trials)
     tags = []
     if best is not None:
-        tags = [RunTag(track.TAG_BEST_RUN, best.user_attrs["mlflow_run_id"]), RunTag(track.TAG_BEST_TRIAL, str(best.number))]
+        tags = [RunTag(names.TAG_BEST_RUN, best.user_attrs[names.ATTR_RUN_ID]), RunTag(names.TAG_BEST_TRIAL, str(best.number))]
     mlflow.MlflowClient().log_batch(parent_run_id, metrics=metrics, tags=tags)
     return counts["failed"]
 
 
 def summarize(study: optuna.Study, run_id: str) -> None:
-    """Trial counts, the best trial's params and metrics, and where its model is (TAG_BEST_MODEL_URI)."""
+    """Trial counts, the best trial's params and metrics, and where its model is (names.TAG_BEST_MODEL_URI)."""
     client = mlflow.MlflowClient()
     record_progress(study, run_id)
     best = best_with_model(study)
     if best is None:
         return
-    child_id = best.user_attrs["mlflow_run_id"]
+    child_id = best.user_attrs[names.ATTR_RUN_ID]
     child = client.get_run(child_id)
-    metrics = {k: v for k, v in child.data.metrics.items() if k in track.FINAL_METRICS}
+    metrics = {k: v for k, v in child.data.metrics.items() if k in names.FINAL_METRICS}
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
-        mlflow.log_metrics({f"best_{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))})
-        mlflow.set_tags({f"best.{k}": str(v) for k, v in best.params.items()})
-        mlflow.set_tags({track.TAG_BEST_MODEL_URI: f"runs:/{child_id}/{track.ARTIFACT_MODEL_DIR}",
-                         track.TAG_BEST_MODEL_TRIAL: str(best.number)})
+        mlflow.log_metrics({names.best_param_metric(k): float(v) for k, v in best.params.items()
+                            if isinstance(v, (int, float))})
+        mlflow.set_tags({names.best_param_tag(k): str(v) for k, v in best.params.items()})
+        mlflow.set_tags({names.TAG_BEST_MODEL_URI: f"runs:/{child_id}/{names.ARTIFACT_MODEL_DIR}",
+                         names.TAG_BEST_MODEL_TRIAL: str(best.number)})

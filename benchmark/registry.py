@@ -28,6 +28,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from benchmark import keras_cache
 from benchmark.errors import BenchmarkError
 
 if TYPE_CHECKING:
@@ -178,20 +179,6 @@ def _is_no_weights(weights: str | None) -> bool:
 # ---------------------------------------------------------------- building
 
 
-def keras_models_dir() -> str:
-    """Where keras caches downloaded weights, resolved the way `keras.utils.get_file` does."""
-    try:
-        from keras.src.backend import config as keras_config
-
-        cache_root = keras_config.keras_home()
-    except (ImportError, AttributeError):
-        cache_root = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    cache_root = os.path.expanduser(cache_root)
-    if not os.access(cache_root, os.W_OK):
-        cache_root = os.path.join("/tmp", ".keras")  # keras's own fallback for a read-only home
-    return os.path.join(cache_root, "models")
-
-
 def build_base(backbone: Backbone, image_size: int, weights: str) -> "keras.Model":
     problems = check_image_size(backbone, image_size, weights)
     if problems:
@@ -227,7 +214,7 @@ def _construct(backbone: Backbone, image_size: int, keras_weights: str | None) -
 
 def _build_with_imagenet_weights(backbone: Backbone, image_size: int) -> "keras.Model":
     file_name = weights_file_for(backbone, image_size)
-    models_dir = keras_models_dir()
+    models_dir = keras_cache.models_dir()
     cached = os.path.join(models_dir, file_name)
     was_cached = os.path.exists(cached)
     try:
@@ -539,6 +526,18 @@ def _describe(backbone: Backbone, build: bool) -> dict:
     depth_, params = measure_architecture(backbone) if build else ARCHITECTURE[backbone.name]
     row.update({"depth": depth_, "params_m": round(params / 1e6, 2), "size_mb": round(params * 4 / 1e6, 1)})
     return row
+
+
+def depth_of(backbone: Backbone, image_size: int) -> int:
+    """The backbone's weighted layers: from ARCHITECTURE, or by building it (random weights) if
+    the table does not have it."""
+    if backbone.name in ARCHITECTURE:
+        return ARCHITECTURE[backbone.name][0]
+    import keras
+
+    measured = depth(build_base(backbone, image_size, "none"))
+    keras.backend.clear_session()
+    return measured
 
 
 def measure_architecture(backbone: Backbone) -> tuple[int, int]:

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmark import files, leaderboard, track  # noqa: E402
+from benchmark import files, leaderboard, mlflow_store, names  # noqa: E402
 from benchmark.data import (  # noqa: E402
     CIFAR100_COARSE_LABEL_NAMES,
     CIFAR100_COARSE_OF_FINE,
@@ -73,7 +73,7 @@ def build_report(experiment: str, board: pd.DataFrame, folder: Path, storage: st
         report.figures.append(Figure(name, title, path))
 
     add("pareto.png", "Accuracy vs inference throughput", plot_pareto, board)
-    add(track.ARTIFACT_CURVES, "Learning curves of each row's best trial", plot_learning_curves, board)
+    add(names.ARTIFACT_CURVES, "Learning curves of each row's best trial", plot_learning_curves, board)
     best = board.iloc[0]
     label = f"{best['backbone']} / {best['strategy']}"
     predictions = best_predictions(best["run_id"])
@@ -83,9 +83,9 @@ def build_report(experiment: str, board: pd.DataFrame, folder: Path, storage: st
         labels, predicted = predictions["labels"], predictions["top5"][:, 0]
         add("confusion_fine.png", f"Confusion matrix, {label}", plot_confusion, labels, predicted, None, label)
         params = mlflow.get_run(best["run_id"]).data.params
-        if params.get("data.source") == "synthetic":
+        if params.get(names.PARAM_DATA_SOURCE) == "synthetic":
             report.notes.append("confusion matrix by superclass: synthetic classes have no CIFAR-100 superclasses")
-        elif params.get("data.label_mode") == "fine":
+        elif params.get(names.PARAM_LABEL_MODE) == "fine":
             coarse = np.asarray(CIFAR100_COARSE_OF_FINE)
             add("confusion_coarse.png", f"Confusion matrix by superclass, {label}", plot_confusion,
                 coarse[labels], coarse[predicted], CIFAR100_COARSE_LABEL_NAMES, label)
@@ -127,7 +127,7 @@ def load_study(name: str, storage: str | None) -> optuna.Study | None:
 
 
 def trial_spec(run_id: str) -> TrialSpec:
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=track.ARTIFACT_SPEC)
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.ARTIFACT_SPEC)
     return TrialSpec.model_validate_json(Path(path).read_text())
 
 
@@ -183,7 +183,7 @@ def plot_learning_curves(board: pd.DataFrame, path: Path) -> None:
     for _, row in board.iterrows():
         try:
             epochs = json.loads(Path(mlflow.artifacts.download_artifacts(
-                run_id=row["run_id"], artifact_path=track.ARTIFACT_HISTORY)).read_text())
+                run_id=row["run_id"], artifact_path=names.ARTIFACT_HISTORY)).read_text())
         except Exception:
             continue
         x = [int(e["epoch"]) + 1 for e in epochs]
@@ -193,7 +193,7 @@ def plot_learning_curves(board: pd.DataFrame, path: Path) -> None:
         drawn += 1
     if not drawn:
         plt.close(fig)
-        raise SkippedPlot(f"no best trial kept its {track.ARTIFACT_HISTORY}")
+        raise SkippedPlot(f"no best trial kept its {names.ARTIFACT_HISTORY}")
     loss_ax.set(xlabel="epoch", ylabel="validation cross-entropy", title="validation loss")
     acc_ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="validation top-1")
     for ax in (loss_ax, acc_ax):
@@ -226,7 +226,7 @@ def plot_test_images(run_id: str, labels: np.ndarray, predicted: np.ndarray, tit
     try:
         spec = trial_spec(run_id)
     except Exception:
-        raise SkippedPlot(f"run {run_id} kept no {track.ARTIFACT_SPEC} to reload its test images") from None
+        raise SkippedPlot(f"run {run_id} kept no {names.ARTIFACT_SPEC} to reload its test images") from None
     try:
         data = load_dataset(spec.data)
     except Exception as e:
@@ -237,13 +237,13 @@ def plot_test_images(run_id: str, labels: np.ndarray, predicted: np.ndarray, tit
     shown = np.random.default_rng(0).choice(len(labels), size=min(rows * columns, len(labels)), replace=False)
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.85))
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, hspace=0.5, wspace=0.1)
-    names = data.class_names
+    class_names = data.class_names
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, shown):
         ax.imshow(data.x_test[i])
         right = labels[i] == predicted[i]
-        ax.set_title(f"{names[labels[i]][:14]}\n→ {names[predicted[i]][:14]}", fontsize=7,
+        ax.set_title(f"{class_names[labels[i]][:14]}\n→ {class_names[predicted[i]][:14]}", fontsize=7,
                      color="darkgreen" if right else "firebrick")
     fig.suptitle(f"{title}: true → predicted (green right, red wrong)")
     save(fig, path)
@@ -304,20 +304,21 @@ def add_pruned_trials(ax, study: optuna.Study) -> None:
 def log_report(experiment: str, report: Report, tables: dict[str, str]) -> str:
     """Log the plots and tables to the experiment's report run (one per experiment, reused)."""
     experiment_id = leaderboard.experiment_id_of(experiment)
-    existing = mlflow.search_runs([experiment_id], filter_string=track.tags_filter(**{track.TAG_ROLE: track.ROLE_REPORT}),
+    existing = mlflow.search_runs([experiment_id], filter_string=names.tags_filter(**{names.TAG_ROLE: names.ROLE_REPORT}),
                                   order_by=["attributes.start_time ASC"], output_format="list")
     client = mlflow.MlflowClient()
     if existing:
         run_id = existing[0].info.run_id
     else:
-        tags = {track.TAG_ROLE: track.ROLE_REPORT, "experiment": experiment, "mlflow.runName": f"{experiment}-leaderboard"}
-        run_id = client.create_run(experiment_id, run_name=f"{experiment}-leaderboard", tags=tags).info.run_id
+        run_name = f"{experiment}-leaderboard"
+        tags = {names.TAG_ROLE: names.ROLE_REPORT, names.TAG_EXPERIMENT: experiment, names.TAG_RUN_NAME: run_name}
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         client.set_terminated(run_id)
     for figure in report.figures:
-        client.log_artifact(run_id, str(figure.path), track.ARTIFACT_PLOTS)
+        client.log_artifact(run_id, str(figure.path), names.ARTIFACT_PLOTS)
     for name, text in tables.items():
         client.log_text(run_id, text, name)
-    client.set_tag(run_id, track.TAG_UPDATED, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    client.set_tag(run_id, names.TAG_UPDATED, datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return run_id
 
 
@@ -341,7 +342,7 @@ def html_page(experiment: str, report: Report) -> str:
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return PAGE.format(
         title=html.escape(f"Leaderboard: {experiment}"),
-        meta=html.escape(f"{len(board)} row{'' if len(board) == 1 else 's'} from {track.display_uri()}, generated {generated}"),
+        meta=html.escape(f"{len(board)} row{'' if len(board) == 1 else 's'} from {mlflow_store.display_uri()}, generated {generated}"),
         compare=compare_link(experiment, board),
         legend=html.escape(leaderboard.LEGEND),
         table=table,
@@ -356,7 +357,7 @@ def compare_link(experiment: str, board: pd.DataFrame) -> str:
     url = leaderboard.compare_url(experiment, board)
     if not url:
         return ""
-    start = f" (start <code>{html.escape(track.ui_command())}</code> first)" if track.ui_command() else ""
+    start = f" (start <code>{html.escape(mlflow_store.ui_command())}</code> first)" if mlflow_store.ui_command() else ""
     return f'<p class="meta"><a href="{html.escape(url)}">Compare these rows in the MLflow UI</a>{start}</p>'
 
 

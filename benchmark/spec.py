@@ -169,7 +169,7 @@ class TrainingSpec(Strict):
     mixed_precision: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, off on CPU
     jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on for GPU, off on CPU (XLA is slower there)
     # auto: a head-only trial (unfreeze 0, no augmentation) trains on pooled backbone features computed
-    # once and kept on disk (benchmark/features.py); off: every epoch runs through the frozen backbone.
+    # once and kept on disk (benchmark/cache.py); off: every epoch runs through the frozen backbone.
     feature_cache: Literal["auto", "off"] = "auto"
     # With augmentation on: 0 trains head-only epochs through the backbone (fresh augmentation every
     # epoch); V >= 1 caches the features of V augmented views of the training images (validation and

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from benchmark import track
+from benchmark import mlflow_store
 from benchmark.errors import BenchmarkError
 from benchmark.redaction import redact
 
@@ -24,7 +24,7 @@ CONNECT_TIMEOUT_S = 5
 def default_storage() -> str:
     """SQLite next to the MLflow store: a URL optuna.load_study and optuna-dashboard open,
     shared safely by a few processes on one machine (use PostgreSQL across machines)."""
-    return os.environ.get(STORAGE_ENV) or f"sqlite:///{track.store_dir() / 'optuna.db'}"
+    return os.environ.get(STORAGE_ENV) or f"sqlite:///{mlflow_store.store_dir() / 'optuna.db'}"
 
 
 def heartbeat_grace_s() -> int:
@@ -47,7 +47,7 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.RDBStorage
     else:  # a server that is down or silent fails in seconds, not at the OS's TCP timeout
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     if url.startswith("sqlite:///"):
-        track.ensure_writable(Path(url.removeprefix("sqlite:///")).parent)
+        mlflow_store.ensure_writable(Path(url.removeprefix("sqlite:///")).parent)
     grace_s = heartbeat_grace_s()
     beat = (
         dict(

@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import keras
 import mlflow
 import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from benchmark import hparams, parent_run, registry, study_identity, track
+from benchmark import hparams, mlflow_store, names, parent_run, registry, study_identity, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.errors import BenchmarkError
 from benchmark.isolation import TrialJob, TrialRunner
@@ -86,8 +85,8 @@ class SweepResult:
         """Why a study missed its target, in one line ('' when it did not)."""
         if self.reached:
             return ""
-        errors = Counter(t.user_attrs["error"] for t in self.study.trials
-                         if t.state == TrialState.FAIL and "error" in t.user_attrs)
+        errors = Counter(t.user_attrs[names.ATTR_ERROR] for t in self.study.trials
+                         if t.state == TrialState.FAIL and names.ATTR_ERROR in t.user_attrs)
         common = errors.most_common(1)
         why = f"; most frequent error ({common[0][1]}x): {common[0][0]}" if common else ""
         if self.finished >= self.target:
@@ -109,7 +108,7 @@ def pair_studies(storage: optuna.storages.BaseStorage, experiment: str, backbone
     pair = [experiment, backbone, strategy]
     legacy = "-".join(pair)  # studies from before fingerprints were named by the pair alone
     found = [s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-             if s.user_attrs.get("pair") == pair or s.study_name == legacy]
+             if s.user_attrs.get(names.ATTR_PAIR) == pair or s.study_name == legacy]
     return sorted(found, key=lambda s: (s.datetime_start is None, s.datetime_start or 0, s.study_name))
 
 
@@ -119,8 +118,10 @@ def superseded_note(studies: list, name: str, recipe: dict) -> str:
     if not older:
         return ", a new study"
     last = older[-1]
-    changed = study_identity.differences(last.user_attrs.get("recipe", {}), recipe) if "recipe" in last.user_attrs \
-        else "a spec from before fingerprints"
+    if names.ATTR_RECIPE in last.user_attrs:
+        changed = study_identity.differences(last.user_attrs[names.ATTR_RECIPE], recipe)
+    else:
+        changed = "a spec from before fingerprints"
     return f", a new study: {changed} since {last.study_name} ({last.n_trials} trial{'' if last.n_trials == 1 else 's'}, kept as it was)"
 
 
@@ -132,8 +133,8 @@ def make_sampler(search: SearchSpec, worker: int = 0) -> optuna.samplers.BaseSam
 
 def register_worker(study: optuna.Study) -> int:
     """0 for the study's first worker (so a fresh single-worker sweep is reproducible), then 1, 2, ..."""
-    worker = int(study.user_attrs.get("workers_started", 0))
-    study.set_user_attr("workers_started", worker + 1)
+    worker = int(study.user_attrs.get(names.ATTR_WORKERS_STARTED, 0))
+    study.set_user_attr(names.ATTR_WORKERS_STARTED, worker + 1)
     return worker
 
 
@@ -161,10 +162,9 @@ def suggest(trial: optuna.Trial, spec: TrialSpec, space: SearchSpace) -> dict:
 def check_unfreeze_fits(spec: TrialSpec, space: SearchSpace) -> None:
     """Reject an unfreeze depth (fixed or searched) deeper than the backbone, before any trial."""
     if spec.strategy.unfreeze in (0, "all"):
-        return  # nothing to check: no need to build the backbone
+        return  # nothing to check
     backbone = registry.get_backbone(spec.backbone.name)
-    depth = registry.depth(registry.build_base(backbone, spec.backbone.image_size, "none"))
-    keras.backend.clear_session()
+    depth = registry.depth_of(backbone, spec.backbone.image_size)
     unfreeze = spec.strategy.unfreeze
     try:
         registry.check_unfreeze(space.unfreeze.high if unfreeze == "search" else unfreeze, depth)
@@ -201,7 +201,7 @@ def fail_trials_of_dead_workers(study: optuna.Study) -> int:
     other machines are left to the heartbeat."""
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker", {})
+        worker = trial.user_attrs.get(names.ATTR_WORKER, {})
         if worker.get("host") == socket.gethostname() and not process_alive(worker.get("pid")):
             study.tell(trial.number, state=TrialState.FAIL)
             failed += 1
@@ -213,7 +213,7 @@ def fail_own_running_trials(study: optuna.Study) -> int:
     recording a trial's end) are failed, so that nothing is left RUNNING."""
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get("worker") == this_worker():
+        if trial.user_attrs.get(names.ATTR_WORKER) == this_worker():
             study.tell(trial.number, state=TrialState.FAIL)
             failed += 1
     return failed
@@ -331,11 +331,11 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> Open
     """The study (created or resumed) and its parent run, with what dead workers left behind
     cleaned up; says in one line where the study stands."""
     spec, name = plan.spec, plan.name
-    track.check_store(track.tracking_uri())  # a damaged or foreign MLflow store: before an Optuna storage is made beside it
-    with track.store_lock():  # two processes creating one new SQLite database's tables collide
+    mlflow_store.check_store(mlflow_store.tracking_uri())  # a damaged or foreign MLflow store: before an Optuna storage is made beside it
+    with mlflow_store.store_lock():  # two processes creating one new SQLite database's tables collide
         optuna_storage = open_storage(storage_url)  # a bad URL or a dead server: before MLflow records anything
-    track.configure()
-    with track.store_lock():
+    mlflow_store.configure()
+    with mlflow_store.store_lock():
         existing = pair_studies(optuna_storage, spec.experiment, spec.backbone.name, spec.strategy_name)
         try:
             study = optuna.create_study(study_name=name, storage=optuna_storage, pruner=make_pruner(plan.search),
@@ -344,13 +344,13 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> Open
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=name, storage=optuna_storage, pruner=make_pruner(plan.search))
             created = False
-        if "fingerprint" not in study.user_attrs:
+        if names.ATTR_FINGERPRINT not in study.user_attrs:
             for key, value in study_attrs(spec, plan.fingerprint, plan.recipe).items():
                 study.set_user_attr(key, value)
         study.sampler = make_sampler(plan.search, worker=register_worker(study))
     interrupted = fail_trials_of_dead_workers(study)
     optuna.storages.fail_stale_trials(study)  # dead workers elsewhere: after the heartbeat's grace period
-    experiment_id = track.experiment_id(spec.experiment)
+    experiment_id = mlflow_store.experiment_id(spec.experiment)
     parent = parent_run.find_or_create(study, created, spec, plan.space, parent_run.identity_tags(plan.fingerprint),
                                        experiment_id)
     closed = parent_run.close_orphan_runs(study, name, experiment_id)
@@ -426,8 +426,9 @@ def trials_per_process(plan: Plan) -> int:
 def study_attrs(spec: TrialSpec, fingerprint: study_identity.Fingerprint, recipe: dict) -> dict:
     """What a new study records about itself: which pair it is, and the spec it is (for the next
     study's first line, which names what changed)."""
-    return {"pair": [spec.experiment, spec.backbone.name, spec.strategy_name], "fingerprint": fingerprint.full,
-            "recipe_fingerprint": fingerprint.recipe, "recipe": recipe}
+    return {names.ATTR_PAIR: [spec.experiment, spec.backbone.name, spec.strategy_name],
+            names.ATTR_FINGERPRINT: fingerprint.full, names.ATTR_RECIPE_FINGERPRINT: fingerprint.recipe,
+            names.ATTR_RECIPE: recipe}
 
 
 # ---------------------------------------------------------------- a whole experiment
@@ -451,7 +452,7 @@ class PairResult:
             return f"{self.backbone}/{self.strategy}: SHORT: {self.result.shortfall()}"
         best = self.result.best_trial
         return (f"{self.backbone}/{self.strategy}: {self.result.finished} of {self.result.target} trials, "
-                f"best #{best.number} val_top1={best.value:.4f} test_top1={parent_run.trial_record(best)['test_top1']:.4f}")
+                f"best #{best.number} val_top1={best.value:.4f} test_top1={parent_run.trial_record(best)[names.TEST_TOP1]:.4f}")
 
 
 def pairs_of(experiment: ExperimentSpec, backbones: list[str] | None = None,
@@ -501,23 +502,23 @@ class Objective:
         self.dropped: set[str] = set()  # run ids whose model this sweep deleted
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", this_worker())  # lets a rerun on this machine see that it died
+        trial.set_user_attr(names.ATTR_WORKER, this_worker())  # lets a rerun on this machine see that it died
         spec = self.spec.with_values(**suggest(trial, self.spec, self.space))
-        tags = {track.TAG_STUDY: self.name, track.TAG_TRIAL_NUMBER: str(trial.number), track.TAG_TRIAL_STATE: "RUNNING"}
+        tags = {names.TAG_STUDY: self.name, names.TAG_TRIAL_NUMBER: str(trial.number), names.TAG_TRIAL_STATE: "RUNNING"}
         data_origin = self.runner.data.origin
         pruned = None
-        with track.open_run(spec, track.ROLE_TRIAL, data_origin, f"{self.name}-t{trial.number:03d}", tags) as run:
-            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        with track.open_run(spec, names.ROLE_TRIAL, data_origin, f"{self.name}-t{trial.number:03d}", tags) as run:
+            trial.set_user_attr(names.ATTR_RUN_ID, run.info.run_id)
             try:
                 value = self.run_and_keep_model(trial, spec, run.info.run_id)
             except optuna.TrialPruned as e:
                 pruned = e
-                mlflow.log_metric(track.OBJECTIVE, max(reported_values(trial), default=float("nan")))
-                mlflow.set_tag(track.TAG_TRIAL_STATE, TrialState.PRUNED.name)
+                mlflow.log_metric(names.OBJECTIVE, max(reported_values(trial), default=float("nan")))
+                mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.PRUNED.name)
             except BaseException as e:
-                mlflow.set_tag(track.TAG_TRIAL_STATE, TrialState.FAIL.name)
+                mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.FAIL.name)
                 if isinstance(e, Exception):  # the most frequent one is named when a sweep ends short
-                    trial.set_user_attr("error", redact(f"{type(e).__name__}: {e}".splitlines()[0])[:300])
+                    trial.set_user_attr(names.ATTR_ERROR, redact(f"{type(e).__name__}: {e}".splitlines()[0])[:300])
                 raise
         if pruned is not None:
             raise pruned
@@ -527,22 +528,22 @@ class Objective:
         """The trial keeps its model if it enters the study's best `keep_models`; a model that
         falls out of them then is deleted from the artifact store."""
         job = TrialJob(
-            spec=spec, run_id=run_id, tracking_uri=track.tracking_uri(), storage_url=self.storage_url,
+            spec=spec, run_id=run_id, tracking_uri=mlflow_store.tracking_uri(), storage_url=self.storage_url,
             study_name=self.name, trial_number=trial.number, pruner=self.pruner, verbose=self.verbose,
             keep_above=parent_run.keep_threshold(trial.study, self.keep_models),
         )
         result = self.runner.run(job)
-        value = result.metrics[track.OBJECTIVE]
+        value = result.metrics[names.OBJECTIVE]
         model_saved = result.model_path is not None
         if model_saved:
             track.log_model(result.model_path, run_id)
             self.dropped |= parent_run.drop_models_beyond(trial.study, self.keep_models, (trial.number, value), self.dropped)
         # One write: each user attribute is a storage transaction (~30 ms on SQLite).
-        trial.set_user_attr("outcome", {
-            "test_top1": result.metrics["test_top1"], "model_saved": model_saved,
-            "compute_s": result.compute_s, "process_start_s": result.process_start_s,
+        trial.set_user_attr(names.ATTR_OUTCOME, {
+            names.TEST_TOP1: result.metrics[names.TEST_TOP1], names.OUTCOME_MODEL_SAVED: model_saved,
+            names.OUTCOME_COMPUTE_S: result.compute_s, names.OUTCOME_PROCESS_START_S: result.process_start_s,
         })
-        mlflow.set_tag(track.TAG_TRIAL_STATE, TrialState.COMPLETE.name)
+        mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.COMPLETE.name)
         return value
 
 

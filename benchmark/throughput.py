@@ -12,7 +12,7 @@ from __future__ import annotations
 import typing
 from typing import TYPE_CHECKING
 
-from benchmark import registry
+from benchmark import names, registry
 from benchmark.data import NUM_CLASSES
 from benchmark.errors import BenchmarkError
 from benchmark.spec import MAX_BATCH_SIZE, BackboneSpec, DataSpec, HeadSpec, StrategySpec, TrainingSpec, TrialSpec
@@ -20,10 +20,8 @@ from benchmark.spec import MAX_BATCH_SIZE, BackboneSpec, DataSpec, HeadSpec, Str
 if TYPE_CHECKING:
     import keras
 
-EXPERIMENT = "throughput"  # MLflow experiment (track.EXPERIMENT_PREFIX + this)
 PRECISIONS = typing.get_args(TrainingSpec.model_fields["mixed_precision"].annotation)
 JIT_SETTINGS = typing.get_args(TrainingSpec.model_fields["jit_compile"].annotation)
-METRICS = ("infer_images_per_sec", "infer_step_ms", "train_images_per_sec", "train_step_ms", "params_total", "params_trainable")
 MAX_IMAGE_SIZE = 1024  # as in spec.BackboneOptions
 
 
@@ -50,7 +48,7 @@ def throughput_spec(
     except registry.UnfreezeError:
         raise BenchmarkError(f'unfreeze must be a layer count >= 0 or "all", got {unfreeze!r}; fix --unfreeze') from None
     return TrialSpec(
-        experiment=EXPERIMENT,
+        experiment=names.THROUGHPUT_EXPERIMENT,
         backbone=BackboneSpec(name=found.name, weights="none", image_size=image_size),
         strategy_name=f"unfreeze_{unfreeze}",
         strategy=StrategySpec(unfreeze=unfreeze),
@@ -122,7 +120,7 @@ def backbone_rate(spec: TrialSpec, repeats: int = 3) -> float:
 
 
 def measure_model(model: keras.Model, spec: TrialSpec, warmup: int = 3, steps: int = 10) -> dict:
-    """The settings actually used, and the numbers (METRICS)."""
+    """The settings actually used, and the numbers (names.THROUGHPUT_METRICS)."""
     from benchmark import measure, runtime
 
     batch_size = spec.training.batch_size
@@ -139,12 +137,12 @@ def measure_model(model: keras.Model, spec: TrialSpec, warmup: int = 3, steps: i
         "warmup": warmup,
         "steps": steps,
         "device": runtime.device_description(),
-        "infer_images_per_sec": infer,
-        "infer_step_ms": 1000 * batch_size / infer,
-        "train_images_per_sec": train,
-        "train_step_ms": 1000 * batch_size / train,
-        "params_total": total,
-        "params_trainable": trainable,
+        names.INFER_IMAGES_PER_SEC: infer,
+        names.INFER_STEP_MS: 1000 * batch_size / infer,
+        names.TRAIN_IMAGES_PER_SEC: train,
+        names.TRAIN_STEP_MS: 1000 * batch_size / train,
+        names.PARAMS_TOTAL: total,
+        names.PARAMS_TRAINABLE: trainable,
     }
 
 
@@ -167,15 +165,15 @@ def measure_throughput(
 
 def log_run(result: dict) -> str:
     """One MLflow run in the "throughput" experiment: settings as params, numbers as metrics,
-    device and versions as tags. Returns its id. Call track.configure() first."""
+    device and versions as tags. Returns its id. Call mlflow_store.configure() first."""
     import mlflow
 
-    from benchmark import runtime, track
+    from benchmark import mlflow_store, runtime, track
 
-    tags = {track.TAG_ROLE: track.ROLE_THROUGHPUT, "backbone": result["backbone"], "device": result["device"], "git_commit": runtime.git_commit()}
-    tags.update({f"versions.{k}": v for k, v in runtime.package_versions().items()})
+    tags = {names.TAG_ROLE: names.ROLE_THROUGHPUT, names.TAG_BACKBONE: result["backbone"],
+            names.TAG_DEVICE: result["device"], names.TAG_GIT_COMMIT: runtime.git_commit(), **track.version_tags()}
     name = f"{result['backbone']}-{result['image_size']}px-batch{result['batch_size']}"
-    with mlflow.start_run(experiment_id=track.experiment_id(EXPERIMENT), run_name=name, tags=tags) as run:
-        mlflow.log_params({k: v for k, v in result.items() if k not in METRICS and k != "device"})
-        mlflow.log_metrics({k: float(result[k]) for k in METRICS})
+    with mlflow.start_run(experiment_id=mlflow_store.experiment_id(names.THROUGHPUT_EXPERIMENT), run_name=name, tags=tags) as run:
+        mlflow.log_params({k: v for k, v in result.items() if k not in names.THROUGHPUT_METRICS and k != "device"})
+        mlflow.log_metrics({k: float(result[k]) for k in names.THROUGHPUT_METRICS})
     return run.info.run_id

@@ -20,7 +20,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from benchmark import cache, measure, runtime, track
+from benchmark import cache, measure, names, runtime, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.model import BuiltModel, create_model, cut_below_trainable, on_frozen_part
 from benchmark.plan import TrialPlan, plan_trial
@@ -85,31 +85,31 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
     test = measure.evaluate(tested.model, tested.data.x_test, data.y_test, spec.training.batch_size)
     total, trainable = measure.count_params(built.features, built.head)
     metrics = {
-        "best_val_top1": best["val_top1"],
-        "best_val_top5": best["val_top5"],
-        "best_epoch": float(history.best_index + 1),  # counted from 1, as Keras prints epochs
-        "last_val_top1": last["val_top1"],
-        "last_val_top5": last["val_top5"],
-        "test_top1": test["top1"],
-        "test_top5": test["top5"],
-        "params_total": float(total),
-        "params_trainable": float(trainable),
-        "infer_images_per_sec": inference_rate(spec, built),
-        "train_images_per_sec": measure.training_throughput(history.train_seconds, len(data.x_train)),
-        "train_s": history.fit_seconds,
-        "epochs_run": float(len(history.epochs)),
-        "backbone_depth": float(built.depth),
-        "features_s": (features.seconds if features else 0.0) + (above.cached.seconds if above else 0.0),
+        names.BEST_VAL_TOP1: best["val_top1"],
+        names.BEST_VAL_TOP5: best["val_top5"],
+        names.BEST_EPOCH: float(history.best_index + 1),  # counted from 1, as Keras prints epochs
+        names.LAST_VAL_TOP1: last["val_top1"],
+        names.LAST_VAL_TOP5: last["val_top5"],
+        names.TEST_TOP1: test["top1"],
+        names.TEST_TOP5: test["top5"],
+        names.PARAMS_TOTAL: float(total),
+        names.PARAMS_TRAINABLE: float(trainable),
+        names.INFER_IMAGES_PER_SEC: inference_rate(spec, built),
+        names.TRAIN_IMAGES_PER_SEC: measure.training_throughput(history.train_seconds, len(data.x_train)),
+        names.TRAIN_S: history.fit_seconds,
+        names.EPOCHS_RUN: float(len(history.epochs)),
+        names.BACKBONE_DEPTH: float(built.depth),
+        names.FEATURES_S: (features.seconds if features else 0.0) + (above.cached.seconds if above else 0.0),
     }
-    metrics["wall_time_s"] = time.perf_counter() - prepared.started
+    metrics[names.WALL_TIME_S] = time.perf_counter() - prepared.started
     return TrialResult(
         spec=spec,
         metrics=metrics,
         history=history,
         test_labels=data.y_test,
         test_predictions=test["predictions"],
-        tags={track.TAG_FEATURE_CACHE: features.status if features else f"off: {plan.no_features}",
-              track.TAG_PREFIX_CACHE: f"{above.cached.status} (below {plan.cut})" if above else
+        tags={names.TAG_FEATURE_CACHE: features.status if features else f"off: {plan.no_features}",
+              names.TAG_PREFIX_CACHE: f"{above.cached.status} (below {plan.cut})" if above else
               f"off: {plan.no_activations}"},
         built=built,
     )
@@ -121,13 +121,13 @@ def finish(result: TrialResult, keep: bool, directory: Path | None = None) -> Tr
     architecture, so a trial that keeps no model takes it from one measured earlier in this process."""
     key = architecture_key(result.spec, result.built)
     if keep:
-        result.model_path = Path(directory or tempfile.mkdtemp(prefix="benchmark-trial-")) / track.ARTIFACT_MODEL_DIR
+        result.model_path = Path(directory or tempfile.mkdtemp(prefix="benchmark-trial-")) / names.ARTIFACT_MODEL_DIR
         _model_sizes[key] = save_model(result.built.model, result.model_path)
     elif key not in _model_sizes:
         with tempfile.TemporaryDirectory(prefix="benchmark-size-") as tmp:
-            _model_sizes[key] = save_model(result.built.model, Path(tmp) / track.ARTIFACT_MODEL_DIR)
-    result.metrics["model_size_mb"] = _model_sizes[key]
-    result.tags[track.TAG_MODEL] = track.MODEL_KEPT if keep else track.MODEL_NOT_KEPT
+            _model_sizes[key] = save_model(result.built.model, Path(tmp) / names.ARTIFACT_MODEL_DIR)
+    result.metrics[names.MODEL_SIZE_MB] = _model_sizes[key]
+    result.tags[names.TAG_MODEL] = names.MODEL_KEPT if keep else names.MODEL_NOT_KEPT
     return result
 
 
@@ -146,7 +146,7 @@ def save_model(model: keras.Model, folder: Path) -> float:
     signature = mlflow.models.infer_signature(example, np.asarray(inference(example)))
     requirements = [f"{k}=={v}" for k, v in runtime.package_versions().items() if k in REQUIREMENTS]
     mlflow.keras.save_model(inference, str(folder), signature=signature, pip_requirements=requirements)
-    return (folder / track.ARTIFACT_MODEL.removeprefix(f"{track.ARTIFACT_MODEL_DIR}/")).stat().st_size / 1e6
+    return (folder / names.ARTIFACT_MODEL.removeprefix(f"{names.ARTIFACT_MODEL_DIR}/")).stat().st_size / 1e6
 
 
 _model_sizes: dict[str, float] = {}

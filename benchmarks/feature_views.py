@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import mlflow  # noqa: E402
 
-from benchmark import sweep, track  # noqa: E402
+from benchmark import mlflow_store, sweep  # noqa: E402
 from benchmark.spec import ExperimentSpec, load_experiment  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def main() -> None:
         started = time.perf_counter()
         result = sweep.run_sweep(spec, args.backbone, "frozen", verbose=0, say=lambda line: print("  ", line, flush=True))
         wall = time.perf_counter() - started
-        runs = mlflow.search_runs([track.experiment_id(spec.name)], filter_string="tags.role = 'trial'")
+        runs = mlflow.search_runs([mlflow_store.experiment_id(spec.name)], filter_string="tags.role = 'trial'")
         best = result.study.best_trial
         chosen = " ".join(f"{k}={v:.3g}" for k, v in best.params.items())
         what = f"{views} views with flips and shifts" if views else "plain (augmentation off)"

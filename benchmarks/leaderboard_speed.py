@@ -36,12 +36,12 @@ def fill(runs: int, seed: int = 0) -> None:
     import optuna
     from mlflow.entities import Metric, Param, RunTag
 
-    from benchmark import parent_run, sweep, track
+    from benchmark import mlflow_store, names, parent_run, sweep, track
     from benchmark.spec import load_experiment
 
     rng = np.random.default_rng(seed)
-    track.configure()
-    experiment_id = track.experiment_id("ci")
+    mlflow_store.configure()
+    experiment_id = mlflow_store.experiment_id("ci")
     spec = load_experiment("ci").resolve("vgg16", "frozen")
     params = [Param(k, v) for k, v in spec.params().items()]
     base_tags = track.trial_tags(spec, role="trial", data_origin="synthetic")
@@ -63,9 +63,9 @@ def fill(runs: int, seed: int = 0) -> None:
                 now = int(time.time() * 1000)
                 accuracy = float(rng.uniform(0.1, 0.8))
                 metrics = [Metric(k, float(v), now, epoch) for epoch in range(3)
-                           for k, v in zip(track.EPOCH_METRICS, rng.uniform(0, 1, len(track.EPOCH_METRICS)))]
+                           for k, v in zip(names.EPOCH_METRICS, rng.uniform(0, 1, len(names.EPOCH_METRICS)))]
                 if state == "COMPLETE":
-                    finals = dict(zip(track.FINAL_METRICS, rng.uniform(1, 1000, len(track.FINAL_METRICS))))
+                    finals = dict(zip(names.FINAL_METRICS, rng.uniform(1, 1000, len(names.FINAL_METRICS))))
                     finals.update(best_val_top1=accuracy, test_top1=accuracy, test_top5=min(1.0, accuracy + 0.2))
                     metrics += [Metric(k, float(v), now, 0) for k, v in finals.items()]
                     labels = rng.integers(0, 100, TEST_SIZE)
@@ -113,7 +113,7 @@ def main() -> None:
     command_s = time.perf_counter() - start
 
     # The floor under any command that reads the store: Python, MLflow's import and opening the database.
-    floor = [sys.executable, "-c", "import mlflow, pandas; from benchmark import track; track.configure_for_reading(); "
+    floor = [sys.executable, "-c", "import mlflow, pandas; from benchmark import mlflow_store; mlflow_store.configure_for_reading(); "
              "mlflow.search_experiments()"]
     start = time.perf_counter()
     subprocess.run(floor, check=True, capture_output=True)

@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import mlflow  # noqa: E402
 
-from benchmark import sweep, track  # noqa: E402
+from benchmark import mlflow_store, sweep  # noqa: E402
 from benchmark.spec import ExperimentSpec, load_experiment  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def sweep_row(experiment: ExperimentSpec, backbone: str) -> dict:
     result = sweep.run_sweep(experiment, backbone, "frozen", verbose=0, say=lambda line: print("  ", line, flush=True))
     wall = time.perf_counter() - started
     best = result.study.best_trial
-    runs = mlflow.search_runs([track.experiment_id(experiment.name)], filter_string="tags.role = 'trial'")
+    runs = mlflow.search_runs([mlflow_store.experiment_id(experiment.name)], filter_string="tags.role = 'trial'")
     heads = sum(t.user_attrs["outcome"]["compute_s"] for t in result.study.trials) - runs["metrics.features_s"].sum()
     return {"val": best.value, "test": best.user_attrs["outcome"]["test_top1"], "params": best.params,
             "wall": wall, "heads": heads, "trials": len(result.study.trials)}

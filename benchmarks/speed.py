@@ -155,13 +155,13 @@ def timed_sweep(spec: ExperimentSpec, backbone: str, trials: int, tag: str) -> t
 def frozen_sweeps(args) -> list[str]:
     import mlflow
 
-    from benchmark import track
+    from benchmark import mlflow_store
 
     spec = experiment(args)
     spec = spec.model_copy(update={"backbone": spec.backbone.model_copy(update={"image_size": args.image_size})})
     _, one_s = timed_sweep(spec, args.backbone, 1, "one trial")
     cached, cached_s = timed_sweep(spec, args.backbone, args.trials, "cached")
-    runs = mlflow.search_runs([track.experiment_id(spec.name)], filter_string="tags.role = 'trial'")
+    runs = mlflow.search_runs([mlflow_store.experiment_id(spec.name)], filter_string="tags.role = 'trial'")
     forward_s = runs["metrics.features_s"].max()  # the one trial that computed the features
     heads_s = float(runs["metrics.train_s"].sum())  # every head's training, first-epoch tracing and validation included
     limit_s = forward_s + heads_s

@@ -69,12 +69,12 @@ def in_ci_store(ci_store, monkeypatch):
     """Point this test at the shared ci_store (read it; copy it before writing)."""
     import mlflow
 
-    from benchmark import track
+    from benchmark import mlflow_store
 
     monkeypatch.setenv("BENCHMARK_STORE", str(ci_store))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("BENCHMARK_OPTUNA_STORAGE", raising=False)
-    mlflow.set_tracking_uri(track.local_uri())
+    mlflow.set_tracking_uri(mlflow_store.local_uri())
     return ci_store
 
 
@@ -85,12 +85,12 @@ def ci_store_copy(ci_store, tmp_path, monkeypatch):
 
     import mlflow
 
-    from benchmark import track
+    from benchmark import mlflow_store
 
     copy = tmp_path / "ci-store-copy"
     shutil.copytree(ci_store, copy)
     monkeypatch.setenv("BENCHMARK_STORE", str(copy))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("BENCHMARK_OPTUNA_STORAGE", raising=False)
-    mlflow.set_tracking_uri(track.local_uri())
+    mlflow.set_tracking_uri(mlflow_store.local_uri())
     return copy

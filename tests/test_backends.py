@@ -41,7 +41,7 @@ class NoTensorFlow:  # as on the GPU machine (benchmarks/gpu/): TensorFlow is no
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
 sys.meta_path.insert(0, NoTensorFlow())
-from benchmark import cli, leaderboard, report, runtime, sweep, throughput, track, trial  # what `python -m benchmark` loads
+from benchmark import cli, leaderboard, mlflow_store, names, report, runtime, sweep, throughput, track, trial  # what `python -m benchmark` loads
 from benchmark.measure import training_step_throughput
 from benchmark.model import create_model
 from benchmark.spec import load_experiment

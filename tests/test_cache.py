@@ -10,7 +10,7 @@ import mlflow.keras
 import numpy as np
 import pytest
 
-from benchmark import cache, measure, registry, track
+from benchmark import cache, measure, mlflow_store, registry
 from benchmark.data import load_dataset
 from benchmark.model import create_model, cut_below_trainable
 from benchmark.plan import plan_trial
@@ -130,7 +130,7 @@ def test_an_unwritable_cache_costs_speed_not_the_trial(tmp_path, monkeypatch, ca
 
 def test_a_sweeps_frozen_trials_compute_the_features_at_most_once(in_ci_store):
     runs = mlflow.search_runs(
-        [track.experiment_id("ci")],
+        [mlflow_store.experiment_id("ci")],
         filter_string="tags.role = 'trial' and tags.trial_state = 'COMPLETE'",  # pruned trials log no final tags
         output_format="pandas",
     )

@@ -23,7 +23,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from helpers import free_port, pair_study
 from helpers import mlflow_server as start_mlflow_server
 
-from benchmark import track
+from benchmark import mlflow_store
 
 pytestmark = pytest.mark.slow  # real PostgreSQL databases, sweeps in several processes, an mlflow server
 
@@ -103,7 +103,7 @@ def test_two_workers_share_one_study_on_postgres(store, new_database):
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert 4 <= len(finished) <= 5  # a worker may finish the trial it had started when the target was reached
     assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2  # both worked
-    mlflow.set_tracking_uri(track.tracking_uri())
+    mlflow.set_tracking_uri(mlflow_store.tracking_uri())
     assert sorted(int(r.data.tags["trial_number"]) for r in trial_runs()) == sorted(numbers)
     assert_no_secret_recorded(study, outputs)
     assert dashboard_studies(storage) == {study.study_name: len(numbers)}  # what the compose stack's dashboard shows
@@ -156,7 +156,7 @@ def test_a_worker_killed_on_another_machine_is_failed_by_the_heartbeat_and_retri
     assert len(retries) == 1 and retries[0].params == killed.params  # RetryHeartbeatStaleTrialCallback
     assert retries[0].state.name in ("COMPLETE", "PRUNED")
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 2
-    mlflow.set_tracking_uri(track.tracking_uri())
+    mlflow.set_tracking_uri(mlflow_store.tracking_uri())
     runs = {int(r.data.tags["trial_number"]): r for r in trial_runs()}
     assert runs[killed.number].info.status == "KILLED" and runs[killed.number].data.tags["trial_state"] == "FAIL"
     assert "RUNNING" not in {r.info.status for r in runs.values()}

@@ -21,7 +21,7 @@ from helpers import CHROMIUM_FLAGS, chromium, pair_study
 from helpers import CI_SWEEPS as SWEEPS  # what the ci_store fixture ran
 from helpers import mlflow_server as start_mlflow_server
 
-from benchmark import cli, leaderboard, parent_run, sweep, track
+from benchmark import cli, leaderboard, mlflow_store, names, parent_run, sweep
 from benchmark.errors import BenchmarkError
 from benchmark.spec import load_experiment
 
@@ -288,7 +288,7 @@ def rest(base: str, endpoint: str, body: dict | None = None) -> dict:
 
 @pytest.fixture
 def mlflow_server(in_ci_store, tmp_path):
-    with start_mlflow_server(tmp_path / "server.log", "--backend-store-uri", track.local_uri()) as url:
+    with start_mlflow_server(tmp_path / "server.log", "--backend-store-uri", mlflow_store.local_uri()) as url:
         yield url
 
 
@@ -312,7 +312,7 @@ def test_the_mlflow_server_serves_our_runs(mlflow_server, monkeypatch):
     complete = [run for run in found if tags(run)["trial_state"] == "COMPLETE"]
     assert len(complete) >= len(SWEEPS)
     for run in complete:
-        assert set(track.FINAL_METRICS) <= {m["key"] for m in run["data"]["metrics"]}
+        assert set(names.FINAL_METRICS) <= {m["key"] for m in run["data"]["metrics"]}
         assert {"backbone.name", "training.learning_rate", "strategy.unfreeze"} <= {p["key"] for p in run["data"]["params"]}
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -342,11 +342,11 @@ def test_the_mlflow_ui_opens_our_experiment_on_its_runs_and_compares_the_rows(ml
     tags = rest(mlflow_server, "experiments/get-by-name?experiment_name=benchmark/ci")["experiment"]["tags"]
     assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in tags
 
-    runs = rendered_text(track.experiment_url(experiment_id), tmp_path)
+    runs = rendered_text(mlflow_store.experiment_url(experiment_id), tmp_path)
     assert GENAI_OVERVIEW not in runs and "Run Name" in runs
     assert any(study in runs for study in board["study"])  # our sweeps' parent runs, by name
 
-    compare = rendered_text(track.compare_url(experiment_id, list(board["run_id"])), tmp_path)
+    compare = rendered_text(mlflow_store.compare_url(experiment_id, list(board["run_id"])), tmp_path)
     assert f"Comparing {len(board)} Runs" in compare and "Parallel Coordinates Plot" in compare
     for column in ("best_val_top1", "test_top1", "params_total", "infer_images_per_sec", "training.learning_rate"):
         assert column in compare
@@ -358,9 +358,9 @@ def test_the_mlflow_ui_opens_our_experiment_on_its_runs_and_compares_the_rows(ml
 
 
 def test_a_run_without_a_name_its_role_requires_is_an_error_naming_it(store):
-    track.configure()
-    experiment_id = track.experiment_id("foreign")
-    run = mlflow.MlflowClient().create_run(experiment_id, tags={track.TAG_ROLE: track.ROLE_SWEEP, "backbone": "vgg16",
+    mlflow_store.configure()
+    experiment_id = mlflow_store.experiment_id("foreign")
+    run = mlflow.MlflowClient().create_run(experiment_id, tags={names.TAG_ROLE: names.ROLE_SWEEP, "backbone": "vgg16",
                                                                "strategy": "frozen"})  # no study_name
     with pytest.raises(BenchmarkError) as caught:
         leaderboard.leaderboard("foreign")

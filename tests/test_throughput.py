@@ -13,7 +13,7 @@ import sys
 import mlflow
 import pytest
 
-from benchmark import throughput, track
+from benchmark import mlflow_store, names, throughput
 from benchmark.errors import BenchmarkError
 from benchmark.throughput import measure_throughput
 
@@ -58,10 +58,10 @@ def test_bf16_builds_a_mixed_bfloat16_model_and_leaves_the_global_policy_alone()
 def test_the_mlflow_run_holds_the_returned_settings_and_numbers(full_fine_tuning, store):
     import keras
 
-    track.configure()
+    mlflow_store.configure()
     run = mlflow.get_run(throughput.log_run(full_fine_tuning))
     assert mlflow.get_experiment(run.info.experiment_id).name == "benchmark/throughput"
-    metrics = {k: v for k, v in full_fine_tuning.items() if k in throughput.METRICS}
+    metrics = {k: v for k, v in full_fine_tuning.items() if k in names.THROUGHPUT_METRICS}
     settings = {k: str(v) for k, v in full_fine_tuning.items() if k not in metrics and k != "device"}
     assert run.data.metrics == pytest.approx(metrics) and run.data.params == settings
     tags = run.data.tags

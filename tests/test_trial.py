@@ -4,7 +4,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from benchmark import registry, track
+from benchmark import mlflow_store, names, registry
 from benchmark.spec import BackboneSpec, load_experiment
 from benchmark.plan import Phase
 from benchmark.trial import execute, prepare, run_trial
@@ -67,11 +67,11 @@ def test_trial_metrics_land_in_mlflow_under_documented_names(store, capsys):
     from benchmark.cli import main
 
     assert main(["run", "--experiment", "ci", "--backbone", "vgg16", "--quiet"]) == 0
-    mlflow.set_tracking_uri(track.tracking_uri())
+    mlflow.set_tracking_uri(mlflow_store.tracking_uri())
     runs = mlflow.search_runs(search_all_experiments=True)
     assert len(runs) == 1
     run = runs.iloc[0]
-    for name in track.FINAL_METRICS:
+    for name in names.FINAL_METRICS:
         assert np.isfinite(run[f"metrics.{name}"]), name
     for name in ("val_top1", "val_top5", "loss", "learning_rate"):
         history = mlflow.MlflowClient().get_metric_history(run.run_id, name)
@@ -83,9 +83,9 @@ def test_trial_metrics_land_in_mlflow_under_documented_names(store, capsys):
     assert run["tags.backbone"] == "vgg16" and run["tags.strategy"] == "frozen" and run["tags.role"] == "run"
     assert run["tags.versions.keras"] and run["tags.device"].endswith("cpu")
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.run_id)}
-    assert {"learning_curves.png", "test_predictions.npz", "history.json", track.ARTIFACT_MODEL_DIR} <= artifacts
-    assert run["tags.model"] == track.MODEL_KEPT  # a single run keeps its model, as an MLflow Keras model
-    model = mlflow.keras.load_model(f"runs:/{run.run_id}/{track.ARTIFACT_MODEL_DIR}")
+    assert {"learning_curves.png", "test_predictions.npz", "history.json", names.ARTIFACT_MODEL_DIR} <= artifacts
+    assert run["tags.model"] == names.MODEL_KEPT  # a single run keeps its model, as an MLflow Keras model
+    model = mlflow.keras.load_model(f"runs:/{run.run_id}/{names.ARTIFACT_MODEL_DIR}")
     assert model.count_params() == run["metrics.params_total"]
     assert "best_val_top1" in capsys.readouterr().out
 

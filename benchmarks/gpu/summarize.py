@@ -23,9 +23,9 @@ def main(steps_path: str, summary_path: str) -> int:
     try:
         import mlflow
 
-        from benchmark import track
+        from benchmark import mlflow_store
 
-        mlflow.set_tracking_uri(track.tracking_uri())
+        mlflow.set_tracking_uri(mlflow_store.tracking_uri())
         names = {e.experiment_id: e.name for e in mlflow.search_experiments()}
         for run in mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time ASC"]):
             params = run.data.params
