@@ -7,7 +7,8 @@ checks (spec.linear_probe_search_problems), the Optuna suggestions (sweep.sugges
 run's params (parent_run.searched_params). Adding a hyperparameter is adding an entry.
 
 It is a module of its own, not a section of spec.py, because spec, sweep and parent_run all read
-it; it imports nothing of the benchmark's, so spec.py can build its models from it.
+it; it imports nothing of the benchmark's but the names (an entry's field is also its MLflow
+param), so spec.py can build its models from it.
 
 TABLE's order is the order Optuna is asked for the values: a seeded sampler's trials depend on
 it, so a new entry goes at the end.
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
+
+from benchmark import names
 
 Kind = Literal["float", "int", "choices"]
 # How the lbfgs linear probe treats an entry: "only" it searches (and a gradient optimizer does
@@ -83,8 +86,8 @@ def unfreeze_floor(spec) -> int:
 
 
 TABLE: tuple[Hyperparameter, ...] = (
-    Hyperparameter("training.learning_rate", "float", log=True, default={"low": 1e-4, "high": 1e-2}),
-    Hyperparameter("strategy.unfreeze", "int", default={"low": 0, "high": 10}, when=searches_depth, floor=unfreeze_floor),
+    Hyperparameter(names.PARAM_LEARNING_RATE, "float", log=True, default={"low": 1e-4, "high": 1e-2}),
+    Hyperparameter(names.PARAM_UNFREEZE, "int", default={"low": 0, "high": 10}, when=searches_depth, floor=unfreeze_floor),
     Hyperparameter("head.dropout", "float"),
     Hyperparameter("head.dense_units", "choices"),
     Hyperparameter("training.weight_decay", "float", log=True, linear_probe="refused"),
