@@ -1,11 +1,13 @@
 """Model: uint8 32x32 images in; resize, augmentation and the backbone's preprocessing inside
 the model (so they run on the accelerator, on every Keras backend); then backbone; then head.
 
-`create_model(spec, num_classes)` is the one way to build a trial's model (like timm's
-create_model): seeded, under the spec's dtype policy, with its final trainable layers. A model is
-a frozen part (images -> pooled features) and a head; a head-only trial puts a new head on a
-frozen part built for an earlier trial (`on_frozen_part`), and a top-N trial can be split at a
-block boundary below its trainable layers (`cut_below_trainable`, `split_at`)."""
+Every Keras model a trial uses is put together here. `create_model(spec, num_classes)` builds a
+trial's model (like timm's create_model): seeded, under the spec's dtype policy, with its final
+trainable layers. A model is a frozen part (images -> pooled features) and a head; a head-only
+trial puts a new head on a frozen part built for an earlier trial (`on_frozen_part`), a top-N
+trial can be split at a block boundary below its trainable layers (`cut_below_trainable`,
+`split_at`), and a trained model is saved as `inference_model` (the same layers, no optimizer).
+The backbones themselves come from the registry."""
 
 from __future__ import annotations
 
@@ -147,6 +149,12 @@ def split_at(part: FrozenPart, cut: keras.layers.Layer, spec: TrialSpec, head: k
     activations = keras.Input(cut.output.shape[1:], name="activations")
     top = keras.Model(activations, head(pooling_layer(spec)(suffix(activations, training=False))), name="top")
     return prefix, top
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """An uncompiled Model over the same graph: it shares the weights but carries no optimizer
+    slots, which would otherwise triple a fine-tuned model's saved file."""
+    return keras.Model(model.input, model.output, name=model.name)
 
 
 def model_name(spec: TrialSpec) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmark import cache, measure, names, runtime, track
 from benchmark.data import Dataset, load_dataset
-from benchmark.model import BuiltModel, create_model, cut_below_trainable, on_frozen_part
+from benchmark.model import BuiltModel, create_model, cut_below_trainable, inference_model, on_frozen_part
 from benchmark.plan import TrialPlan, plan_trial
 from benchmark.spec import TrialSpec
 from benchmark.train import Fit, History, train
@@ -137,11 +137,10 @@ REQUIREMENTS = ("keras", "tensorflow", "tensorflow-cpu", "jax", "numpy", "benchm
 def save_model(model: keras.Model, folder: Path) -> float:
     """The model as an MLflow Keras model (its .keras file, signature and requirements: what
     `mlflow.keras.load_model` and MLflow's model registry take) without optimizer state; returns
-    the .keras file's size in MB (10^6 bytes). An uncompiled Model over the same graph shares the
-    weights but carries no optimizer slots, which would otherwise triple a fine-tuned model's file."""
+    the .keras file's size in MB (10^6 bytes)."""
     import mlflow.keras
 
-    inference = keras.Model(model.input, model.output, name=model.name)
+    inference = inference_model(model)
     example = np.zeros((1, *model.input_shape[1:]), dtype=np.uint8)
     signature = mlflow.models.infer_signature(example, np.asarray(inference(example)))
     requirements = [f"{k}=={v}" for k, v in runtime.package_versions().items() if k in REQUIREMENTS]
