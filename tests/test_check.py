@@ -21,6 +21,22 @@ def baseline_of_current_results(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.fixture(scope="module")
+def recorded(ci_store, tmp_path_factory) -> dict:
+    """One `check --update` over the shared ci_store for the whole module (it measures every row's
+    backbone): the tests below edit copies of it."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("BENCHMARK_STORE", str(ci_store))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return baseline_of_current_results(tmp_path_factory.mktemp("recorded") / "ci.json")
+
+
+def recorded_baseline(path: Path, recorded: dict) -> dict:
+    """The module's recorded baseline, written to `path` as `check --update` wrote it."""
+    path.write_text(json.dumps(recorded, indent=1) + "\n")
+    return json.loads(path.read_text())
+
+
 def edited(path: Path, content: dict, row: int, metric: str, factor: float = 1.0, shift: float = 0.0) -> Path:
     content = json.loads(json.dumps(content))
     entry = content["rows"][row]["metrics"][metric]
@@ -61,8 +77,8 @@ def test_the_check_passes_on_the_results_it_was_recorded_from(in_ci_store, tmp_p
     assert set(verdicts.values()) == {"ok"}
 
 
-def test_a_baseline_more_accurate_than_the_results_fails(in_ci_store, tmp_path, capsys):
-    content = baseline_of_current_results(tmp_path / "ci.json")
+def test_a_baseline_more_accurate_than_the_results_fails(in_ci_store, recorded, tmp_path, capsys):
+    content = recorded_baseline(tmp_path / "ci.json", recorded)
     row = content["rows"][0]
     edited(tmp_path / "ci.json", content, 0, "val_top1", shift=0.031)  # just beyond the 0.03 tolerance
     code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
@@ -73,8 +89,8 @@ def test_a_baseline_more_accurate_than_the_results_fails(in_ci_store, tmp_path, 
     assert run_check(tmp_path / "ci.json", capsys)[0] == 0
 
 
-def test_a_throughput_drop_beyond_tolerance_fails(in_ci_store, tmp_path, capsys):
-    content = baseline_of_current_results(tmp_path / "ci.json")
+def test_a_throughput_drop_beyond_tolerance_fails(in_ci_store, recorded, tmp_path, capsys):
+    content = recorded_baseline(tmp_path / "ci.json", recorded)
     row = content["rows"][1]
     # Now is 25% of the baseline, on the machine that recorded it: measured again, it stays a regression.
     edited(tmp_path / "ci.json", content, 1, "infer_images_per_sec", factor=4)
@@ -88,8 +104,8 @@ def test_a_throughput_drop_beyond_tolerance_fails(in_ci_store, tmp_path, capsys)
     assert run_check(tmp_path / "ci.json", capsys)[0] == 0
 
 
-def test_a_baseline_from_a_faster_machine_is_scaled_to_this_one(in_ci_store, tmp_path, capsys):
-    content = baseline_of_current_results(tmp_path / "ci.json")
+def test_a_baseline_from_a_faster_machine_is_scaled_to_this_one(in_ci_store, recorded, tmp_path, capsys):
+    content = recorded_baseline(tmp_path / "ci.json", recorded)
     for row in content["rows"]:
         metric = row["metrics"]["infer_images_per_sec"]
         assert metric["reference_images_per_sec"] > 0 and "reference_images_per_sec" not in row["metrics"]["val_top1"]
@@ -141,8 +157,8 @@ def test_a_throughput_regression_without_a_spec_is_not_measured_again():
     assert list(table["verdict"]) == ["regression"] and "no spec file for experiment 'ci-transfer'" in notes[0]
 
 
-def test_an_improvement_passes_and_is_reported(in_ci_store, tmp_path, capsys):
-    content = baseline_of_current_results(tmp_path / "ci.json")
+def test_an_improvement_passes_and_is_reported(in_ci_store, recorded, tmp_path, capsys):
+    content = recorded_baseline(tmp_path / "ci.json", recorded)
     row = content["rows"][0]
     edited(tmp_path / "ci.json", content, 0, "test_top1", shift=-0.05)
     code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
@@ -151,16 +167,16 @@ def test_an_improvement_passes_and_is_reported(in_ci_store, tmp_path, capsys):
     assert "1 improvement" in out
 
 
-def test_a_changed_parameter_count_fails_either_way(in_ci_store, tmp_path, capsys):
-    content = baseline_of_current_results(tmp_path / "ci.json")
+def test_a_changed_parameter_count_fails_either_way(in_ci_store, recorded, tmp_path, capsys):
+    content = recorded_baseline(tmp_path / "ci.json", recorded)
     for shift in (+1, -1):
         edited(tmp_path / "ci.json", content, 0, "params", shift=shift)
         code, verdicts, _ = run_check(tmp_path / "ci.json", capsys)
         assert code == 1 and "CHANGED" in verdicts.values()
 
 
-def test_a_row_missing_from_the_results_fails(in_ci_store, tmp_path, capsys):
-    content = baseline_of_current_results(tmp_path / "ci.json")
+def test_a_row_missing_from_the_results_fails(in_ci_store, recorded, tmp_path, capsys):
+    content = recorded_baseline(tmp_path / "ci.json", recorded)
     extra = json.loads(json.dumps(content["rows"][0]))
     extra["backbone"] = "densenet121"
     content["rows"].append(extra)
@@ -170,8 +186,8 @@ def test_a_row_missing_from_the_results_fails(in_ci_store, tmp_path, capsys):
     assert verdicts[("densenet121/frozen", "val_top1")] == "MISSING"
 
 
-def test_update_keeps_tolerances_and_says_what_changed(in_ci_store, tmp_path, capsys):
-    content = baseline_of_current_results(tmp_path / "ci.json")
+def test_update_keeps_tolerances_and_says_what_changed(in_ci_store, recorded, tmp_path, capsys):
+    content = recorded_baseline(tmp_path / "ci.json", recorded)
     content["rows"][0]["metrics"]["val_top1"]["tolerance"] = 0.05
     del content["rows"][0]["metrics"]["test_top5"]  # a team that does not check it
     edited(tmp_path / "ci.json", content, 0, "val_top1", shift=-0.1)
@@ -211,10 +227,10 @@ def test_a_malformed_baseline_exits_2_with_one_line(in_ci_store, tmp_path, capsy
     assert path.read_text() == (content if isinstance(content, str) else json.dumps(content))  # untouched
 
 
-def test_a_missing_baseline_or_no_results_exits_2(store, in_ci_store, tmp_path, monkeypatch, capsys):
+def test_a_missing_baseline_or_no_results_exits_2(store, in_ci_store, recorded, tmp_path, monkeypatch, capsys):
     assert cli.main(["check", "--experiment", "ci", "--baseline", str(tmp_path / "none.json")]) == 2
     assert "no baseline at" in capsys.readouterr().err
-    baseline_of_current_results(tmp_path / "ci.json")
+    recorded_baseline(tmp_path / "ci.json", recorded)
     monkeypatch.setenv("BENCHMARK_STORE", str(store))
     assert cli.main(["check", "--experiment", "ci", "--baseline", str(tmp_path / "ci.json")]) == 2
     assert "no MLflow store" in capsys.readouterr().err
@@ -250,8 +266,8 @@ def test_the_github_workflow_matches_githubs_schema(tmp_path):
     assert validate_workflow(broken).returncode != 0  # the validation can fail
 
 
-def test_an_experiment_whose_trials_all_failed_is_a_regression_not_missing_results(in_ci_store, tmp_path, capsys):
-    baseline_of_current_results(tmp_path / "ci.json")
+def test_an_experiment_whose_trials_all_failed_is_a_regression_not_missing_results(in_ci_store, recorded, tmp_path, capsys):
+    recorded_baseline(tmp_path / "ci.json", recorded)
     baseline = check.load_baseline(tmp_path / "ci.json", "ci")
     nothing_completed = leaderboard.leaderboard("ci").iloc[0:0]
     table = check.compare(baseline, nothing_completed)
