@@ -10,12 +10,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported: its C++ log lines are noise here
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per artifact read buries the output
 
 from benchmark import names  # noqa: E402
-from benchmark.errors import BenchmarkError, tensorflow_start_up_silenced  # noqa: E402
+from benchmark.errors import BenchmarkError, quiet_tensorflow_by_default, tensorflow_start_up_silenced  # noqa: E402
 from benchmark.redaction import redact, redact_log_records  # noqa: E402
+
+quiet_tensorflow_by_default()
 
 
 def positive_float(text: str) -> float:

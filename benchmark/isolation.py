@@ -12,7 +12,6 @@ pruner works there) and logs into the MLflow run its parent created, by run id.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import threading
 import time
@@ -27,7 +26,7 @@ import optuna
 
 from benchmark import mlflow_store, names
 from benchmark.data import Dataset, load_dataset
-from benchmark.errors import tensorflow_start_up_silenced
+from benchmark.errors import quiet_tensorflow_by_default, tensorflow_start_up_silenced
 from benchmark.spec import DataSpec, TrialSpec
 from benchmark.storage import open_storage
 
@@ -124,7 +123,7 @@ def start_trial_process() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: a killed sweep's trial process ends when its queue closes
         pass
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_tensorflow_by_default()
     with tensorflow_start_up_silenced():
         import keras  # noqa: F401  (loads TensorFlow once, quietly, for all of this process's trials)
 

@@ -5,6 +5,16 @@ from pathlib import Path
 import pytest
 from helpers import CI_SWEEPS
 
+# The suite answers the same whatever the caller's shell exports (ML shells often set TF_CPP_MIN_LOG_LEVEL,
+# KERAS_BACKEND, MLFLOW_TRACKING_URI...): before anything imports Keras, every variable of the package, MLflow,
+# Keras and TensorFlow's logging goes; a test that needs one sets it itself. Kept: the suite's own inputs (CI,
+# CIFAR100_SAMPLE_DIR, BENCHMARK_TEST_POSTGRES) and CUDA_VISIBLE_DEVICES, which picks the hardware it runs on.
+for name in [name for name in os.environ if name.startswith(("BENCHMARK_", "MLFLOW_", "KERAS_", "TF_CPP_"))]:
+    if name != "BENCHMARK_TEST_POSTGRES":
+        del os.environ[name]
+os.environ["KERAS_BACKEND"] = "tensorflow"  # whatever ~/.keras/keras.json says; the JAX tests set their own
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # the CLI's default; unset, importing Keras (JAX) sets 1 for later processes
+
 REPO = Path(__file__).resolve().parent.parent
 # Tests (and the processes they start) never write the user's ~/.cache; tests about the cache set their own.
 os.environ["BENCHMARK_CACHE_DIR"] = tempfile.mkdtemp(prefix="benchmark-test-feature-cache-")

@@ -5,6 +5,17 @@ Malformed spec files are one file each under tests/bad_input/specs/ (their `# ex
 what the error must say; `# command:` overrides `run --backbone vgg16`; `# lines:` is how many
 problems the error names, one per line, when it is more than one). Everything else is one row
 of CASES below: the command line, what the error must say, and how to build the bad input.
+
+Which store a case runs against: a case whose answer depends on the results in the store (its
+command reads them before it meets the bad input) is marked needs_results and runs against a copy
+of a real sweep's store (conftest's ci_store: the slow tier). Every other case runs in the fast
+tier against a store without results (MLflow's tables, no run), made in about a second; both
+stores must be left exactly as they were. The marks are kept honest by the slow tier:
+test_a_case_needs_results_exactly_when_its_answer_depends_on_them runs every case of a command
+that reads runs (READS_RESULTS) on both stores and fails where a case's answer (error, exit code,
+stores unchanged) differs and it is not marked, or is the same and it is. (`run`, `sweep` and
+`throughput` write to a store but never read its results before they check their input; every
+case was compared on both stores when the corpus was split.)
 """
 
 from __future__ import annotations
@@ -199,6 +210,7 @@ class Case:
     exit_code: int = 2
     lines: int = 1  # a spec with several problems names each on its own line
     watch: str | None = None  # a file or folder under {tmp} the case must also leave as it was (a damaged store)
+    needs_results: bool = False  # its answer depends on the results in the store (slow tier: see the module docstring)
 
 
 RUN_CI = ["run", "--experiment", "ci", "--backbone", "vgg16", "--quiet"]
@@ -293,12 +305,13 @@ CASES = [
          ("{tmp}/a-file is a file, not a folder",), prepare=lambda tmp: (tmp / "a-file").write_text("")),
     Case("leaderboard-output-is-a-directory", ["leaderboard", "--experiment", "ci", "--format", "html", "--output", "{tmp}"],
          ("{tmp}: it is a directory", "file name")),
+    # (a read-only or full place passes the early check of the path: writing fails, after the rows are read)
     Case("leaderboard-output-read-only", ["leaderboard", "--experiment", "ci", "--output", "/proc/index.html"],
-         ("cannot write the plots /proc/index_plots",)),
+         ("cannot write the plots /proc/index_plots",), needs_results=True),
     Case("leaderboard-output-on-a-full-device",
          ["leaderboard", "--experiment", "ci", "--format", "html", "--no-plots", "--output", "{tmp}/full/index.html"],
          ("cannot write the leaderboard {tmp}/full/index.html (no space left on the device)",), subprocess=True,
-         wrap=FULL_DEVICE, env={"FULL": "{tmp}/full"}),
+         wrap=FULL_DEVICE, env={"FULL": "{tmp}/full"}, needs_results=True),
     Case("baseline-update-under-a-file", ["check", "--experiment", "ci", "--update", "--baseline", "{tmp}/a-file/ci.json"],
          ("{tmp}/a-file is a file, not a folder",), prepare=lambda tmp: (tmp / "a-file").write_text("")),
     # baselines
@@ -392,7 +405,29 @@ def corpus() -> list[Case]:
     return spec_file_cases() + CASES
 
 
-# ---------------------------------------------------------------- the test
+def ids(cases: list[Case]) -> list[str]:
+    return [case.id for case in cases]
+
+
+NEED_NO_RESULTS = [case for case in corpus() if not case.needs_results]
+NEED_RESULTS = [case for case in corpus() if case.needs_results]
+
+
+# ---------------------------------------------------------------- the stores
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """A real local store without results (MLflow's tables, no experiment, no run), made by the
+    package itself in about a second: every case that needs no results must leave it as it was."""
+    from benchmark import mlflow_store
+
+    path = tmp_path_factory.mktemp("empty") / "mlruns"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(mlflow_store.STORE_ENV, str(path))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mlflow_store.configure()
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -415,6 +450,9 @@ def fingerprint(*roots: Path) -> dict[str, tuple[int, int]]:
         for path in sorted(root.rglob("*"))
         if path.is_file() and path.name != ".init.lock"
     }
+
+
+# ---------------------------------------------------------------- running a case
 
 
 def fill(text: str, values: dict[str, str]) -> str:
@@ -455,21 +493,36 @@ def run_as_process(argv: list[str], wrap: str | None, env: dict[str, str]) -> tu
     return out.returncode, out.stderr
 
 
-@pytest.mark.parametrize("case", corpus(), ids=lambda case: case.id)
-def test_bad_input_fails_cleanly(case, corpus_store, ci_store, silent_server, cifar_sample_dir, tmp_path, capfd, monkeypatch):
-    values = {"tmp": str(tmp_path), "silent": str(silent_server.port), "closed": str(free_port()), "secret": SECRET}
+def build_bad_input(case: Case, tmp: Path, silent_server: SilentServer, sample: Path) -> dict[str, str]:
+    """Makes the case's bad input under tmp; returns what its placeholders stand for."""
+    tmp.mkdir(exist_ok=True)
+    values = {"tmp": str(tmp), "silent": str(silent_server.port), "closed": str(free_port()), "secret": SECRET}
     if case.data:
-        values["data"] = values["spec"] = str(case.data(tmp_path, Path(cifar_sample_dir)))
+        values["data"] = values["spec"] = str(case.data(tmp, sample))
     if case.prepare:
-        case.prepare(tmp_path)
-    env = {"BENCHMARK_STORE": str(corpus_store), **{k: fill(v, values) for k, v in (case.env or {}).items()}}
+        case.prepare(tmp)
+    return values
+
+
+@dataclass
+class Answer:
+    code: int
+    err: str
+    seconds: float
+    changed: bool  # a store (or the case's watched file) differs afterwards
+
+
+def run_case(case: Case, store: Path, values: dict[str, str], capfd, monkeypatch,
+             also_unchanged: tuple[Path, ...] = ()) -> Answer:
+    """The case's command, with BENCHMARK_STORE at this store."""
+    env = {"BENCHMARK_STORE": str(store), **{k: fill(v, values) for k, v in (case.env or {}).items()}}
     for name in ("MLFLOW_TRACKING_URI", "BENCHMARK_OPTUNA_STORAGE", "KERAS_HOME"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     argv = [fill(arg, values) for arg in case.argv]
-    watched = [tmp_path / case.watch] if case.watch else []
-    before = fingerprint(corpus_store, ci_store, *watched)
+    watched = [store, *also_unchanged] + ([Path(values["tmp"]) / case.watch] if case.watch else [])
+    before = fingerprint(*watched)
 
     started = time.perf_counter()
     with hang_guard(3 * MAX_SECONDS):
@@ -477,16 +530,65 @@ def test_bad_input_fails_cleanly(case, corpus_store, ci_store, silent_server, ci
             code, err = run_as_process(argv, case.wrap, dict(os.environ))
         else:
             code, err = run_in_process(argv, capfd)
-    seconds = time.perf_counter() - started
+    return Answer(code, err, time.perf_counter() - started, changed=fingerprint(*watched) != before)
 
+
+def assert_fails_cleanly(case: Case, answer: Answer, values: dict[str, str], tmp: Path) -> None:
+    err = answer.err
     lines = err.strip().splitlines()
-    assert code == case.exit_code, err
+    assert answer.code == case.exit_code, err
     assert len(lines) == case.lines and lines[0].startswith("error: "), f"want {case.lines} lines, the first 'error: ', got:\n{err}"
     assert len(set(lines)) == len(lines), f"a problem named twice:\n{err}"
     for fragment in case.expect:
         assert fill(fragment, values) in err, err
     assert SECRET not in err
     limit = MAX_SECONDS + (PROCESS_START_S if case.subprocess else 0)
-    assert seconds < limit, f"took {seconds:.0f} s"
-    assert fingerprint(corpus_store, ci_store, *watched) == before, "a rejected input changed a store"
-    assert not (tmp_path / "pwned").exists(), "a data file ran code"
+    assert answer.seconds < limit, f"took {answer.seconds:.0f} s"
+    assert not answer.changed, "a rejected input changed a store"
+    assert not (tmp / "pwned").exists(), "a data file ran code"
+
+
+# ---------------------------------------------------------------- the tests
+
+
+@pytest.mark.parametrize("case", NEED_NO_RESULTS, ids=ids(NEED_NO_RESULTS))
+def test_bad_input_fails_cleanly(case, empty_store, silent_server, cifar_sample_dir, tmp_path, capfd, monkeypatch):
+    values = build_bad_input(case, tmp_path, silent_server, Path(cifar_sample_dir))
+    assert_fails_cleanly(case, run_case(case, empty_store, values, capfd, monkeypatch), values, tmp_path)
+
+
+@pytest.mark.parametrize("case", NEED_RESULTS, ids=ids(NEED_RESULTS))
+def test_bad_input_over_results_fails_cleanly(case, corpus_store, ci_store, silent_server, cifar_sample_dir, tmp_path, capfd,
+                                              monkeypatch):
+    values = build_bad_input(case, tmp_path, silent_server, Path(cifar_sample_dir))
+    answer = run_case(case, corpus_store, values, capfd, monkeypatch, also_unchanged=(ci_store,))
+    assert_fails_cleanly(case, answer, values, tmp_path)
+
+
+def comparable(answer: Answer, store: Path, values: dict[str, str]) -> tuple[int, str, bool]:
+    """What the user sees, with the paths and the port that differ from run to run written as placeholders."""
+    err = answer.err.replace(str(store), "{store}").replace(values["tmp"], "{tmp}").replace(values["closed"], "{closed}")
+    return answer.code, err, answer.changed
+
+
+READS_RESULTS = ("leaderboard", "check", "confirm")  # the commands whose answer can depend on a store's runs
+
+
+def cases_that_may_read_results() -> list[Case]:
+    return [case for case in corpus() if case.needs_results or (case.argv and case.argv[0] in READS_RESULTS)]
+
+
+@pytest.mark.parametrize("case", cases_that_may_read_results(), ids=ids(cases_that_may_read_results()))
+def test_a_case_needs_results_exactly_when_its_answer_depends_on_them(case, corpus_store, ci_store, empty_store, silent_server,
+                                                                       cifar_sample_dir, tmp_path, capfd, monkeypatch):
+    """The case on a store without results and on a real sweep's: the same answer (error, exit code,
+    stores unchanged) unless the case is marked needs_results, and a different one if it is."""
+    without_results = tmp_path / "empty-store"
+    shutil.copytree(empty_store, without_results)  # a copy: a case that needs results may write to it
+    answers = []
+    for name, store in (("no-results", without_results), ("results", corpus_store)):
+        values = build_bad_input(case, tmp_path / name, silent_server, Path(cifar_sample_dir))
+        answer = run_case(case, store, values, capfd, monkeypatch, also_unchanged=(ci_store,))
+        answers.append(comparable(answer, store, values))
+    on_empty, on_results = answers
+    assert (on_empty != on_results) == case.needs_results, f"on a store without results: {on_empty}\nwith results: {on_results}"
