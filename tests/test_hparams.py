@@ -170,7 +170,7 @@ def test_an_lbfgs_probe_searches_pooling_with_the_l2_strength():
 
 @pytest.mark.slow
 def test_trials_that_search_pooling_train_on_features_pooled_their_way(tmp_path, monkeypatch):
-    from benchmark import features
+    from benchmark import cache
     from benchmark.data import load_dataset
     from benchmark.trial import prepare
 
@@ -184,7 +184,7 @@ def test_trials_that_search_pooling_train_on_features_pooled_their_way(tmp_path,
     for pooling in ("avg", "max", "avg"):
         trial_spec = frozen.with_values(pooling=pooling)
         prepared = prepare(trial_spec, data)
-        cached.setdefault(pooling, []).append(features.cached_features(trial_spec, prepared.built, data))
+        cached.setdefault(pooling, []).append(cache.pooled_features(trial_spec, prepared.built, data))
     (avg, avg_again), (pooled_max,) = cached["avg"], cached["max"]
     assert pooled_max.path != avg.path and avg_again.path == avg.path
     assert (avg.status, pooled_max.status, avg_again.status) == ("miss", "miss", "hit")
