@@ -162,10 +162,10 @@ def test_a_strategy_overrides_the_search_space_trials_and_epochs():
     assert (frozen.learning_rate.low, frozen.learning_rate.high) == (1e-3, 1e-2)
     trial = spec.resolve("vgg16", "top").with_values(unfreeze=2, weight_decay=0.5)
     assert trial.strategy.trials == 2 and trial.training.weight_decay == 0.5
-    from benchmark.plan import schedule as phases
+    from benchmark.plan import schedule
 
-    assert phases(trial) == [(2, trial.training.learning_rate, 7)]
-    assert phases(spec.resolve("vgg16", "frozen")) == [(0, spec.training.learning_rate, spec.training.epochs)]
+    assert schedule(trial) == [(2, trial.training.learning_rate, 7)]
+    assert schedule(spec.resolve("vgg16", "frozen")) == [(0, spec.training.learning_rate, spec.training.epochs)]
 
 
 def test_a_strategys_unknown_field_is_named(tmp_path):
