@@ -17,6 +17,7 @@ The modules, in the order data flows through them:
   spec            pydantic specs of experiments and trials; every field checked where it enters
   hparams         the searchable hyperparameters: one table that the search space, the sweep and the parent run derive from
   data            CIFAR-100 (Keras download, an official folder, the packaged slice, synthetic), split and subsets
+  images          own images (class folders or a labels CSV): indexed, checked, decoded once into a memory-mapped cache
   registry        the backbones: how to build, preprocess and unfreeze each; their depth and size
   lite            EfficientNet-Lite0/1/2 in Keras layers
   checkpoint      reads PyTorch checkpoints without torch (Lite's ImageNet weights)
