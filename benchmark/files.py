@@ -25,6 +25,14 @@ REASONS = {
 }
 
 
+def cache_dir() -> Path:
+    """$BENCHMARK_CACHE_DIR, else ~/.cache/benchmark/features (the XDG cache home if set): the
+    activation cache (benchmark/cache.py), and under images/ the decoded own images (benchmark/images.py)."""
+    if os.environ.get("BENCHMARK_CACHE_DIR"):
+        return Path(os.environ["BENCHMARK_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "benchmark" / "features"
+
+
 def unwritable(path: Path, what: str, error: OSError) -> BenchmarkError:
     reason = REASONS.get(error.errno, error.strerror or str(error))
     return BenchmarkError(f"cannot write {what} {path} ({reason}); choose a writable path or free the space")

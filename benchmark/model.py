@@ -1,4 +1,4 @@
-"""Model: uint8 32x32 images in; resize, augmentation and the backbone's preprocessing inside
+"""Model: uint8 images in (32 px CIFAR, or own images at their stored data.image_size); resize, augmentation and the backbone's preprocessing inside
 the model (so they run on the accelerator, on every Keras backend); then backbone; then head.
 
 Every Keras model a trial uses is put together here. `create_model(spec, num_classes)` builds a
@@ -20,6 +20,11 @@ from benchmark import registry, runtime
 from benchmark.spec import TrialSpec
 
 CIFAR_SIZE = 32
+
+
+def input_size(spec: TrialSpec) -> int:
+    """The side of the images the model takes in: the stored size of own images, else CIFAR's 32 px."""
+    return spec.data.image_size or CIFAR_SIZE
 
 
 @dataclass
@@ -83,11 +88,12 @@ def create_frozen_part(spec: TrialSpec) -> FrozenPart:
     backbone = registry.get_backbone(spec.backbone.name)
     base = registry.build_base(backbone, spec.backbone.image_size, spec.backbone.weights)
 
-    inputs = keras.Input((CIFAR_SIZE, CIFAR_SIZE, 3), dtype="uint8", name="image")
+    size = input_size(spec)
+    inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
     x = keras.layers.Rescaling(1.0, name="to_float")(inputs)
     for layer in augmentation_layers(spec):
         x = layer(x)
-    if spec.backbone.image_size != CIFAR_SIZE:
+    if spec.backbone.image_size != size:  # resized in the model only where the stored size differs
         x = keras.layers.Resizing(spec.backbone.image_size, spec.backbone.image_size, name="resize")(x)
     for layer in registry.preprocessing_layers(backbone):
         x = layer(x)
@@ -162,8 +168,9 @@ def model_name(spec: TrialSpec) -> str:
 
 
 def augmentation_layers(spec: TrialSpec, seed: int | None = None) -> list[keras.layers.Layer]:
-    """Random flip and shift at 32 px; active only while training. Seeded by the training seed
-    unless `seed` says otherwise."""
+    """Random flip and shift; active only while training. Seeded by the training seed unless `seed`
+    says otherwise. crop_padding is px at 32 px: the shift is that fraction (crop_padding / 32) of
+    the input's side, so one spec shifts by the same fraction of the image at any stored size."""
     augment = spec.data.augment
     seed = spec.training.seed if seed is None else seed
     layers = []

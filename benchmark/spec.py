@@ -53,16 +53,42 @@ class SyntheticSpec(Strict):
 
 class AugmentSpec(Strict):
     flip: bool = True
-    crop_padding: Annotated[int, Field(ge=0, le=16)] = 4  # random shifts of up to this many px (at 32 px)
+    # random shifts of up to this many px at 32 px: a fraction crop_padding / 32 of the stored image's
+    # side, so one value means the same shift at any data.image_size
+    crop_padding: Annotated[int, Field(ge=0, le=16)] = 4
+
+
+CIFAR_SOURCES = ("keras", "dir", "sample", "synthetic", "cifar10")  # 32 px CIFAR images
+CIFAR100_SOURCES = ("keras", "dir", "sample", "synthetic")  # label_mode = "coarse" exists for these
+IMAGE_SOURCES = ("folder", "csv")  # the user's own image files, decoded at data.image_size
+DEFAULT_TEST_FRACTION = 0.2
+MAX_STORED_SIZE = 1024
+
+
+def _left_out_when(default: Any) -> Any:
+    """Left out of the dump at its default: the fields own images added must not change the
+    recipe fingerprint (and so the study names) of the CIFAR specs written before them."""
+    return {"exclude_if": lambda value: value == default}
 
 
 class DataSpec(Strict):
-    # keras: download (or the Keras cache); dir: an official cifar-100-python folder; sample: the real
-    # slice that ships with the package (1,117 train, 916 test images); synthetic: generated
-    source: Literal["keras", "dir", "sample", "synthetic"] = "keras"
+    # keras: CIFAR-100 downloaded (or the Keras cache); dir: an official cifar-100-python folder; sample:
+    # the real CIFAR-100 slice that ships with the package (1,117 train, 916 test images); synthetic:
+    # generated; cifar10: CIFAR-10 downloaded (or the Keras cache); folder: class folders of your own
+    # images (dir); csv: a labels CSV (labels) of path,label[,split] rows
+    source: Literal["keras", "dir", "sample", "synthetic", "cifar10", "folder", "csv"] = "keras"
     dir: Path | None = None
+    labels: Path | None = Field(default=None, **_left_out_when(None))
     label_mode: Literal["fine", "coarse"] = "fine"
     validation_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    # folder and csv: the fraction of the images without a split that is held out as the test split
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(default=DEFAULT_TEST_FRACTION,
+                                                                    **_left_out_when(DEFAULT_TEST_FRACTION))
+    # folder and csv: the side in px the images are decoded and stored at (None: the largest
+    # backbone.image_size of the experiment, filled in by ExperimentSpec.resolve)
+    image_size: Annotated[int, Field(ge=8, le=MAX_STORED_SIZE)] | None = Field(default=None, **_left_out_when(None))
+    # folder and csv: drop from train (and val) every image whose pixels are also in a later split
+    drop_duplicates: bool = Field(default=False, **_left_out_when(False))
     subset: SubsetSpec = SubsetSpec()
     synthetic: SyntheticSpec = SyntheticSpec()
     seed: Seed = 0
@@ -72,7 +98,26 @@ class DataSpec(Strict):
     def _dir_matches_source(self) -> DataSpec:
         if self.source == "dir" and self.dir is None:
             raise ValueError('source = "dir" needs dir = "/path/to/cifar-100-python" (or --data-dir PATH)')
+        if self.source == "folder" and self.dir is None:
+            raise ValueError('source = "folder" needs dir = "/path/to/images" (a folder of class folders, or of '
+                             'train/ and test/ folders of class folders), or --data-dir PATH')
+        if self.source == "csv" and self.labels is None:
+            raise ValueError('source = "csv" needs labels = "/path/to/labels.csv" (rows path,label[,split])')
+        if self.labels is not None and self.source != "csv":
+            raise ValueError(f'data.labels is read by source = "csv" only, not "{self.source}"; remove it or set '
+                             f'source = "csv"')
+        if self.label_mode == "coarse" and self.source not in CIFAR100_SOURCES:
+            raise ValueError(f'data.label_mode = "coarse" (CIFAR-100\'s 20 superclasses) does not exist for source '
+                             f'"{self.source}"; remove label_mode or set it to "fine"')
+        if self.image_size is not None and self.source in CIFAR_SOURCES:
+            raise ValueError(f'data.image_size sets the size your own images are stored at (source "folder" or '
+                             f'"csv"); source "{self.source}" has 32 px images: remove it (backbone.image_size sets '
+                             f'what the backbone sees)')
         return self
+
+    @property
+    def own_images(self) -> bool:
+        return self.source in IMAGE_SOURCES
 
 
 # ---------------------------------------------------------------- model
@@ -365,6 +410,13 @@ class ExperimentSpec(Strict):
             raise ValueError("\n".join(problems))  # one line each (parse_experiment)
         return self
 
+    def stored_image_size(self) -> int:
+        """Own images are stored at data.image_size, else at the largest backbone.image_size of the
+        experiment (each backbone resizes from there in the model, if it sees a smaller size)."""
+        if self.data.image_size is not None:
+            return self.data.image_size
+        return max(self.backbone_options(name).image_size for name in self.backbones)
+
     def backbone_options(self, name: str) -> BackboneOptions:
         override = self.backbone_overrides.get(name)
         if override is None:
@@ -394,8 +446,11 @@ class ExperimentSpec(Strict):
                 f"unknown strategy '{strategy}' for experiment '{self.name}'; choose one of: {', '.join(self.strategies)}"
             )
         data = self.data
-        if data_dir is not None:
-            data = data.model_copy(update={"source": "dir", "dir": Path(data_dir)})
+        if data_dir is not None:  # a folder spec's images elsewhere; for any other spec, a cifar-100-python folder
+            data = data.model_copy(update={"source": "folder" if data.source == "folder" else "dir",
+                                           "dir": Path(data_dir).expanduser().absolute(), "labels": None})
+        if data.own_images and data.image_size is None:
+            data = data.model_copy(update={"image_size": self.stored_image_size()})
         options = self.backbone_options(backbone)
         return TrialSpec(
             experiment=self.name,
@@ -565,8 +620,10 @@ def load_experiment(name_or_path: str | Path) -> ExperimentSpec:
     except RecursionError:
         raise SpecError(str(path), [TOO_DEEP]) from None
     spec._file = shown_path(path)
-    if spec.data.dir is not None and not spec.data.dir.is_absolute():
-        spec.data.dir = (path.parent / spec.data.dir).resolve()  # relative to the spec file, not the cwd
+    for field in ("dir", "labels"):  # relative to the spec file, not the cwd
+        value = getattr(spec.data, field)
+        if value is not None and not value.expanduser().is_absolute():
+            setattr(spec.data, field, (path.parent / value).resolve())
     return spec
 
 

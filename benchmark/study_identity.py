@@ -5,7 +5,8 @@ A study is one resolved spec. Its fingerprint hashes everything that decides a t
   recipe   the TrialSpec and the search (space, sampler, pruner), without the study's size
            (trials, timeout), how trials are hosted (trials_per_process), how many models it
            keeps (keep_models) or where the data lives
-  data     a hash of the images and labels the trials see (after the split and subsets)
+  data     a hash of the images and labels the trials see (after the split and subsets); for own
+           images, of their files' bytes, stored size, splits and labels
   weights  the pretrained weights' identity: the checkpoint file's sha256, or Keras's name for
            its (hash-checked) download
 
@@ -58,6 +59,7 @@ def recipe(spec: TrialSpec, space: SearchSpace, search: SearchSpec) -> dict:
     trial["strategy"].pop("space", None)  # resolved into `space` below
     trial["data"].pop("source", None)  # where the data lives: its content is the data fingerprint
     trial["data"].pop("dir", None)
+    trial["data"].pop("labels", None)
     searched = search.model_dump(mode="json", exclude=NOT_RESULTS | {"space", "per_backbone"})
     return {"trial": trial, "search": searched, "space": space.model_dump(mode="json")}
 
@@ -73,7 +75,11 @@ def experiment_recipe(experiment: ExperimentSpec, spec: TrialSpec) -> str:
 
 
 def data_fingerprint(data) -> str:
-    """sha256 over the arrays of a benchmark.data.Dataset (0.2 s for all of CIFAR-100)."""
+    """sha256 over the arrays of a benchmark.data.Dataset (0.2 s for all of CIFAR-100); for own
+    images, over their content key (the files' bytes, the stored size, each split's images and
+    labels, the class names: benchmark.data.load_own_images), so gigabytes of pixels are not hashed again."""
+    if getattr(data, "content_key", None) is not None:
+        return digest({"own images": data.content_key})
     hasher = hashlib.sha256()
     for array in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test):
         contiguous = np.ascontiguousarray(array)

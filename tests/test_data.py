@@ -482,3 +482,179 @@ def test_keras_source_falls_back_to_generic_names(keras_home, monkeypatch):
     monkeypatch.setattr(keras.datasets.cifar100, "load_data", _fake_keras_load_data([]))
     dataset = load_dataset(DataSpec(source="keras"))
     assert dataset.class_names[:2] == ["class_00", "class_01"] and dataset.num_classes == 100
+
+
+def test_cifar10_source_shares_the_keras_loader_and_its_offline_advice(keras_home, no_network):
+    with pytest.raises(BenchmarkError) as caught:
+        load_dataset(DataSpec(source="cifar10"))
+    message = str(caught.value)
+    archive = keras_home / "datasets" / "cifar-10-batches-py-target_archive"
+    assert message.startswith("CIFAR-10 could not be downloaded (")
+    assert f"copy the official cifar-10-python.tar.gz to {archive}" in message and "\n" not in message
+    assert "--data-dir" not in message  # a cifar-100-python folder is no way to CIFAR-10
+    assert "Name or service not known" in message
+
+
+def test_cifar10_source_returns_official_shapes_and_its_ten_names(monkeypatch):
+    keras = pytest.importorskip("keras")
+    fake = ((np.zeros((4, 32, 32, 3), np.uint8), np.arange(4).reshape(-1, 1)),
+            (np.zeros((2, 32, 32, 3), np.uint8), np.arange(2).reshape(-1, 1)))
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", lambda: fake)
+    (x, y), (xt, yt), names = data.load_keras_cifar("cifar10")
+    assert x.shape == (4, 32, 32, 3) and y.tolist() == [0, 1, 2, 3] and yt.dtype == np.int64
+    assert names[0] == "airplane" and names[-1] == "truck" and len(names) == 10
+
+
+# ---------------------------------------------------------------- sources "folder" and "csv": own images
+
+
+def png(path: Path, pixels: np.ndarray) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def noise_image(seed: int, size: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def flat_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int = 10) -> Path:
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            png(root / name / f"{i:02d}.png", noise_image(100 * c + i))
+    return root
+
+
+def own(root: Path, **fields) -> DataSpec:
+    return DataSpec(**{"source": "folder", "dir": root, "image_size": 8, **fields})
+
+
+@pytest.fixture
+def image_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("BENCHMARK_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "images"
+
+
+def pairs(x: np.ndarray, y: np.ndarray) -> list:
+    return sorted(zip([image.tobytes() for image in x], y.tolist()))
+
+
+def test_the_exported_sample_loads_as_a_folder_with_the_same_pixels_and_labels(tmp_path, image_cache, capsys):
+    """export-sample, then source "folder" at 32 px: every split holds exactly the images and labels
+    of source "sample" (the same validation images: the split is drawn per class, and each class's
+    images keep their order). The order differs: the folder is read class by class."""
+    from benchmark.cli import main
+
+    assert main(["export-sample", str(tmp_path / "exported")]) == 0
+    assert "wrote 1,117 train and 916 test images of 100 classes" in capsys.readouterr().out
+    sample = load_dataset(DataSpec(source="sample", validation_fraction=0.2))
+    folder = load_dataset(DataSpec(source="folder", dir=tmp_path / "exported", image_size=32, validation_fraction=0.2))
+    assert folder.class_names == sample.class_names and folder.image_size == 32
+    for split in ("train", "val", "test"):
+        mine, theirs = getattr(folder, f"x_{split}"), getattr(sample, f"x_{split}")
+        assert pairs(mine, getattr(folder, f"y_{split}")) == pairs(theirs, getattr(sample, f"y_{split}")), split
+        assert not np.array_equal(mine, theirs), f"{split}: the order was expected to differ (class by class)"
+    assert folder.duplicate_groups == 0 and folder.content_key is not None
+    assert isinstance(folder.x_test, np.memmap)  # test/ is one run of rows of the cache: not copied into memory
+
+
+def test_export_sample_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    from benchmark.cli import main
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    assert main(["export-sample", str(tmp_path / "taken")]) == 2
+    assert "already exists and is not an empty folder" in capsys.readouterr().err
+
+
+def test_a_flat_folder_carves_a_stratified_test_split_then_validation(tmp_path, image_cache):
+    loaded = load_dataset(own(flat_folder(tmp_path / "flat"), test_fraction=0.2, validation_fraction=0.25))
+    assert loaded.sizes() == {"train": 18, "validation": 6, "test": 6}
+    for labels in (loaded.y_train, loaded.y_val, loaded.y_test):
+        assert np.bincount(labels).tolist() == [len(labels) // 3] * 3
+    everything = pairs(np.concatenate([loaded.x_train, loaded.x_val, loaded.x_test]),
+                       np.concatenate([loaded.y_train, loaded.y_val, loaded.y_test]))
+    assert len(set(everything)) == 30  # disjoint and complete
+    again = load_dataset(own(tmp_path / "flat", test_fraction=0.2, validation_fraction=0.25))
+    assert np.array_equal(again.x_test, loaded.x_test) and again.content_key == loaded.content_key
+    other = load_dataset(own(tmp_path / "flat", test_fraction=0.2, validation_fraction=0.25, seed=1))
+    assert not np.array_equal(other.x_test, loaded.x_test) and other.content_key != loaded.content_key
+
+
+def test_a_val_folder_replaces_the_carved_validation_split(tmp_path, image_cache):
+    for split, count in (("train", 6), ("val", 2), ("test", 3)):
+        for name in ("a", "b"):
+            for i in range(count):
+                png(tmp_path / "d" / split / name / f"{i}.png", noise_image(hash((split, name, i)) % 10_000))
+    loaded = load_dataset(own(tmp_path / "d"))
+    assert loaded.sizes() == {"train": 12, "validation": 4, "test": 6}
+    assert all(isinstance(x, np.memmap) for x in (loaded.x_train, loaded.x_val, loaded.x_test))
+    without_val = tmp_path / "d" / "val"
+    shutil.rmtree(without_val)
+    assert load_dataset(own(tmp_path / "d", validation_fraction=0.5)).sizes() == {"train": 6, "validation": 6, "test": 6}
+
+
+def test_a_csv_keeps_the_splits_it_names_and_carves_the_rest(tmp_path, image_cache):
+    rows = ["path,label,split"]
+    for i in range(20):
+        png(tmp_path / "pics" / f"{i}.png", noise_image(i))
+        split = "test" if i in (0, 1) else "train" if i < 6 else ""
+        rows.append(f"pics/{i}.png,{'left' if i % 2 else 'right'},{split}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    loaded = load_dataset(DataSpec(source="csv", labels=tmp_path / "labels.csv", image_size=8, test_fraction=0.25,
+                                   validation_fraction=0.25))
+    # 14 rows without a split: 4 (0.25, rounded) to test; then 0.25 of the 4 + 10 training rows to validation
+    assert loaded.sizes() == {"train": 10, "validation": 4, "test": 6}
+    assert loaded.class_names == ["left", "right"] and loaded.origin == f"csv:{tmp_path / 'labels.csv'}"
+
+
+def test_one_changed_image_changes_the_content_key_and_the_data_fingerprint(tmp_path, image_cache):
+    from benchmark import study_identity
+
+    root = flat_folder(tmp_path / "flat")
+    before = load_dataset(own(root))
+    png(root / "dog" / "03.png", noise_image(999))
+    after = load_dataset(own(root))
+    assert before.content_key != after.content_key
+    assert study_identity.data_fingerprint(before) != study_identity.data_fingerprint(after)
+    assert study_identity.data_fingerprint(after) == study_identity.data_fingerprint(load_dataset(own(root)))
+
+
+def test_duplicates_across_splits_are_reported_and_dropped_from_the_training_side(tmp_path, image_cache):
+    for split, count in (("train", 5), ("val", 2), ("test", 2)):
+        for c, name in enumerate(("a", "b")):
+            for i in range(count):
+                png(tmp_path / "d" / split / name / f"{i}.png", noise_image(hash((split, c, i)) % 10_000))
+    test_image = tmp_path / "d" / "test" / "a" / "0.png"
+    val_image = tmp_path / "d" / "val" / "b" / "1.png"
+    shutil.copy(test_image, tmp_path / "d" / "train" / "a" / "0.png")  # train = test
+    shutil.copy(test_image, tmp_path / "d" / "val" / "a" / "0.png")  # val = test
+    shutil.copy(val_image, tmp_path / "d" / "train" / "b" / "4.png")  # train = val
+    kept = load_dataset(own(tmp_path / "d"))
+    assert kept.duplicate_groups == 2 and kept.dropped_duplicates == 0 and kept.sizes()["train"] == 10
+    assert kept.duplicates.startswith("2 image(s) have identical copies in another split, e.g. test/a/0.png (test) = ")
+    assert "\n" not in kept.duplicates
+    dropped = load_dataset(own(tmp_path / "d", drop_duplicates=True))
+    assert dropped.dropped_duplicates == 3
+    assert dropped.sizes() == {"train": 8, "validation": 3, "test": 4}
+    seen = {image.tobytes() for image in dropped.x_test}
+    assert not seen & {image.tobytes() for image in np.concatenate([dropped.x_train, dropped.x_val])}
+    assert not {i.tobytes() for i in dropped.x_val} & {i.tobytes() for i in dropped.x_train}
+    assert dropped.content_key != kept.content_key
+
+
+def test_subsets_of_own_images_are_stratified_per_split(tmp_path, image_cache):
+    loaded = load_dataset(own(flat_folder(tmp_path / "flat"), subset=SubsetSpec(train=6, test=3)))
+    assert loaded.sizes()["train"] == 6 and np.bincount(loaded.y_train).tolist() == [2, 2, 2]
+    with pytest.raises(BenchmarkError, match="data.subset.train = 99 is larger than the train split"):
+        load_dataset(own(tmp_path / "flat", subset=SubsetSpec(train=99)))
+
+
+def test_the_images_are_decoded_once_into_the_image_cache(tmp_path, image_cache):
+    root = flat_folder(tmp_path / "flat", per_class=4)
+    load_dataset(own(root))
+    assert len(list(image_cache.glob("images-8px-*"))) == 1
+    load_dataset(own(root, image_size=16))
+    assert len(list(image_cache.glob("images-*px-*"))) == 2
