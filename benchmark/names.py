@@ -84,6 +84,8 @@ TAG_RECIPE = "recipe_fingerprint"  # what the leaderboard matches a spec by (ben
 TAG_SPEC_FINGERPRINT, TAG_DATA_FINGERPRINT, TAG_WEIGHTS_FINGERPRINT = "spec_fingerprint", "data_fingerprint", "weights_fingerprint"
 TAG_CONFIRM_OF, TAG_CONFIRM_SEED, TAG_CONFIRM_RESPLIT = "confirm_of", "confirm_seed", "confirm_resplit"
 TAG_UPDATED = "updated"  # when a report run was last rewritten
+# on the parent run of a study on own images: images identical in two splits ("0", or "N groups: <examples>")
+TAG_DUPLICATES = "duplicates_across_splits"
 TAG_PREFIX_CACHE = "prefix_cache"  # "hit"/"miss" (below <layer>) or "off: <why>" (benchmark/plan.py)
 TAG_MODEL = "model"  # whether the run's artifacts hold its model (a sweep keeps its best search.keep_models)
 MODEL_KEPT, MODEL_NOT_KEPT, MODEL_DROPPED = "kept", "not kept", "deleted: no longer among the study's best"
@@ -137,6 +139,7 @@ ATTR_WORKER = "worker"  # the host and pid running a trial
 ATTR_WORKERS_STARTED = "workers_started"  # how many sweep processes have worked on the study
 # what a new study records about itself: its pair, its fingerprints, its recipe
 ATTR_PAIR, ATTR_FINGERPRINT, ATTR_RECIPE_FINGERPRINT, ATTR_RECIPE = "pair", "fingerprint", "recipe_fingerprint", "recipe"
+ATTR_DATA_FINGERPRINT, ATTR_WEIGHTS_FINGERPRINT = "data_fingerprint", "weights_fingerprint"  # so the next study can say which changed
 
 # ---------------------------------------------------------------- mlflow.search_runs' columns
 

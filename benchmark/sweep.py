@@ -112,14 +112,21 @@ def pair_studies(storage: optuna.storages.BaseStorage, experiment: str, backbone
     return sorted(found, key=lambda s: (s.datetime_start is None, s.datetime_start or 0, s.study_name))
 
 
-def superseded_note(studies: list, name: str, recipe: dict) -> str:
-    """', a new study: training.epochs 2 -> 5 since ci-vgg16-frozen-1a2b3c4d (2 trials, kept as it was)'."""
+def superseded_note(studies: list, name: str, recipe: dict, fingerprint: study_identity.Fingerprint | None = None) -> str:
+    """', a new study: training.epochs 2 -> 5 since ci-vgg16-frozen-1a2b3c4d (2 trials, kept as it was)'
+    (or ': the data changed (same recipe) since ...')."""
     older = [s for s in studies if s.study_name != name]
     if not older:
         return ", a new study"
     last = older[-1]
     if names.ATTR_RECIPE in last.user_attrs:
         changed = study_identity.differences(last.user_attrs[names.ATTR_RECIPE], recipe)
+        if last.user_attrs[names.ATTR_RECIPE] == recipe and fingerprint is not None:
+            what = [part for part, attr, now in (("data", names.ATTR_DATA_FINGERPRINT, fingerprint.data),
+                                                 ("weights", names.ATTR_WEIGHTS_FINGERPRINT, fingerprint.weights))
+                    if attr in last.user_attrs and last.user_attrs[attr] != now]
+            if what:
+                changed = f"the {' and the '.join(what)} changed (same recipe)"
     else:
         changed = "a spec from before fingerprints"
     return f", a new study: {changed} since {last.study_name} ({last.n_trials} trial{'' if last.n_trials == 1 else 's'}, kept as it was)"
@@ -304,6 +311,8 @@ def run_sweep(
     say: Callable[[str], None] = print,
 ) -> SweepResult:
     plan = resolve(experiment, backbone, strategy, trials, timeout_s, data_dir)
+    if plan.data.duplicates:
+        say(f"warning: {duplicates_tag(plan.data)}")
     opened = open_study(plan, storage or default_storage(), say)
     if opened.remaining > 0:
         optimise(plan, opened, verbose, say)
@@ -325,6 +334,18 @@ def resolve(experiment: ExperimentSpec, backbone: str, strategy: str | None, tri
                 target=trials or spec.strategy.trials or experiment.search.trials,
                 timeout_s=timeout_s or experiment.search.timeout_s, data=data, fingerprint=fingerprint,
                 name=study_name(spec, fingerprint), recipe=study_identity.recipe(spec, space, experiment.search))
+
+
+def duplicates_tag(data: Dataset) -> str:
+    """Own images identical in two splits: "0", or the one-line warning (and what drop_duplicates removed)."""
+    if not data.duplicate_groups:
+        return "0"
+    if data.dropped_duplicates:
+        text = (f"{data.duplicates.split('; remove the copies')[0]}; data.drop_duplicates removed "
+                f"{data.dropped_duplicates} of them from train/val")
+    else:
+        text = f"{data.duplicates} (or set data.drop_duplicates = true)"
+    return text[:5000]  # MLflow's limit on a tag's value
 
 
 def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> OpenedStudy:
@@ -351,15 +372,17 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> Open
     interrupted = fail_trials_of_dead_workers(study)
     optuna.storages.fail_stale_trials(study)  # dead workers elsewhere: after the heartbeat's grace period
     experiment_id = mlflow_store.experiment_id(spec.experiment)
-    parent = parent_run.find_or_create(study, created, spec, plan.space, parent_run.identity_tags(plan.fingerprint),
-                                       experiment_id)
+    identity = parent_run.identity_tags(plan.fingerprint)
+    if plan.data.content_key is not None:  # own images: what the leakage check found
+        identity[names.TAG_DUPLICATES] = duplicates_tag(plan.data)
+    parent = parent_run.find_or_create(study, created, spec, plan.space, identity, experiment_id)
     closed = parent_run.close_orphan_runs(study, name, experiment_id)
     counts = parent_run.trial_counts(study)
     remaining = plan.target - counts["complete"] - counts["pruned"]
     is_new = name not in {s.study_name for s in existing}
     say(
         f"study {name} on {redact(storage_url)}"
-        + (superseded_note(existing, name, plan.recipe) if is_new else "")
+        + (superseded_note(existing, name, plan.recipe, plan.fingerprint) if is_new else "")
         + f": {plan.target - remaining} of {plan.target} trials finished"
         + (f", {interrupted} interrupted trial(s) marked FAIL" if interrupted else "")
         + (f", {closed} interrupted run(s) marked KILLED" if closed else "")
@@ -428,7 +451,8 @@ def study_attrs(spec: TrialSpec, fingerprint: study_identity.Fingerprint, recipe
     study's first line, which names what changed)."""
     return {names.ATTR_PAIR: [spec.experiment, spec.backbone.name, spec.strategy_name],
             names.ATTR_FINGERPRINT: fingerprint.full, names.ATTR_RECIPE_FINGERPRINT: fingerprint.recipe,
-            names.ATTR_RECIPE: recipe}
+            names.ATTR_RECIPE: recipe, names.ATTR_DATA_FINGERPRINT: fingerprint.data,
+            names.ATTR_WEIGHTS_FINGERPRINT: fingerprint.weights}
 
 
 # ---------------------------------------------------------------- a whole experiment
