@@ -247,3 +247,71 @@ def test_the_linear_probe_experiment_searches_the_l2_strength_alone():
         parse_experiment(copy.deepcopy(with_views))
     with_views["training"]["feature_views"] = 4  # augmentation served by cached views: a linear probe still
     assert parse_experiment(with_views).training.feature_views == 4
+
+
+# ---------------------------------------------------------------- own images
+
+
+def folder_raw(**data) -> dict:
+    raw = ci_raw()
+    raw["data"] = {"source": "folder", "dir": "/images", **data}
+    return raw
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"source": "folder"}, 'source = "folder" needs dir = "/path/to/images"'),
+    ({"source": "csv"}, 'source = "csv" needs labels = "/path/to/labels.csv"'),
+    ({"source": "folder", "dir": "x", "labels": "l.csv"}, 'data.labels is read by source = "csv" only'),
+    ({"source": "folder", "dir": "x", "label_mode": "coarse"}, 'label_mode = "coarse"'),
+    ({"source": "cifar10", "label_mode": "coarse"}, 'does not exist for source "cifar10"'),
+    ({"source": "sample", "image_size": 64}, 'source "sample" has 32 px images: remove it'),
+    ({"source": "folder", "dir": "x", "image_size": 4}, "data.image_size: Input should be greater than or equal to 8"),
+    ({"source": "folder", "dir": "x", "test_fraction": 1.0}, "data.test_fraction: Input should be less than 1"),
+    ({"source": "pictures"}, "data.source: Input should be 'keras', 'dir', 'sample', 'synthetic', 'cifar10', 'folder' or 'csv'"),
+])
+def test_own_image_fields_are_checked_one_line_each(data, expected, tmp_path):
+    raw = ci_raw()
+    raw["data"] = data
+    problems = problems_of(raw, tmp_path)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_the_stored_size_defaults_to_the_largest_backbone_image_size():
+    raw = folder_raw()
+    raw["backbone"]["image_size"] = 48
+    raw["backbone_overrides"] = {"resnet50": {"image_size": 64}}
+    experiment = parse_experiment(raw)
+    assert {experiment.resolve(b, "frozen").data.image_size for b in ("vgg16", "resnet50")} == {64}
+    assert experiment.resolve("vgg16", "frozen").backbone.image_size == 48  # resized in the model
+    raw["data"]["image_size"] = 40
+    assert parse_experiment(raw).resolve("vgg16", "frozen").data.image_size == 40
+
+
+def test_cifar_specs_keep_their_dump_and_so_their_study_names():
+    """The fields own images added are left out of a CIFAR spec's dump (and so of its recipe)."""
+    data = load_experiment("transfer").resolve("efficientnetlite0", "frozen").data.model_dump()
+    assert not {"labels", "image_size", "test_fraction", "drop_duplicates"} & set(data)
+    assert "test_fraction" in spec.DataSpec(source="folder", dir="x", test_fraction=0.3).model_dump()
+
+
+def test_data_dir_replaces_a_folder_specs_folder_and_is_cifar_100_for_other_specs(tmp_path):
+    experiment = parse_experiment(folder_raw())
+    resolved = experiment.resolve("vgg16", "frozen", data_dir="mine")
+    assert resolved.data.source == "folder" and resolved.data.dir == Path("mine").absolute()
+    assert load_experiment("ci").resolve("vgg16", "frozen", data_dir=tmp_path).data.source == "dir"
+
+
+def test_relative_dir_and_labels_are_relative_to_the_spec_file(tmp_path):
+    (tmp_path / "specs").mkdir()
+    for source, field in (("folder", "dir"), ("csv", "labels")):
+        path = tmp_path / "specs" / f"{source}.toml"
+        path.write_text(f'name = "own"\nbackbones = ["vgg16"]\nstrategies = {{ frozen = {{ unfreeze = 0 }} }}\n'
+                        f'[data]\nsource = "{source}"\n{field} = "../pictures/x"\n')
+        assert getattr(load_experiment(path).data, field) == tmp_path / "pictures" / "x"
+
+
+def test_the_folder_example_validates_and_stores_at_the_backbones_size():
+    experiment = load_experiment("folder-example")
+    trial = experiment.resolve("efficientnetlite0", "frozen")
+    assert trial.data.source == "folder" and trial.data.image_size == trial.backbone.image_size == 160
+    assert trial.data.dir == EXPERIMENTS_DIR.parent / "cifar100-sample-images"

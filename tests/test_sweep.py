@@ -590,3 +590,33 @@ def test_a_sweep_that_ends_short_of_its_target_exits_1_naming_the_error(store, c
     assert code == 1
     assert re.search(r"ended short of its target: 0 of 1 trials finished, 2 failed; most frequent error \(2x\): "
                      r"\w+: .*loss became", out), out
+
+
+def test_a_new_study_whose_recipe_is_the_same_says_the_data_changed():
+    from types import SimpleNamespace
+
+    from benchmark import study_identity
+
+    recipe = {"trial": {"training": {"epochs": 3}}}
+    old = SimpleNamespace(study_name="own-vgg16-frozen-11111111", n_trials=2, user_attrs={
+        names.ATTR_RECIPE: recipe, names.ATTR_DATA_FINGERPRINT: "before", names.ATTR_WEIGHTS_FINGERPRINT: "w"})
+    now = study_identity.Fingerprint(recipe="r", data="after", weights="w")
+    assert sweep.superseded_note([old], "own-vgg16-frozen-22222222", recipe, now) == (
+        ", a new study: the data changed (same recipe) since own-vgg16-frozen-11111111 (2 trials, kept as it was)")
+    changed_recipe = {"trial": {"training": {"epochs": 5}}}
+    assert "training.epochs 3 -> 5" in sweep.superseded_note([old], "x", changed_recipe, now)
+    older = SimpleNamespace(study_name="old", n_trials=1, user_attrs={names.ATTR_RECIPE: recipe})  # before these attrs
+    assert "the same recipe on other data or weights" in sweep.superseded_note([older], "x", recipe, now)
+
+
+def test_the_duplicates_tag_counts_and_says_what_was_dropped():
+    from benchmark.data import Dataset
+
+    empty = np.zeros((0, 8, 8, 3), np.uint8), np.zeros(0, np.int64)
+    data = Dataset(*empty, *empty, *empty, class_names=["a", "b"], origin="folder:/x", content_key="k")
+    assert sweep.duplicates_tag(data) == "0"
+    data.duplicate_groups, data.duplicates = 2, "2 image(s) have identical copies in another split, e.g. a; remove the copies"
+    assert sweep.duplicates_tag(data).endswith("(or set data.drop_duplicates = true)")
+    data.dropped_duplicates = 3
+    assert sweep.duplicates_tag(data) == ("2 image(s) have identical copies in another split, e.g. a; "
+                                          "data.drop_duplicates removed 3 of them from train/val")
