@@ -175,6 +175,105 @@ def wrong_hash_cache(tmp: Path) -> None:
     (models / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"not the real weights")
 
 
+OWN_SPEC = """name = "own"
+backbones = ["vgg16"]
+strategies = {{ frozen = {{ unfreeze = 0 }} }}
+[data]
+{data}
+image_size = 32
+validation_fraction = 0.5
+test_fraction = 0.5
+augment = {{ flip = false, crop_padding = 0 }}
+[backbone]
+weights = "none"
+image_size = 32
+[training]
+epochs = 1
+"""
+
+
+def own_images_spec(build: Callable[[Path], Path]) -> Callable[[Path, Path], Path]:
+    """A small spec over the folder (or, for a .csv, the labels CSV) that `build` makes under tmp."""
+
+    def make(tmp: Path, sample: Path) -> Path:
+        target = build(tmp)
+        data = f'source = "csv"\nlabels = "{target}"' if target.suffix == ".csv" else f'source = "folder"\ndir = "{target}"'
+        path = tmp / "own.toml"
+        path.write_text(OWN_SPEC.format(data=data), encoding="utf-8")
+        return path
+
+    return make
+
+
+def picture(path: Path, seed: int = 0) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def pictures(tmp: Path, classes: dict[str, int], under: str = "pics") -> Path:
+    """tmp/under/<class>/<i>.png, classes[name] images each."""
+    for c, (name, count) in enumerate(classes.items()):
+        (tmp / under / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            picture(tmp / under / name / f"{i}.png", seed=100 * c + i)
+    return tmp / under
+
+
+def with_bad_file(name: str, write: Callable[[Path], None]) -> Callable[[Path], Path]:
+    """Two good classes, and one bad file `name` in the first (sorted first, so decoded first)."""
+
+    def build(tmp: Path) -> Path:
+        root = pictures(tmp, {"cat": 2, "dog": 2})
+        write(root / "cat" / name)
+        return root
+
+    return build
+
+
+def truncated_jpeg(path: Path) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    whole = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(whole, "JPEG")
+    path.write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
+
+
+def decompression_bomb(path: Path) -> None:
+    """A PNG of a few hundred bytes declaring 20000 x 20000 pixels (400 M: over twice Pillow's limit)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 20001))
+                     + chunk(b"IEND", b""))
+
+
+def labels_csv(rows: list[str], files: int = 4) -> Callable[[Path], Path]:
+    def build(tmp: Path) -> Path:
+        for i in range(files):
+            picture(tmp / "pics" / f"{i}.png", seed=i)
+        (tmp / "labels.csv").write_text("\n".join(["path,label,split", *rows]) + "\n")
+        return tmp / "labels.csv"
+
+    return build
+
+
+def split_folders(tmp: Path) -> Path:
+    pictures(tmp, {"cat": 2, "dog": 2}, under="pics/train")
+    pictures(tmp, {"cat": 2, "emu": 2}, under="pics/test")
+    return tmp / "pics"
+
+
 class SilentServer:
     """Accepts connections and never answers: a server that hangs. Without timeouts, clients wait forever."""
 
@@ -214,6 +313,7 @@ class Case:
 
 
 RUN_CI = ["run", "--experiment", "ci", "--backbone", "vgg16", "--quiet"]
+RUN_OWN = ["run", "--experiment", "{spec}", "--backbone", "vgg16", "--quiet"]
 RUN_LITE = ["run", "--experiment", "{spec}", "--backbone", "efficientnetlite0", "--quiet"]
 SWEEP_CI = ["sweep", "--experiment", "ci", "--backbone", "vgg16", "--strategy", "frozen", "--trials", "1", "--quiet"]
 THROUGHPUT = ["throughput", "--backbone", "vgg16", "--image-size", "32"]
@@ -279,6 +379,36 @@ CASES = [
          ("quick.toml: data.subset.train = 5000 is larger than the train split", "at most"),
          data=lambda tmp, sample: cifar_copy(tmp, sample)),
     Case("data-pickle-runs-code", RUN_CI + ["--data-dir", "{data}"], ("refusing", "system", "re-download"), data=code_pickle),
+    # own images (source "folder" or "csv"): every one fails while indexing or decoding, before any model is built
+    Case("images-folder-missing", RUN_OWN, ("image folder {tmp}/nowhere does not exist", "one subfolder per class"),
+         data=own_images_spec(lambda tmp: tmp / "nowhere")),
+    Case("images-folder-missing-data-dir", RUN_OWN + ["--data-dir", "{tmp}/elsewhere"], ("image folder {tmp}/elsewhere does not exist",),
+         data=own_images_spec(lambda tmp: pictures(tmp, {"cat": 2, "dog": 2}))),
+    Case("images-folder-empty", RUN_OWN, ("image folder {tmp}/empty holds no class folders", "{tmp}/empty/<class>/*.jpg"),
+         data=own_images_spec(lambda tmp: (tmp / "empty").mkdir() or tmp / "empty")),
+    Case("images-class-folder-without-images", RUN_OWN, ("class folder {tmp}/pics/dog holds no images", "remove the folder"),
+         data=own_images_spec(lambda tmp: pictures(tmp, {"cat": 2, "dog": 0}))),
+    Case("images-one-class", RUN_OWN, ("holds only one class folder (cat)", "at least two"),
+         data=own_images_spec(lambda tmp: pictures(tmp, {"cat": 3}))),
+    Case("images-text-named-jpg", RUN_OWN, ("{tmp}/pics/cat/a.jpg is not an image Pillow can read", "remove or replace the file"),
+         data=own_images_spec(with_bad_file("a.jpg", lambda path: path.write_text("not a picture\n")))),
+    Case("images-truncated-jpeg", RUN_OWN, ("{tmp}/pics/cat/a.jpg is truncated or damaged", "remove or replace the file"),
+         data=own_images_spec(with_bad_file("a.jpg", truncated_jpeg))),
+    Case("images-empty-file", RUN_OWN, ("{tmp}/pics/cat/a.png is empty (0 bytes)", "remove or replace the file"),
+         data=own_images_spec(with_bad_file("a.png", lambda path: path.write_bytes(b"")))),
+    Case("images-decompression-bomb", RUN_OWN, ("{tmp}/pics/cat/a.png is too large to decode safely", "400000000 pixels"),
+         data=own_images_spec(with_bad_file("a.png", decompression_bomb))),
+    Case("images-symlink-loop", RUN_OWN, ("{tmp}/pics/cat/a.jpg is a symbolic link loop", "remove the link"),
+         data=own_images_spec(with_bad_file("a.jpg", lambda path: path.symlink_to(path)))),
+    Case("images-dangling-symlink", RUN_OWN, ("{tmp}/pics/cat/a.jpg is a symbolic link to a missing file", "restore"),
+         data=own_images_spec(with_bad_file("a.jpg", lambda path: path.symlink_to(path.parent / "gone.jpg")))),
+    Case("images-split-folders-with-other-classes", RUN_OWN, ("train/ and test/ have different class folders",
+                                                              "only in train/: dog; only in test/: emu"),
+         data=own_images_spec(split_folders)),
+    Case("images-csv-names-a-missing-file", RUN_OWN, ("{tmp}/labels.csv line 3 names pics/missing.png, which is not a file",),
+         data=own_images_spec(labels_csv(["pics/0.png,cat,", "pics/missing.png,dog,"]))),
+    Case("images-csv-unknown-split", RUN_OWN, ("{tmp}/labels.csv line 2 has split 'validation', which is not one of train, val, test",),
+         data=own_images_spec(labels_csv(["pics/0.png,cat,validation", "pics/1.png,dog,"]))),
     # weights
     Case("weights-wrong-hash", ["run", "--experiment", "{spec}", "--backbone", "vgg16"],
          ("{tmp}/keras/models/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "hash", "copy the official file"),
@@ -592,3 +722,17 @@ def test_a_case_needs_results_exactly_when_its_answer_depends_on_them(case, corp
         answers.append(comparable(answer, store, values))
     on_empty, on_results = answers
     assert (on_empty != on_results) == case.needs_results, f"on a store without results: {on_empty}\nwith results: {on_results}"
+
+
+def test_class_names_with_spaces_and_non_ascii_letters_work_end_to_end(tmp_path, store, capsys):
+    """Not bad input: the folders a user names in their own language train and are tracked like any other."""
+    from benchmark.data import load_dataset
+    from benchmark.spec import load_experiment
+
+    classes = {"chat noir": 4, "café crème": 4, "猫 ねこ": 4}
+    root = pictures(tmp_path, classes)
+    spec = own_images_spec(lambda tmp: root)(tmp_path, tmp_path)
+    assert main(["run", "--experiment", str(spec), "--backbone", "vgg16", "--quiet"]) == 0, capsys.readouterr().err
+    assert "test_top1" in capsys.readouterr().out
+    data = load_dataset(load_experiment(spec).resolve("vgg16").data)
+    assert data.class_names == sorted(classes) and data.sizes() == {"train": 3, "validation": 3, "test": 6}

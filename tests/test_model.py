@@ -58,3 +58,28 @@ def test_augmentation_is_layers_of_the_model_only_when_the_spec_asks():
 def test_a_depth_beyond_the_backbone_is_refused_when_the_model_is_built():
     with pytest.raises(BenchmarkError, match="beyond vgg16's 13 weighted layers"):
         create_model(ci_spec("top", unfreeze=14), 10)
+
+
+def test_the_model_takes_the_stored_size_and_resizes_only_where_the_backbone_differs():
+    from benchmark.spec import DataSpec
+
+    base = ci_spec()
+    stored_48 = base.model_copy(update={"data": DataSpec(source="folder", dir="x", image_size=48)})
+    built = create_model(stored_48, 10)
+    assert tuple(built.model.input.shape[1:]) == (48, 48, 3)
+    assert "resize" in [layer.name for layer in built.features.layers]  # 48 px stored, vgg16 sees 32
+    same = stored_48.model_copy(update={"backbone": stored_48.backbone.model_copy(update={"image_size": 48})})
+    built = create_model(same, 10)
+    assert tuple(built.model.input.shape[1:]) == (48, 48, 3)
+    assert "resize" not in [layer.name for layer in built.features.layers]
+    assert "resize" not in [layer.name for layer in create_model(base, 10).features.layers]  # CIFAR: 32 in, 32 seen
+
+
+def test_crop_padding_is_the_same_fraction_of_the_image_at_any_stored_size():
+    from benchmark.model import augmentation_layers
+
+    spec = ci_spec()
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"augment": spec.data.augment.model_copy(
+        update={"crop_padding": 4})})})
+    shift = next(layer for layer in augmentation_layers(spec) if layer.name == "shift")
+    assert shift.height_factor == shift.width_factor == 4 / 32
