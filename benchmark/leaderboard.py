@@ -301,11 +301,13 @@ def compare_url(experiment: str, board: pd.DataFrame) -> str:
     return mlflow_store.compare_url(experiment_id_of(experiment), run_ids) if run_ids else ""
 
 
-def test_predictions(run_id: str) -> dict[str, np.ndarray]:
-    """labels and top-5 predictions per test image, as the trial saved them."""
+def test_predictions(run_id: str) -> dict:
+    """labels and top-5 predictions per test image, as the trial saved them, and class_names: the
+    names by class index (None from a trial that saved none)."""
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.ARTIFACT_PREDICTIONS)
     with np.load(path) as saved:
-        return {"labels": saved["labels"], "top5": saved["top5"]}
+        class_names = [str(name) for name in saved["class_names"]] if "class_names" in saved.files else None
+        return {"labels": saved["labels"], "top5": saved["top5"], "class_names": class_names or None}
 
 
 def bootstrap_interval(correct: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
