@@ -26,7 +26,7 @@ The modules, in the order data flows through them:
   plan            a trial's plan, decided once: the solver, and what each phase fits (images, cached features or activations)
   cache           the activation cache: pooled features and a cut's activations, computed once, memory-mapped
   train           fitting each phase of the plan: callbacks, the history of every epoch
-  measure         top-1/top-5, parameter counts, size, throughput of a model
+  measure         top-1/top-5, balanced and per-class accuracy, parameter counts, size, throughput of a model
   throughput      the `throughput` command: one backbone's images/s (and check's re-measurement)
   runtime         device, accelerator defaults, seeds, versions (the only backend-specific code)
   names           the name of every tracked param, metric, tag, artifact and Optuna user attr (no MLflow)

@@ -31,6 +31,7 @@ COLUMNS = (
     "val_top1", "val_top5",
     "test_top1", "test_top1_low", "test_top1_high",
     "test_top5", "test_top5_low", "test_top5_high",
+    "test_balanced_accuracy",
     "p_vs_best", "diff_vs_best_low", "diff_vs_best_high", "tied_with_best",
     "confirm_runs", "confirm_test_top1_mean", "confirm_test_top1_std",
     "params", "model_size_mb", "infer_images_per_sec", "train_images_per_sec",
@@ -50,13 +51,14 @@ TRIAL_NUMBER, BEST_RUN = tag_column(names.TAG_TRIAL_NUMBER), tag_column(names.TA
 RECIPE, CONFIRM_OF = tag_column(names.TAG_RECIPE), tag_column(names.TAG_CONFIRM_OF)
 VAL_TOP1, VAL_TOP5 = metric_column(names.BEST_VAL_TOP1), metric_column(names.BEST_VAL_TOP5)
 TEST_TOP1, TEST_TOP5 = metric_column(names.TEST_TOP1), metric_column(names.TEST_TOP5)
+TEST_BALANCED = metric_column(names.TEST_BALANCED_ACCURACY)
 PARAMS, MODEL_SIZE = metric_column(names.PARAMS_TOTAL), metric_column(names.MODEL_SIZE_MB)
 INFER_RATE, TRAIN_RATE = metric_column(names.INFER_IMAGES_PER_SEC), metric_column(names.TRAIN_IMAGES_PER_SEC)
 LEARNING_RATE, OPTIMIZER = param_column(names.PARAM_LEARNING_RATE), param_column(names.PARAM_OPTIMIZER)
 UNFREEZE = param_column(names.PARAM_UNFREEZE)
 PROGRESS = {k: metric_column(name) for k, name in {**names.PROGRESS_METRICS, "compute_s": names.COMPUTE_METRIC}.items()}
 RUN_COLUMNS = (
-    VAL_TOP1, VAL_TOP5, TEST_TOP1, TEST_TOP5, PARAMS, MODEL_SIZE, INFER_RATE, TRAIN_RATE,
+    VAL_TOP1, VAL_TOP5, TEST_TOP1, TEST_TOP5, TEST_BALANCED, PARAMS, MODEL_SIZE, INFER_RATE, TRAIN_RATE,
     LEARNING_RATE, OPTIMIZER, UNFREEZE, TRIAL_NUMBER, BACKBONE, STRATEGY, BEST_RUN, STUDY,
     RECIPE, CONFIRM_OF, "end_time", "start_time", "status", "run_id", *PROGRESS.values(),
 )  # fmt: skip
@@ -263,6 +265,7 @@ def summarize_group(candidates: pd.DataFrame, totals: pd.Series) -> dict:
         "val_top5": best[VAL_TOP5],
         "test_top1": best[TEST_TOP1],
         "test_top5": best[TEST_TOP5],
+        "test_balanced_accuracy": best[TEST_BALANCED],
         "params": best[PARAMS],
         "model_size_mb": best[MODEL_SIZE],
         "infer_images_per_sec": best[INFER_RATE],
@@ -301,11 +304,13 @@ def compare_url(experiment: str, board: pd.DataFrame) -> str:
     return mlflow_store.compare_url(experiment_id_of(experiment), run_ids) if run_ids else ""
 
 
-def test_predictions(run_id: str) -> dict[str, np.ndarray]:
-    """labels and top-5 predictions per test image, as the trial saved them."""
+def test_predictions(run_id: str) -> dict:
+    """labels and top-5 predictions per test image, as the trial saved them, and class_names: the
+    names by class index (None from a trial that saved none)."""
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.ARTIFACT_PREDICTIONS)
     with np.load(path) as saved:
-        return {"labels": saved["labels"], "top5": saved["top5"]}
+        class_names = [str(name) for name in saved["class_names"]] if "class_names" in saved.files else None
+        return {"labels": saved["labels"], "top5": saved["top5"], "class_names": class_names or None}
 
 
 def bootstrap_interval(correct: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
@@ -358,7 +363,8 @@ def add_statistics(board: pd.DataFrame) -> None:
         labels, top5 = saved["labels"], saved["top5"]
         correct[i] = (labels, top5[:, 0] == labels)
         board.loc[i, ["test_top1_low", "test_top1_high"]] = bootstrap_interval(correct[i][1])
-        board.loc[i, ["test_top5_low", "test_top5_high"]] = bootstrap_interval((top5 == labels[:, None]).any(axis=1))
+        if pd.notna(board.loc[i, "test_top5"]):  # a trial with 5 classes or fewer logs no top-5
+            board.loc[i, ["test_top5_low", "test_top5_high"]] = bootstrap_interval((top5 == labels[:, None]).any(axis=1))
     if 0 not in correct:
         return
     best_labels, best_correct = correct[0]
@@ -482,6 +488,7 @@ def display_rows(board: pd.DataFrame) -> list[dict[str, str]]:
             "p": versus_best(row),
             "seeds@1": confirmed(row),
             "test@5": percent(row["test_top5"]),
+            "bal@1": percent(row["test_balanced_accuracy"]),
             "params": millions(row["params"]),
             "MB": size(row["model_size_mb"]),
             "inf/s": rate(row["infer_images_per_sec"]),
@@ -496,17 +503,21 @@ def display_rows(board: pd.DataFrame) -> list[dict[str, str]]:
     ]
 
 
+OTHER_ACCURACIES = ("test@5: test top-5, '-' with 5 classes or fewer (every label is among the top 5). bal@1: test "
+                    "balanced accuracy, the mean of the per-class recalls. ")  # not in the terminal table
 LEGEND = (
     "Best trial per backbone x strategy by validation top-1 (%); (run): the best single run, (old): a study "
     "of an older spec. test@1±CI: half the width of its 95% bootstrap interval. p: exact McNemar test against "
     "the best row on the same test images; '=' marks a row not distinguishable from the best at 5% (tied), '+' one "
     "better than it on test. "
     "seeds@1: test top-1 mean±std/count over seed repeats (`confirm`), the number to quote. "
+    f"{OTHER_ACCURACIES}"
     "inf/s, trn/s: images per second. c/p/f: trials complete/pruned/failed; "
     "time: compute of all its trials. PF: on the Pareto front of accuracy vs throughput (T) or size (S)."
 )
-TERMINAL_HIDDEN = ("trn/s", "test@5", "MB", "params", "lr")  # to fit 100 columns; every other format has them
-TERMINAL_LEGEND = LEGEND.replace("inf/s, trn/s: images per second", "inf/s: inference images per second")
+TERMINAL_HIDDEN = ("trn/s", "test@5", "bal@1", "MB", "params", "lr")  # to fit 100 columns; every other format has them
+TERMINAL_LEGEND = LEGEND.replace("inf/s, trn/s: images per second", "inf/s: inference images per second").replace(
+    OTHER_ACCURACIES, "")
 
 
 def terminal_table(board: pd.DataFrame) -> str:

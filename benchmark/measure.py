@@ -1,4 +1,4 @@
-"""Measurements of a trained model: accuracy, size, throughput."""
+"""Measurements of a trained model: accuracy (top-k, balanced, per class), size, throughput."""
 
 from __future__ import annotations
 
@@ -20,13 +20,55 @@ def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(hits.mean()) if len(hits) else float("nan")
 
 
+def reports_top5(num_classes: int) -> bool:
+    """Whether top-5 accuracy says anything: with 5 classes or fewer every label is among the top 5."""
+    return num_classes > 5
+
+
+def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """The mean of the per-class recalls over the classes present in `labels`, as
+    sklearn.metrics.balanced_accuracy_score: each class counts the same, however many images it has."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    if not len(labels):
+        return float("nan")
+    classes, class_of = np.unique(labels, return_inverse=True)
+    correct = np.bincount(class_of, weights=predicted == labels, minlength=len(classes))
+    return float(np.mean(correct / np.bincount(class_of, minlength=len(classes))))
+
+
+PER_CLASS_COLUMNS = ("class_index", "class_name", "support", "correct", "recall", "predicted", "precision")
+
+
+def per_class_rows(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> list[dict]:
+    """One row per class: test images of it (support), how many of them were predicted right
+    (correct) and their share (recall), images predicted as it (predicted) and the share of those
+    that are it (precision). A share with nothing to divide by is NaN."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    count = len(class_names)
+    support = np.bincount(labels, minlength=count)
+    correct = np.bincount(labels[predicted == labels], minlength=count)
+    guessed = np.bincount(predicted, minlength=count)
+    return [
+        {"class_index": i, "class_name": name, "support": int(support[i]), "correct": int(correct[i]),
+         "recall": share(correct[i], support[i]), "predicted": int(guessed[i]), "precision": share(correct[i], guessed[i])}
+        for i, name in enumerate(class_names)
+    ]
+
+
+def share(part: int, whole: int) -> float:
+    return float(part / whole) if whole else float("nan")
+
+
 def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict:
-    """Top-1/top-5 and the per-example top-5 predictions (kept for bootstrap intervals)."""
+    """Top-1, top-5, balanced accuracy and the per-example top-5 predictions (kept for bootstrap
+    intervals). Top-5 is there whatever the number of classes: the caller drops it (reports_top5)."""
     logits = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
+    predictions = top_k_predictions(logits, 5)
     return {
         "top1": top_k_accuracy(logits, labels, 1),
         "top5": top_k_accuracy(logits, labels, 5),
-        "predictions": top_k_predictions(logits, 5),
+        "balanced_accuracy": balanced_accuracy(labels, predictions[:, 0]),
+        "predictions": predictions,
     }
 
 

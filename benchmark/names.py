@@ -7,7 +7,8 @@ reads the same, so a change here is a change of the store's format. Nothing here
   params       the flattened TrialSpec: data.*, backbone.*, strategy.*, head.*, training.* (+ experiment);
                PARAM_* are the ones the code reads back
   metrics      per epoch (step = epoch, counted from 1 like best_epoch and Keras's log): EPOCH_METRICS
-               once per run: FINAL_METRICS (accuracies are fractions in [0, 1])
+               once per run: FINAL_METRICS (accuracies are fractions in [0, 1]); with 5 classes or
+               fewer a trial logs none of TOP5_METRICS (top-5 would always be 1)
                on a study's parent run: PROGRESS_METRICS, COMPUTE_METRIC, best_param_metric(<param>)
                on a `throughput` run: THROUGHPUT_METRICS
   tags         TAGS on every trial's run, the other TAG_*, version_tag(<package>) and, on a parent run,
@@ -32,12 +33,14 @@ PARAM_LABEL_MODE = "data.label_mode"
 # ---------------------------------------------------------------- metrics
 
 EPOCH_METRICS = ("loss", "top1", "top5", "val_loss", "val_top1", "val_top5", "learning_rate")
+TOP5_EPOCH_METRICS = ("top5", "val_top5")
 BEST_VAL_TOP1 = "best_val_top1"  # validation top-1 at the best epoch
 OBJECTIVE = BEST_VAL_TOP1  # what a sweep maximises
 BEST_VAL_TOP5 = "best_val_top5"
 BEST_EPOCH = "best_epoch"
 LAST_VAL_TOP1, LAST_VAL_TOP5 = "last_val_top1", "last_val_top5"
 TEST_TOP1, TEST_TOP5 = "test_top1", "test_top5"  # measured on the model of the best validation epoch
+TEST_BALANCED_ACCURACY = "test_balanced_accuracy"  # the mean of the per-class recalls on the test split
 PARAMS_TOTAL, PARAMS_TRAINABLE = "params_total", "params_trainable"
 MODEL_SIZE_MB = "model_size_mb"  # the saved .keras file
 INFER_IMAGES_PER_SEC, TRAIN_IMAGES_PER_SEC = "infer_images_per_sec", "train_images_per_sec"
@@ -48,9 +51,10 @@ BACKBONE_DEPTH = "backbone_depth"
 FEATURES_S = "features_s"  # computing or reading cached backbone features (0 when the trial does not use them)
 FINAL_METRICS = (
     BEST_VAL_TOP1, BEST_VAL_TOP5, BEST_EPOCH, LAST_VAL_TOP1, LAST_VAL_TOP5, TEST_TOP1, TEST_TOP5,
-    PARAMS_TOTAL, PARAMS_TRAINABLE, MODEL_SIZE_MB, INFER_IMAGES_PER_SEC, TRAIN_IMAGES_PER_SEC,
+    TEST_BALANCED_ACCURACY, PARAMS_TOTAL, PARAMS_TRAINABLE, MODEL_SIZE_MB, INFER_IMAGES_PER_SEC, TRAIN_IMAGES_PER_SEC,
     TRAIN_S, WALL_TIME_S, EPOCHS_RUN, BACKBONE_DEPTH, FEATURES_S,
 )  # fmt: skip
+TOP5_METRICS = (BEST_VAL_TOP5, LAST_VAL_TOP5, TEST_TOP5)  # logged only with more than 5 classes
 PROGRESS_METRICS = {"complete": "trials_complete", "pruned": "trials_pruned", "failed": "trials_failed"}
 COMPUTE_METRIC = "trials_compute_s"  # all of a study's trials, wall time
 INFER_STEP_MS, TRAIN_STEP_MS = "infer_step_ms", "train_step_ms"
@@ -108,7 +112,8 @@ def best_param_tag(param: str) -> str:
 ARTIFACT_MODEL_DIR = "model"  # an MLflow Keras model, kept by a trial among its study's best search.keep_models
 ARTIFACT_MODEL = f"{ARTIFACT_MODEL_DIR}/data/model.keras"  # its Keras file
 ARTIFACT_CURVES = "learning_curves.png"  # runs that keep their model
-ARTIFACT_PREDICTIONS = "test_predictions.npz"  # labels and top-5 predictions per test image
+ARTIFACT_PREDICTIONS = "test_predictions.npz"  # labels and top-5 predictions per test image, and the class names
+ARTIFACT_PER_CLASS = "per_class.csv"  # per class of the test split: support, correct, recall, precision
 ARTIFACT_HISTORY = "history.json"  # every epoch's logs
 ARTIFACT_SPEC = "trial_spec.json"  # the resolved spec, to reload the trial's data
 ARTIFACT_PLOTS = "plots"  # a report run's folder of PNGs

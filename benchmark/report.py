@@ -1,9 +1,9 @@
 """Report: the pictures behind a leaderboard, and one self-contained HTML page with all of it.
 
 Plots (matplotlib PNGs): accuracy vs throughput with the Pareto front, the learning curves of each
-row's best trial, confusion matrices of the overall best trial (100 fine classes and the 20 coarse
-superclasses), a grid of its test images with true and predicted labels, and Optuna's optimization
-history and parameter importances for each study. They are written to a folder and logged to one
+row's best trial, confusion matrices of the overall best trial (its classes, up to 100, and for
+CIFAR-100's fine labels the 20 coarse superclasses), a grid of its test images with true and
+predicted labels, and Optuna's optimization history and parameter importances for each study. They are written to a folder and logged to one
 MLflow run per experiment (tag role=report), replaced on every report.
 """
 
@@ -41,6 +41,9 @@ from benchmark.spec import TrialSpec  # noqa: E402
 from benchmark.storage import default_storage, open_storage  # noqa: E402
 
 SAMPLE_GRID = (4, 8)  # rows x columns of test images
+MOST_CLASSES_IN_A_CONFUSION_MATRIX = 100  # more: not drawn, a note says why
+MOST_CLASSES_NAMED_ON_AXES = 30  # more: the matrix's axes have no ticks
+CIFAR100_SOURCES = ("keras", "dir", "sample")  # data sources whose fine classes have CIFAR-100's superclasses
 
 
 @dataclass
@@ -81,11 +84,12 @@ def build_report(experiment: str, board: pd.DataFrame, folder: Path, storage: st
         report.notes.append(f"confusion matrices and test images: run {best['run_id']} kept no test predictions")
     else:
         labels, predicted = predictions["labels"], predictions["top5"][:, 0]
-        add("confusion_fine.png", f"Confusion matrix, {label}", plot_confusion, labels, predicted, None, label)
+        add("confusion_fine.png", f"Confusion matrix, {label}", plot_confusion, labels, predicted,
+            predictions.get("class_names"), label)
         params = mlflow.get_run(best["run_id"]).data.params
         if params.get(names.PARAM_DATA_SOURCE) == "synthetic":
             report.notes.append("confusion matrix by superclass: synthetic classes have no CIFAR-100 superclasses")
-        elif params.get(names.PARAM_LABEL_MODE) == "fine":
+        elif params.get(names.PARAM_DATA_SOURCE) in CIFAR100_SOURCES and params.get(names.PARAM_LABEL_MODE) == "fine":
             coarse = np.asarray(CIFAR100_COARSE_OF_FINE)
             add("confusion_coarse.png", f"Confusion matrix by superclass, {label}", plot_confusion,
                 coarse[labels], coarse[predicted], CIFAR100_COARSE_LABEL_NAMES, label)
@@ -203,22 +207,46 @@ def plot_learning_curves(board: pd.DataFrame, path: Path) -> None:
     save(fig, path)
 
 
-def plot_confusion(labels: np.ndarray, predicted: np.ndarray, names: list[str] | None, title: str, path: Path) -> None:
-    """Rows: true class, normalised to 1; columns: predicted class."""
-    classes = len(names) if names else int(max(labels.max(initial=0), predicted.max(initial=0))) + 1
+def confusion_counts(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """counts[true, predicted]: how many test images of each class went to each class."""
     counts = np.zeros((classes, classes))
-    np.add.at(counts, (labels, predicted), 1)
-    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(9, 8) if names else (8, 7.5))
-    fig.subplots_adjust(left=0.3 if names else 0.1, right=0.88, bottom=0.3 if names else 0.1, top=0.92)
-    image = ax.imshow(rows, cmap="viridis", vmin=0, vmax=1)
+    np.add.at(counts, (np.asarray(labels), np.asarray(predicted)), 1)
+    return counts
+
+
+def row_normalised(counts: np.ndarray) -> np.ndarray:
+    """Each true class's row as fractions of its images (its recall on the diagonal); a class
+    without test images stays 0."""
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+
+
+def plot_confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[str] | None, title: str,
+                   path: Path) -> None:
+    """Rows: true class, normalised to 1 (recall on the diagonal); columns: predicted class. Class
+    names on the axes up to MOST_CLASSES_NAMED_ON_AXES classes (indices without saved names), no
+    ticks beyond; more than MOST_CLASSES_IN_A_CONFUSION_MATRIX classes are not drawn."""
+    classes = len(class_names) if class_names else int(max(labels.max(initial=0), predicted.max(initial=0))) + 1
+    if classes > MOST_CLASSES_IN_A_CONFUSION_MATRIX:
+        raise SkippedPlot(f"{classes} classes, more than the {MOST_CLASSES_IN_A_CONFUSION_MATRIX} a matrix can show")
+    counts = confusion_counts(labels, predicted, classes)
+    named = classes <= MOST_CLASSES_NAMED_ON_AXES
+    fig, ax = plt.subplots(figsize=(9, 8) if named else (8, 7.5))
+    fig.subplots_adjust(left=0.3 if named else 0.1, right=0.88, bottom=0.3 if named else 0.1, top=0.92)
+    image = ax.imshow(row_normalised(counts), cmap="viridis", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    if names:
-        ax.set_xticks(range(classes), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(classes), names, fontsize=7)
-    accuracy = float(np.mean(labels == predicted)) if len(labels) else np.nan
+    if named:
+        shown = [str(name)[:24] for name in class_names] if class_names else [str(i) for i in range(classes)]
+        ax.set_xticks(range(classes), shown, rotation=90, fontsize=7)
+        ax.set_yticks(range(classes), shown, fontsize=7)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    present = counts.sum(axis=1) > 0
+    accuracy = counts.trace() / counts.sum() if len(labels) else np.nan
+    balanced = float(np.mean(np.diag(row_normalised(counts))[present])) if present.any() else np.nan
     ax.set(xlabel="predicted", ylabel="true",
-           title=f"{title}: {classes} classes, {len(labels)} test images, top-1 {100 * accuracy:.1f}%")
+           title=f"{title}: {classes} classes, {len(labels)} test images, top-1 {100 * accuracy:.1f}%, "
+                 f"balanced {100 * balanced:.1f}%")
     save(fig, path)
 
 

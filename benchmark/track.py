@@ -5,6 +5,7 @@ these write is in benchmark/names.py; where runs go is benchmark/mlflow_store.py
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import tempfile
@@ -64,8 +65,9 @@ class EpochLogger:
 
     FLUSH_S = 2.0
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, metrics: tuple[str, ...] = names.EPOCH_METRICS):
         self.run_id = run_id
+        self.metrics = metrics  # the logs' keys it logs
         self.seconds = 0.0  # time spent logging, for the bookkeeping benchmark
         self.pending: list = []
         self.flushed = time.perf_counter()
@@ -74,7 +76,7 @@ class EpochLogger:
         now_ms = int(time.time() * 1000)
         logs = logs or {}
         self.pending += [mlflow.entities.Metric(k, float(logs[k]), now_ms, epoch + 1)  # Keras passes 0-based epochs
-                         for k in names.EPOCH_METRICS if k in logs and np.isfinite(float(logs[k]))]
+                         for k in self.metrics if k in logs and np.isfinite(float(logs[k]))]
         if time.perf_counter() - self.flushed >= self.FLUSH_S:
             self.flush()
 
@@ -109,8 +111,10 @@ def log_result(result, run_id: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if result.model_path is not None:  # a picture for the runs people open; every run has its metrics' charts
-            plot_learning_curves(result.history, tmp / names.ARTIFACT_CURVES, title=result.title)
-        np.savez_compressed(tmp / names.ARTIFACT_PREDICTIONS, labels=result.test_labels, top5=result.test_predictions)
+            plot_learning_curves(result.history, tmp / names.ARTIFACT_CURVES, title=result.title, top5=result.reports_top5)
+        np.savez_compressed(tmp / names.ARTIFACT_PREDICTIONS, labels=result.test_labels, top5=result.test_predictions,
+                            class_names=np.asarray(result.class_names, dtype=str))
+        write_per_class(result.per_class, tmp / names.ARTIFACT_PER_CLASS)
         (tmp / names.ARTIFACT_HISTORY).write_text(json.dumps(result.history.epochs, indent=1))
         (tmp / names.ARTIFACT_SPEC).write_text(result.spec.model_dump_json(indent=1))  # reports reload its data
         client.log_artifacts(run_id, str(tmp))
@@ -122,7 +126,16 @@ def log_model(folder: str | Path, run_id: str) -> None:
     shutil.rmtree(Path(folder).parent, ignore_errors=True)
 
 
-def plot_learning_curves(history, path: Path, title: str = "") -> None:
+def write_per_class(rows: list[dict], path: Path) -> None:
+    """measure.per_class_rows as CSV: a share with nothing to divide by is an empty cell."""
+    cells = [{k: "" if isinstance(v, float) and not np.isfinite(v) else v for k, v in row.items()} for row in rows]
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(cells)
+
+
+def plot_learning_curves(history, path: Path, title: str = "", top5: bool = True) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +146,7 @@ def plot_learning_curves(history, path: Path, title: str = "") -> None:
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.85, wspace=0.2)  # tight_layout draws twice
     for name in ("loss", "val_loss"):
         loss_ax.plot(epochs, history.series(name), marker="o", label=name)
-    for name in ("top1", "val_top1", "val_top5"):
+    for name in ("top1", "val_top1", "val_top5") if top5 else ("top1", "val_top1"):
         acc_ax.plot(epochs, history.series(name), marker="o", label=name)
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))

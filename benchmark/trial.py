@@ -46,11 +46,17 @@ class TrialResult:
     test_predictions: np.ndarray  # top-5 class indices per test image
     tags: dict[str, str]
     built: BuiltModel  # the trained model
+    class_names: list[str]  # by class index
+    per_class: list[dict]  # measure.per_class_rows of the test split
     model_path: Path | None = None  # the MLflow Keras model `finish` saved, if it was kept (ARTIFACT_MODEL_DIR)
 
     @property
     def title(self) -> str:
         return f"{self.spec.backbone.name} / {self.spec.strategy_name}"
+
+    @property
+    def reports_top5(self) -> bool:
+        return measure.reports_top5(len(self.class_names))
 
 
 def prepare(spec: TrialSpec, data: Dataset | None = None) -> Prepared:
@@ -86,12 +92,13 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
     total, trainable = measure.count_params(built.features, built.head)
     metrics = {
         names.BEST_VAL_TOP1: best["val_top1"],
-        names.BEST_VAL_TOP5: best["val_top5"],
+        names.BEST_VAL_TOP5: best.get("val_top5", np.nan),
         names.BEST_EPOCH: float(history.best_index + 1),  # counted from 1, as Keras prints epochs
         names.LAST_VAL_TOP1: last["val_top1"],
-        names.LAST_VAL_TOP5: last["val_top5"],
+        names.LAST_VAL_TOP5: last.get("val_top5", np.nan),
         names.TEST_TOP1: test["top1"],
         names.TEST_TOP5: test["top5"],
+        names.TEST_BALANCED_ACCURACY: test["balanced_accuracy"],
         names.PARAMS_TOTAL: float(total),
         names.PARAMS_TRAINABLE: float(trainable),
         names.INFER_IMAGES_PER_SEC: inference_rate(spec, built),
@@ -104,7 +111,7 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
     metrics[names.WALL_TIME_S] = time.perf_counter() - prepared.started
     return TrialResult(
         spec=spec,
-        metrics=metrics,
+        metrics=without_meaningless_top5(metrics, data.num_classes),
         history=history,
         test_labels=data.y_test,
         test_predictions=test["predictions"],
@@ -112,7 +119,16 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
               names.TAG_PREFIX_CACHE: f"{above.cached.status} (below {plan.cut})" if above else
               f"off: {plan.no_activations}"},
         built=built,
+        class_names=list(data.class_names),
+        per_class=measure.per_class_rows(data.y_test, test["predictions"][:, 0], data.class_names),
     )
+
+
+def without_meaningless_top5(metrics: dict[str, float], num_classes: int) -> dict[str, float]:
+    """The metrics without names.TOP5_METRICS where top-5 says nothing (measure.reports_top5)."""
+    if measure.reports_top5(num_classes):
+        return metrics
+    return {name: value for name, value in metrics.items() if name not in names.TOP5_METRICS}
 
 
 def finish(result: TrialResult, keep: bool, directory: Path | None = None) -> TrialResult:
@@ -172,6 +188,13 @@ def run_trial(spec: TrialSpec, data: Dataset | None = None, callbacks=(), verbos
     return finish(execute(prepare(spec, data), callbacks=callbacks, verbose=verbose), keep=True)
 
 
+def epoch_metrics(num_classes: int) -> tuple[str, ...]:
+    """The per-epoch curves a trial logs: without top-5 where it says nothing (measure.reports_top5)."""
+    if measure.reports_top5(num_classes):
+        return names.EPOCH_METRICS
+    return tuple(name for name in names.EPOCH_METRICS if name not in names.TOP5_EPOCH_METRICS)
+
+
 @dataclass
 class TrialRecord:
     """What a tracked trial leaves its caller: the run holds the rest."""
@@ -186,7 +209,7 @@ def run_tracked(prepared: Prepared, run_id: str, keep: bool | Callable[[dict[str
     """Execute a prepared trial inside the MLflow run `run_id` (by id: a trial process logs into
     a run its parent owns): its curves as it trains (also when it is pruned or fails), then its
     metrics, tags and artifacts. `keep` says whether it saves its model, or decides from its metrics."""
-    epoch_logger = track.EpochLogger(run_id)
+    epoch_logger = track.EpochLogger(run_id, epoch_metrics(prepared.data.num_classes))
     started = time.perf_counter()
     with epoch_logger:
         result = execute(prepared, callbacks=[epoch_logger.callback(), *callbacks], verbose=verbose)

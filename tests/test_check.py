@@ -297,3 +297,21 @@ def test_each_verdict_on_made_numbers():
     assert verdicts == {"val_top1": "ok", "test_top1": "regression", "test_top5": "improvement", "params": "changed",
                         "infer_images_per_sec": "ok", "model_size_mb": "missing", "-": "new (not in the baseline)"}
     assert check.failed(table) and not check.failed(table[table["metric"].isin(["val_top1", "test_top5"])])
+
+
+def test_a_baseline_without_the_balanced_accuracy_column_still_passes_and_one_with_it_is_checked(tmp_path):
+    import pandas as pd
+
+    assert "test_balanced_accuracy" in leaderboard.COLUMNS
+    board = pd.DataFrame([{column: 0.5 for column in leaderboard.COLUMNS} | {"backbone": "vgg16", "strategy": "frozen"}])
+    without = made_baseline(test_top1=(0.5, 0.03, "absolute", "higher"))
+    assert set(check.compare(without, board)["verdict"]) == {"ok"}
+    checked = made_baseline(test_top1=(0.5, 0.03, "absolute", "higher"),
+                            test_balanced_accuracy=(0.6, 0.03, "absolute", "higher"))
+    path = tmp_path / "x.json"
+    path.write_text(checked.model_dump_json())
+    table = check.compare(check.load_baseline(path, "x"), board)  # a known column: the file loads
+    assert dict(zip(table["metric"], table["verdict"])) == {"test_top1": "ok", "test_balanced_accuracy": "regression"}
+    for shipped in ("ci", "ci-transfer"):  # the stored baselines still load: they check no new column
+        assert "test_balanced_accuracy" not in {m for r in check.load_baseline(check.baseline_path(shipped), shipped).rows
+                                                for m in r.metrics}

@@ -195,6 +195,72 @@ def test_the_terminal_table_fits_100_columns_with_long_names():
     assert "efficientnetv2b0" in text and "12.3" in text and "TS" in text
 
 
+# ---------------------------------------------------------------- any number of classes
+
+
+def made_board(*rows: dict) -> pd.DataFrame:
+    """A board of made-up rows: every column, the given values over plausible defaults."""
+    defaults = dict(kind="sweep", strategy="frozen", val_top1=0.5, val_top5=np.nan, test_top1=0.5, test_top5=np.nan,
+                    test_balanced_accuracy=0.5, params=1e6, model_size_mb=4.0, infer_images_per_sec=100.0,
+                    train_images_per_sec=100.0, learning_rate=1e-3, unfreeze="0", trials_complete=1,
+                    trials_pruned=0, trials_failed=0, compute_s=10.0, pareto_throughput=False, pareto_size=False,
+                    confirm_runs=0, trial_number=0, study="s")
+    return pd.DataFrame([{**{c: np.nan for c in leaderboard.COLUMNS}, **defaults, **row} for row in rows],
+                        columns=list(leaderboard.COLUMNS))
+
+
+def made_predictions(labels: np.ndarray, accuracy: float, seed: int) -> np.ndarray:
+    """Ranked predictions of every class (as a trial keeps them with fewer than 5 classes), top-1
+    right on about `accuracy` of the images."""
+    classes = int(labels.max()) + 1
+    right = np.random.default_rng(seed).random(len(labels)) < accuracy
+    first = np.where(right, labels, (labels + 1) % classes)
+    return np.stack([(first + k) % classes for k in range(classes)], axis=1)
+
+
+def test_intervals_and_mcnemar_work_on_three_classes_without_a_top5_interval(monkeypatch):
+    labels = np.random.default_rng(0).integers(0, 3, size=300)
+    saved = {run: {"labels": labels, "top5": made_predictions(labels, accuracy, seed), "class_names": ["a", "b", "c"]}
+             for run, accuracy, seed in (("best", 0.8, 1), ("worse", 0.6, 2), ("alike", 0.8, 3))}
+    monkeypatch.setattr(leaderboard, "test_predictions", saved.__getitem__)
+    board = made_board(*({"backbone": run, "run_id": run} for run in saved))
+    leaderboard.add_statistics(board)
+
+    correct = {run: saved[run]["top5"][:, 0] == labels for run in saved}
+    for i, run in enumerate(saved):
+        assert board.loc[i, "test_top1_low"] < correct[run].mean() < board.loc[i, "test_top1_high"]
+        assert board.loc[i, "test_top1_high"] - board.loc[i, "test_top1_low"] < 0.12  # 300 images
+    assert board[["test_top5_low", "test_top5_high"]].isna().all().all()  # 3 classes: no top-5, no interval
+    assert board.loc[0, "p_vs_best"] == 1.0 and board.loc[0, "tied_with_best"]
+    assert board.loc[1, "p_vs_best"] == pytest.approx(leaderboard.mcnemar_exact(correct["worse"], correct["best"]))
+    assert board.loc[1, "p_vs_best"] < 0.001 and not board.loc[1, "tied_with_best"]
+    assert board.loc[1, "diff_vs_best_low"] < correct["worse"].mean() - correct["best"].mean() < board.loc[1, "diff_vs_best_high"] < 0
+    assert board.loc[2, "p_vs_best"] == pytest.approx(leaderboard.mcnemar_exact(correct["alike"], correct["best"]))
+    assert board.loc[2, "p_vs_best"] >= 0.05 and board.loc[2, "tied_with_best"]
+
+
+def test_a_four_class_board_shows_no_top5_in_any_format_and_balanced_accuracy_in_each():
+    board = made_board({"backbone": "vgg16", "run_id": "r1", "test_top1": 0.6, "test_balanced_accuracy": 0.55})
+    csv_text = leaderboard.render(board, "csv")
+    header, row = (line.split(",") for line in csv_text.splitlines())
+    cells = dict(zip(header, row))
+    assert cells["test_top5"] == cells["test_top5_low"] == cells["test_top5_high"] == cells["val_top5"] == ""
+    assert float(cells["test_balanced_accuracy"]) == 0.55
+    record = json.loads(leaderboard.render(board, "json"))[0]
+    assert record["test_top5"] is None and record["test_top5_low"] is None and record["val_top5"] is None
+    assert record["test_balanced_accuracy"] == 0.55
+    markdown = leaderboard.render(board, "markdown").splitlines()
+    shown = dict(zip(markdown[0].strip("| ").split(" | "), markdown[2].strip("| ").split(" | ")))
+    assert shown["test@5"] == "-" and shown["bal@1"] == "55.0" and shown["test@1±CI"] == "60.0"
+    assert "test@5" not in leaderboard.render(board, "table")  # the terminal table never shows top-5
+
+
+def test_a_hundred_class_row_shows_its_top5_as_before():
+    board = made_board({"backbone": "vgg16", "run_id": "r1", "test_top5": 0.8433, "val_top5": 0.9})
+    assert leaderboard.display_rows(board)[0]["test@5"] == "84.3"
+    assert json.loads(leaderboard.render(board, "json"))[0]["test_top5"] == 0.8433
+
+
 def test_optuna_opens_our_studies_from_the_storage_url(in_ci_store):
     url = f"sqlite:///{in_ci_store / 'optuna.db'}"
     names = sorted(optuna.get_all_study_names(url))

@@ -153,7 +153,7 @@ def test_only_the_best_trials_model_stays_in_the_artifact_store_also_after_a_rer
         assert (folder / names.ARTIFACT_CURVES).exists() == (tags[number] != names.MODEL_NOT_KEPT)
         if tags[number] == names.MODEL_NOT_KEPT:
             assert {f.name for f in folder.iterdir()} == {names.ARTIFACT_HISTORY, names.ARTIFACT_PREDICTIONS,
-                                                         names.ARTIFACT_SPEC}
+                                                         names.ARTIFACT_PER_CLASS, names.ARTIFACT_SPEC}
             assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 1_000_000
 
 

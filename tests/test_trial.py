@@ -1,13 +1,18 @@
-"""One trial: strategies train what they say, training learns, metrics land in MLflow by name."""
+"""One trial: strategies train what they say, training learns, metrics land in MLflow by name, and
+a set of 5 classes or fewer logs no top-5."""
+
+import csv
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
 from benchmark import mlflow_store, names, registry
+from benchmark.data import Dataset
 from benchmark.spec import BackboneSpec, load_experiment
 from benchmark.plan import Phase
-from benchmark.trial import execute, prepare, run_trial
+from benchmark.trial import epoch_metrics, execute, prepare, run_tracked, run_trial, without_meaningless_top5
 
 
 def ci_trial(backbone="vgg16", strategy="frozen", **values):
@@ -99,3 +104,57 @@ def test_batchnorm_momentum_is_set_on_every_batchnorm_layer():
 
     norms = [l for l in prepare(spec).built.base.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert len(norms) > 30 and {l.momentum for l in norms} == {0.9}
+
+
+# ---------------------------------------------------------------- any number of classes
+
+
+def test_top5_metrics_and_curves_are_left_out_with_five_classes_or_fewer():
+    metrics = {name: 1.0 for name in names.FINAL_METRICS}
+    assert without_meaningless_top5(metrics, 100) == metrics
+    assert list(without_meaningless_top5(metrics, 6)) == list(names.FINAL_METRICS)  # the same order as ever
+    assert set(without_meaningless_top5(metrics, 5)) == set(names.FINAL_METRICS) - set(names.TOP5_METRICS)
+    assert names.TEST_BALANCED_ACCURACY in without_meaningless_top5(metrics, 2)
+    assert epoch_metrics(100) == names.EPOCH_METRICS
+    assert epoch_metrics(4) == ("loss", "top1", "val_loss", "val_top1", "learning_rate")
+
+
+def first_classes(data: Dataset, count: int) -> Dataset:
+    """The data set's images of its first `count` classes only."""
+    kept = {split: getattr(data, f"y_{split}") < count for split in ("train", "val", "test")}
+    return Dataset(**{f"{xy}_{split}": getattr(data, f"{xy}_{split}")[kept[split]] for split in kept for xy in "xy"},
+                   class_names=data.class_names[:count], origin=data.origin)
+
+
+@pytest.mark.slow
+def test_a_four_class_trial_logs_balanced_accuracy_and_a_per_class_table_but_no_top5(store):
+    from sklearn.metrics import balanced_accuracy_score
+
+    from benchmark import leaderboard
+    from benchmark.data import load_dataset
+
+    spec = ci_trial("vgg16", "frozen")
+    data = first_classes(load_dataset(spec.data), 4)
+    mlflow_store.configure()
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(mlflow_store.experiment_id(spec.experiment)).info.run_id
+    run_tracked(prepare(spec, data), run_id, keep=False)
+
+    logged = client.get_run(run_id).data.metrics
+    assert set(names.FINAL_METRICS) - set(logged) == set(names.TOP5_METRICS)  # no top-5 at all, not even NaN
+    assert client.get_metric_history(run_id, "val_top5") == [] and client.get_metric_history(run_id, "top5") == []
+    assert len(client.get_metric_history(run_id, "val_top1")) == spec.training.epochs
+    saved = leaderboard.test_predictions(run_id)
+    labels, predicted = saved["labels"], saved["top5"][:, 0]
+    assert saved["class_names"] == data.class_names and saved["top5"].shape == (len(data.y_test), 4)
+    assert logged[names.TEST_BALANCED_ACCURACY] == pytest.approx(balanced_accuracy_score(labels, predicted))
+
+    table = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.ARTIFACT_PER_CLASS))
+    rows = list(csv.DictReader(table.open()))
+    assert [r["class_name"] for r in rows] == data.class_names
+    for index, row in enumerate(rows):
+        mine = labels == index
+        assert (int(row["support"]), int(row["correct"])) == (mine.sum(), (mine & (predicted == index)).sum())
+        assert int(row["predicted"]) == (predicted == index).sum()
+        recall = int(row["correct"]) / mine.sum() if mine.any() else None
+        assert (float(row["recall"]) if row["recall"] else None) == pytest.approx(recall)
