@@ -1,9 +1,10 @@
+import fcntl
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import CI_SWEEPS
+from helpers import CI_SWEEPS, machine_shared
 
 # The suite answers the same whatever the caller's shell exports (ML shells often set TF_CPP_MIN_LOG_LEVEL,
 # KERAS_BACKEND, MLFLOW_TRACKING_URI...): before anything imports Keras, every variable of the package, MLflow,
@@ -32,6 +33,13 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Each test, its fixtures' setup included, runs holding the machine lock shared (helpers.alone)."""
+    with machine_shared():
+        yield
+
+
 @pytest.fixture(scope="session")
 def cifar_sample_dir() -> Path:
     """The real CIFAR-100 slice (official layout); CIFAR100_SAMPLE_DIR overrides where it lives."""
@@ -57,11 +65,28 @@ def store(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def ci_store(tmp_path_factory):
     """A store filled by a real `ci` sweep of two backbones (CI_SWEEPS; trials in-process to save
-    the spawns), shared read-only by the leaderboard and check tests."""
+    the spawns), shared read-only by the leaderboard and check tests: made once for the whole run,
+    by the first test process that needs it (the others wait for it and read the same folder)."""
     from benchmark import sweep
     from benchmark.spec import load_experiment
 
-    path = tmp_path_factory.mktemp("ci-store") / "mlruns"
+    shared = run_folder(tmp_path_factory)
+    path, done = shared / "ci-store" / "mlruns", shared / "ci-store.done"
+    with open(shared / "ci-store.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            fill_ci_store(path, sweep, load_experiment)
+            done.touch()
+    return path
+
+
+def run_folder(tmp_path_factory) -> Path:
+    """This run's temporary folder, shared by its test processes (each has its own inside it)."""
+    own = tmp_path_factory.getbasetemp()
+    return own.parent if os.environ.get("PYTEST_XDIST_WORKER") else own
+
+
+def fill_ci_store(path: Path, sweep, load_experiment) -> None:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("BENCHMARK_STORE", str(path))
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -71,7 +96,6 @@ def ci_store(tmp_path_factory):
         experiment = experiment.model_copy(update={"search": search})
         for (backbone, strategy), trials in CI_SWEEPS.items():
             sweep.run_sweep(experiment, backbone, strategy=strategy, trials=trials, verbose=0, say=lambda _: None)
-    return path
 
 
 @pytest.fixture

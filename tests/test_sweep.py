@@ -549,6 +549,9 @@ def test_a_whole_experiment_sweep_fills_every_row_and_resumes(store):
 
     said = []
     experiment = in_process(ci(pruner="none"))
+    smaller = {"subset": experiment.data.subset.model_copy(update={"validation": 80, "test": 100}),
+               "synthetic": experiment.data.synthetic.model_copy(update={"train_size": 400, "test_size": 100})}
+    experiment = experiment.model_copy(update={"data": experiment.data.model_copy(update=smaller)})  # as SMALLER_DATA
     results = sweep.run_experiment(experiment, trials=1, verbose=0, say=said.append)
     pairs = [(b, s) for b in experiment.backbones for s in experiment.strategies]
     assert [(p.backbone, p.strategy) for p in results] == pairs and all(p.reached for p in results)
