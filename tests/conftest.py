@@ -4,7 +4,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import CI_SWEEPS, machine_shared
+from helpers import CI_SWEEPS, machine_shared, run_folder
 
 # The suite answers the same whatever the caller's shell exports (ML shells often set TF_CPP_MIN_LOG_LEVEL,
 # KERAS_BACKEND, MLFLOW_TRACKING_URI...): before anything imports Keras, every variable of the package, MLflow,
@@ -78,12 +78,6 @@ def ci_store(tmp_path_factory):
             fill_ci_store(path, sweep, load_experiment)
             done.touch()
     return path
-
-
-def run_folder(tmp_path_factory) -> Path:
-    """This run's temporary folder, shared by its test processes (each has its own inside it)."""
-    own = tmp_path_factory.getbasetemp()
-    return own.parent if os.environ.get("PYTEST_XDIST_WORKER") else own
 
 
 def fill_ci_store(path: Path, sweep, load_experiment) -> None:

@@ -30,6 +30,7 @@ CI_SWEEPS = {("vgg16", "frozen"): 3, ("resnet50", "frozen"): 2}  # what the shar
 # and compared with one measured earlier (alone too) is not slowed by a test of the other process.
 MACHINE_LOCK = Path(tempfile.gettempdir()) / f"benchmark-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}.lock"
 _held = None  # the lock's file while this process runs a test
+_alone = False  # whether this process holds it exclusively
 
 
 @contextlib.contextmanager
@@ -49,12 +50,24 @@ def machine_shared() -> Iterator[None]:
 def alone() -> Iterator[None]:
     """No test of another process runs inside this block (they wait at their next test; one that
     is running finishes first). flock converts the shared lock: dropped, then taken exclusively."""
+    global _alone
     assert _held is not None, "alone() is for inside a test"
+    if _alone:  # already alone (an outer block)
+        yield
+        return
     fcntl.flock(_held, fcntl.LOCK_EX)
+    _alone = True
     try:
         yield
     finally:
+        _alone = False
         fcntl.flock(_held, fcntl.LOCK_SH)
+
+
+def run_folder(tmp_path_factory) -> Path:
+    """This run's temporary folder, shared by its test processes (each has its own inside it)."""
+    own = tmp_path_factory.getbasetemp()
+    return own.parent if os.environ.get("PYTEST_XDIST_WORKER") else own
 
 
 def pair_study(storage, backbone: str, strategy: str, experiment: str = "ci"):
