@@ -75,7 +75,21 @@ def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_s
     }
 
 
-PREDICT_CHUNK_BYTES = 128 * 2**20  # of input read and predicted at once (about 850 images at 224 px)
+PREDICT_CHUNK_BYTES = 32 * 2**20  # of input read and predicted at once (about 200 images at 224 px)
+# Pixels a forward pass without gradients takes in at once: 64 images at 160 px (the `transfer`
+# experiment's batch), about 0.6 GB of activations in EfficientNet-Lite0 (TensorFlow, CPU). Larger
+# images halve the batch until it fits (224 px: 32 images, not 64: 1.1 GB): activations grow with
+# pixels, and a per-image forward pass gives the same features in any batch (to float rounding).
+# CIFAR's 32 px images never reach it.
+PREDICT_BATCH_PIXELS = 64 * 160 * 160
+
+
+def predict_batch_size(batch_size: int, shape: tuple[int, ...]) -> int:
+    """batch_size, halved while a batch of images of `shape` (N, H, W, C) exceeds PREDICT_BATCH_PIXELS."""
+    pixels = int(np.prod(shape[1:3])) if len(shape) == 4 else 0
+    while batch_size > 1 and batch_size * pixels > PREDICT_BATCH_PIXELS:
+        batch_size = (batch_size + 1) // 2
+    return batch_size
 
 
 def predict(model: keras.Model, sources: list, batch_size: int, dtype=np.float32) -> np.ndarray:
@@ -83,11 +97,13 @@ def predict(model: keras.Model, sources: list, batch_size: int, dtype=np.float32
     concatenating them: chunks of whole batches (PREDICT_CHUNK_BYTES of input at most) are read,
     predicted and written into one preallocated output, so memory holds one chunk of input whatever
     the sources' size. Every batch holds what it would hold in one predict over the concatenation
-    (the same values: one traced function, the last partial batch included).
+    (the same values: one traced function, the last partial batch included), batches of
+    batch_size images but for images above PREDICT_BATCH_PIXELS a batch (predict_batch_size).
 
     A source is an array, a data.Rows, or anything with `shape` and `blocks()` (consecutive rows,
     in order: cache.AugmentedView)."""
     total = sum(len(source) for source in sources)
+    batch_size = min(predict_batch_size(batch_size, tuple(source.shape)) for source in sources)
     row_bytes = max(int(np.prod(source.shape[1:])) * np.dtype(getattr(source, "dtype", np.uint8)).itemsize
                     for source in sources)
     rows = batch_size * max(1, PREDICT_CHUNK_BYTES // (batch_size * max(row_bytes, 1)))

@@ -228,7 +228,7 @@ def main() -> None:
             "",
             "The splits of own images are row numbers into the image cache (`benchmark.data.Rows`), read with "
             "positional reads rather than through a memory map (a mapped page, once read, counts as resident "
-            "memory); the feature pass predicts a chunk of whole batches (128 MiB of input) at a time into one "
+            "memory); the feature pass predicts a chunk of whole batches (32 MiB of input; at most 64 images of 160 px a batch) at a time into one "
             "preallocated output (`benchmark.measure.predict`), and uncached training reads shuffled batches "
             "(`benchmark.train.ImageBatches`).",
         ]
