@@ -29,7 +29,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmark import files
+from benchmark import files, measure
 from benchmark.files import cache_dir  # defined there: benchmark.data needs it without Keras
 from benchmark.data import Dataset
 from benchmark.errors import BenchmarkError
@@ -109,7 +109,7 @@ def pooled_features(spec: TrialSpec, built: BuiltModel, data: Dataset) -> Cached
     views = views_of(spec)
 
     def compute() -> dict[str, np.ndarray]:
-        train = list(augmented_views(spec, data.x_train, views)) if views else [data.x_train]
+        train = [AugmentedView(spec, data.x_train, v) for v in range(views)] if views else [data.x_train]
         return predict_splits(built.features, [*train, data.x_val, data.x_test], spec.training.batch_size,
                               np.float32, views)
 
@@ -143,26 +143,49 @@ def cached_arrays(folder: Path, data: Dataset, views: int, compute) -> Cached:
                   train_views=train_views)
 
 
-def predict_splits(model: keras.Model, images: list[np.ndarray], batch_size: int, dtype, views: int = 0) -> dict:
-    """One forward pass over all splits at once (one traced function, not one per split's shapes):
-    the training images (V views of them, with `views`), then validation, then test."""
-    out = np.asarray(model.predict(np.concatenate(images), batch_size=batch_size, verbose=0)).astype(dtype)
-    parts = np.split(out, np.cumsum([len(x) for x in images])[:-1])
-    return {"train": np.stack(parts[:-2]) if views else parts[0], "val": parts[-2], "test": parts[-1]}
+def predict_splits(model: keras.Model, images: list, batch_size: int, dtype, views: int = 0) -> dict:
+    """One forward pass over all splits, as over their concatenation (one traced function, not one
+    per split's shapes), read and predicted a chunk at a time (measure.predict: the images are
+    never all in memory): the training images (V views of them, with `views`), then validation,
+    then test."""
+    out = measure.predict(model, images, batch_size, dtype)
+    ends = np.cumsum([len(x) for x in images])
+    train = out[:ends[-3]]
+    if views:
+        train = train.reshape(views, len(images[0]), *out.shape[1:])
+    return {"train": train, "val": out[ends[-3]:ends[-2]], "test": out[ends[-2]:]}
+
+
+class AugmentedView:
+    """View `view` of the images (a source for measure.predict): the spec's augmentation layers,
+    seeded with training.seed + view, in training mode, rounded back to 8-bit images, drawn
+    `batch` images at a time in order when read, so no view is ever held whole."""
+
+    def __init__(self, spec: TrialSpec, images, view: int, batch: int = 256):
+        self.spec, self.images, self.view, self.batch = spec, images, view, batch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape)
+
+    dtype = np.uint8
+
+    def blocks(self):
+        layers = augmentation_layers(self.spec, seed=self.spec.training.seed + self.view)
+        for start in range(0, len(self.images), self.batch):
+            x = keras.ops.cast(self.images[start:start + self.batch], "float32")
+            for layer in layers:
+                x = layer(x, training=True)
+            yield np.clip(np.rint(keras.ops.convert_to_numpy(x)), 0, 255).astype(np.uint8)
 
 
 def augmented_views(spec: TrialSpec, images: np.ndarray, views: int, batch: int = 256):
-    """View v of the images: the spec's augmentation layers, seeded with training.seed + v, in
-    training mode, rounded back to 8-bit images."""
+    """View v of the images, whole (AugmentedView's blocks, concatenated): for small data and tests."""
     for view in range(views):
-        layers = augmentation_layers(spec, seed=spec.training.seed + view)
-        chunks = []
-        for start in range(0, len(images), batch):
-            x = keras.ops.cast(images[start:start + batch], "float32")
-            for layer in layers:
-                x = layer(x, training=True)
-            chunks.append(np.clip(np.rint(keras.ops.convert_to_numpy(x)), 0, 255).astype(np.uint8))
-        yield np.concatenate(chunks)
+        yield np.concatenate(list(AugmentedView(spec, images, view, batch).blocks()))
 
 
 # ---------------------------------------------------------------- on disk

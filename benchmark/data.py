@@ -20,6 +20,7 @@ import os
 import pickle
 import socket
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -90,11 +91,13 @@ RESTAGE_HINT = f"re-stage the official {OFFICIAL_FOLDER} folder (train, test, me
 
 @dataclass
 class Dataset:
-    x_train: np.ndarray  # uint8 (N, S, S, 3), channels-last: S = 32 for CIFAR, data.image_size for own images
+    # uint8 (N, S, S, 3), channels-last: S = 32 for CIFAR (in memory), data.image_size for own
+    # images (Rows: read from the image cache's file a batch at a time, never held whole)
+    x_train: np.ndarray | Rows
     y_train: np.ndarray  # int64 (N,)
-    x_val: np.ndarray
+    x_val: np.ndarray | Rows
     y_val: np.ndarray
-    x_test: np.ndarray
+    x_test: np.ndarray | Rows
     y_test: np.ndarray
     class_names: list[str]  # 100 fine names, or 20 coarse names, or the own images' classes
     origin: str  # "keras", "cifar10", "dir:/abs/path", "sample", "synthetic", "folder:/abs/path", "csv:/abs/path"
@@ -120,6 +123,129 @@ class Dataset:
 
 
 Split = tuple[np.ndarray, np.ndarray]
+
+
+class Rows:
+    """Some rows of an image .npy file (the image cache), read from the file when indexed: a split
+    of own images without its pixels in memory. `rows[i]` is one image; `rows[a:b]` and
+    `rows[positions]` (any order) are uint8 arrays read with positional reads (os.preadv), not
+    through a memory map, whose pages would count as this process's resident memory once touched;
+    the page cache keeps the file's pages warm for every reader. np.asarray(rows) reads them all
+    (for small data and tests: code that may meet a large split reads it in batches)."""
+
+    def __init__(self, images: np.ndarray, index: np.ndarray):
+        """`images`: the memory-mapped .npy (np.load(..., mmap_mode="r")); `index`: its rows, in order."""
+        if not isinstance(images, np.memmap) or images.filename is None:
+            raise TypeError("Rows reads from a memory-mapped .npy file (np.load(path, mmap_mode='r'))")
+        self.path = Path(images.filename)
+        self.offset = int(images.offset)  # where the pixels start: after the .npy header
+        self.row_shape = tuple(images.shape[1:])
+        self.dtype = images.dtype
+        self.index = np.ascontiguousarray(index, dtype=np.int64)
+        self._file = None
+
+    # ---- the array-like surface the rest of the code uses
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.row_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.row_shape)
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.row_shape)) * self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """The pixels' size (on disk, not in memory)."""
+        return len(self.index) * self.row_bytes
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        """rows[i] (one image), rows[a:b], rows[positions], rows[mask]; rows[i, y, x, c] reads row(s) key[0] first."""
+        if isinstance(key, tuple):
+            first = self[key[0]]
+            return first[key[1:]] if isinstance(key[0], (int, np.integer)) else first[(slice(None), *key[1:])]
+        if isinstance(key, (int, np.integer)):
+            return self.read(self.index[[key]])[0]
+        return self.read(self.index[key])
+
+    def __iter__(self):
+        step = max(1, CHUNK_BYTES // max(self.row_bytes, 1))
+        for start in range(0, len(self), step):
+            yield from self[start:start + step]
+
+    def __array__(self, dtype=None, copy=None):
+        if copy is False:
+            raise ValueError("Rows are read from their file: np.asarray(rows) always copies")
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"Rows({len(self)} of {self.path}, {self.row_shape} {self.dtype})"
+
+    # ---- reading
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` of the file (indices into the whole file, any order), as a new array."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), *self.row_shape), self.dtype)
+        if not len(rows):
+            return out
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        in_order = bool((order == np.arange(len(rows))).all())
+        target = out if in_order else np.empty_like(out)
+        flat = target.reshape(len(rows), -1).view(np.uint8)
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        fd = self._descriptor()
+        for first, end in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):  # runs of consecutive rows: one read each
+            _read_exactly(fd, memoryview(flat[first:end]).cast("B"), self.offset + int(ordered[first]) * self.row_bytes,
+                          self.path)
+        if not in_order:
+            out[order] = target
+        return out
+
+    def _descriptor(self) -> int:
+        if self._file is None:
+            self._file = open(self.path, "rb", buffering=0)
+        return self._file.fileno()
+
+    def __getstate__(self) -> dict:  # crosses processes without its open file
+        return {**self.__dict__, "_file": None}
+
+    def __del__(self):
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+
+
+CHUNK_BYTES = 64 * 2**20  # what Rows reads at once where it reads everything (iteration, np.asarray)
+
+
+def _read_exactly(fd: int, buffer: memoryview, offset: int, path: Path) -> None:
+    done = 0
+    while done < len(buffer):
+        if hasattr(os, "preadv"):
+            count = os.preadv(fd, [buffer[done:]], offset + done)
+        else:  # no positional reads (Windows): one reader at a time
+            with _SEEK_LOCK:
+                os.lseek(fd, offset + done, os.SEEK_SET)
+                count = os.readv(fd, [buffer[done:]]) if hasattr(os, "readv") else _read_into(fd, buffer[done:])
+        if count <= 0:
+            raise BenchmarkError(f"the image cache {path} ended early; delete its folder and load the images again")
+        done += count
+
+
+def _read_into(fd: int, buffer: memoryview) -> int:
+    data = os.read(fd, len(buffer))
+    buffer[:len(data)] = data
+    return len(data)
+
+
+_SEEK_LOCK = threading.Lock()
 
 
 # ---------------------------------------------------------------- the one entry point
@@ -212,9 +338,9 @@ def load_own_images(spec: DataSpec, progress: bool = True) -> Dataset:
         content.update(split.encode() + np.ascontiguousarray(chosen[split], np.int64).tobytes())
         content.update(np.ascontiguousarray(index.labels[chosen[split]], np.int64).tobytes())
     return Dataset(
-        x_train=_rows(stored.images, chosen["train"]), y_train=index.labels[chosen["train"]],
-        x_val=_rows(stored.images, chosen["val"]), y_val=index.labels[chosen["val"]],
-        x_test=_rows(stored.images, chosen["test"]), y_test=index.labels[chosen["test"]],
+        x_train=Rows(stored.images, chosen["train"]), y_train=index.labels[chosen["train"]],
+        x_val=Rows(stored.images, chosen["val"]), y_val=index.labels[chosen["val"]],
+        x_test=Rows(stored.images, chosen["test"]), y_test=index.labels[chosen["test"]],
         class_names=list(index.class_names), origin=origin, content_key=content.hexdigest(),
         duplicate_groups=len(groups), duplicates=warning, dropped_duplicates=dropped,
     )
@@ -259,14 +385,6 @@ def _subset_indices(name: str, labels: np.ndarray, size: int, seed: int) -> np.n
             f"set data.subset.{name} to at most {len(labels)} (or remove it to use the whole split)"
         )
     return stratified_subset(labels, size, seed)
-
-
-def _rows(images: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """images[members]: still memory-mapped where members is one run of rows (a split/ folder's
-    images), a copy in memory otherwise (a carved split)."""
-    if len(members) and members[-1] - members[0] + 1 == len(members):
-        return images[int(members[0]):int(members[-1]) + 1]
-    return images[members]
 
 
 def _split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:

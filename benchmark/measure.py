@@ -62,7 +62,10 @@ def share(part: int, whole: int) -> float:
 def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict:
     """Top-1, top-5, balanced accuracy and the per-example top-5 predictions (kept for bootstrap
     intervals). Top-5 is there whatever the number of classes: the caller drops it (reports_top5)."""
-    logits = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
+    if isinstance(images, np.ndarray):  # in memory (CIFAR, cached arrays): one predict, as always
+        logits = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
+    else:  # own images (data.Rows): read a chunk at a time
+        logits = predict(model, [images], batch_size, np.float32)
     predictions = top_k_predictions(logits, 5)
     return {
         "top1": top_k_accuracy(logits, labels, 1),
@@ -70,6 +73,67 @@ def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_s
         "balanced_accuracy": balanced_accuracy(labels, predictions[:, 0]),
         "predictions": predictions,
     }
+
+
+PREDICT_CHUNK_BYTES = 32 * 2**20  # of input read and predicted at once (about 200 images at 224 px)
+# Pixels a forward pass without gradients takes in at once: 64 images at 160 px (the `transfer`
+# experiment's batch), about 0.6 GB of activations in EfficientNet-Lite0 (TensorFlow, CPU). Larger
+# images halve the batch until it fits (224 px: 32 images, not 64: 1.1 GB): activations grow with
+# pixels, and a per-image forward pass gives the same features in any batch (to float rounding).
+# CIFAR's 32 px images never reach it.
+PREDICT_BATCH_PIXELS = 64 * 160 * 160
+
+
+def predict_batch_size(batch_size: int, shape: tuple[int, ...]) -> int:
+    """batch_size, halved while a batch of images of `shape` (N, H, W, C) exceeds PREDICT_BATCH_PIXELS."""
+    pixels = int(np.prod(shape[1:3])) if len(shape) == 4 else 0
+    while batch_size > 1 and batch_size * pixels > PREDICT_BATCH_PIXELS:
+        batch_size = (batch_size + 1) // 2
+    return batch_size
+
+
+def predict(model: keras.Model, sources: list, batch_size: int, dtype=np.float32) -> np.ndarray:
+    """model.predict over `sources` one after another, as over their concatenation, without
+    concatenating them: chunks of whole batches (PREDICT_CHUNK_BYTES of input at most) are read,
+    predicted and written into one preallocated output, so memory holds one chunk of input whatever
+    the sources' size. Every batch holds what it would hold in one predict over the concatenation
+    (the same values: one traced function, the last partial batch included), batches of
+    batch_size images but for images above PREDICT_BATCH_PIXELS a batch (predict_batch_size).
+
+    A source is an array, a data.Rows, or anything with `shape` and `blocks()` (consecutive rows,
+    in order: cache.AugmentedView)."""
+    total = sum(len(source) for source in sources)
+    batch_size = min(predict_batch_size(batch_size, tuple(source.shape)) for source in sources)
+    row_bytes = max(int(np.prod(source.shape[1:])) * np.dtype(getattr(source, "dtype", np.uint8)).itemsize
+                    for source in sources)
+    rows = batch_size * max(1, PREDICT_CHUNK_BYTES // (batch_size * max(row_bytes, 1)))
+    out, position = None, 0
+    for chunk in chunks(sources, rows):
+        predicted = np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0))
+        if out is None:
+            out = np.empty((total, *predicted.shape[1:]), dtype)
+        out[position:position + len(predicted)] = predicted
+        position += len(predicted)
+    return out if out is not None else np.empty((0,), dtype)
+
+
+def chunks(sources: list, rows: int):
+    """The sources' rows, one after another, in arrays of `rows` rows (the last one shorter)."""
+    pending, held = [], 0
+    for source in sources:
+        blocks = source.blocks() if hasattr(source, "blocks") else (
+            source[start:start + rows] for start in range(0, len(source), rows))
+        for block in blocks:
+            while len(block):
+                take = min(rows - held, len(block))
+                pending.append(block[:take])
+                held += take
+                block = block[take:]
+                if held == rows:
+                    yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                    pending, held = [], 0
+    if held:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
 
 
 def count_params(*models: keras.Model) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import numpy as np
 from scipy.special import log_softmax
 
 from benchmark import runtime
-from benchmark.data import Dataset
+from benchmark.data import Dataset, Rows
 from benchmark.measure import top_k_accuracy
 from benchmark.model import BuiltModel, set_trainable
 from benchmark.plan import TrialPlan
@@ -166,12 +166,16 @@ def train(
         compile_model(fit.model, spec, phase.learning_rate)  # trainable weights are fixed at compile time
         before, started = len(history.epochs), time.perf_counter()
         x, batches = fit.data.x_train, {"batch_size": spec.training.batch_size, "shuffle": True}
+        validation = (fit.data.x_val, keras.utils.to_categorical(fit.data.y_val, num_classes))
         if fit.views is not None:
             x, batches = ViewEpochs(fit.views, y_train, spec.training.batch_size, spec.training.seed, epoch), {}
+        elif isinstance(x, Rows):  # own images, read from their file a batch at a time
+            x, batches = ImageBatches(x, y_train, spec.training.batch_size, spec.training.seed, epoch), {"shuffle": False}
+            validation = ImageBatches(*validation, spec.training.batch_size)
         fit.model.fit(
             x,
-            None if isinstance(x, ViewEpochs) else y_train,
-            validation_data=(fit.data.x_val, keras.utils.to_categorical(fit.data.y_val, num_classes)),
+            None if isinstance(x, keras.utils.PyDataset) else y_train,
+            validation_data=validation,
             **batches,
             initial_epoch=epoch,
             epochs=epoch + phase.epochs,
@@ -204,6 +208,38 @@ class ViewEpochs(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = self.rng.permutation(len(self.labels))
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Batches of own images (data.Rows) read from the image cache's file as training asks for
+    them, so a data set larger than memory trains in bounded memory. With a seed, epoch e visits
+    every image once in the order of a permutation seeded with (seed, e) (epochs count across a
+    trial's phases, from `first_epoch`); without one, in order (validation). Rows of a batch are
+    read in file order, then put in the batch's order."""
+
+    def __init__(self, images: Rows, labels: np.ndarray, batch_size: int, seed: int | None = None,
+                 first_epoch: int = 0):
+        super().__init__()
+        self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
+        self.epoch = first_epoch
+        self.order = self.epoch_order()
+
+    def epoch_order(self) -> np.ndarray:
+        if self.seed is None:
+            return np.arange(len(self.labels))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.labels))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.images[rows], self.labels[rows]
+
+    def on_epoch_end(self) -> None:
+        if self.seed is not None:
+            self.epoch += 1
+            self.order = self.epoch_order()
 
 
 LBFGS_MAX_ITERATIONS = 1000  # "to convergence": scikit-learn's default of 100 stops short on 1,000+ features

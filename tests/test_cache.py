@@ -299,3 +299,47 @@ def test_a_trial_on_a_cuts_activations_equals_training_through_the_backbone_and_
     assert saved.count_params() == cached.metrics["params_total"]
     on_images = measure.evaluate(saved, data.x_test, data.y_test, batch_size=64)
     assert on_images["top1"] == pytest.approx(cached.metrics["test_top1"], abs=1 / len(data.y_test))
+
+
+def image_file(path, count: int, size: int = 8, seed: int = 0):
+    """A uint8 (count, size, size, 3) .npy of noise, memory-mapped as the image cache holds own images."""
+    np.save(path, np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8))
+    return np.load(path, mmap_mode="r")
+
+
+def small_convnet() -> keras.Model:
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(6, 3, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+
+def test_the_chunked_feature_pass_equals_one_predict_over_the_concatenated_splits(tmp_path, monkeypatch):
+    """predict_splits reads and predicts a chunk of whole batches at a time (never every image at
+    once, chunks crossing split boundaries), and gets the features of one predict over all splits
+    concatenated: the same batches, so the same values, from arrays (CIFAR) or own images (Rows)."""
+    from benchmark.data import Rows
+
+    monkeypatch.setattr(measure, "PREDICT_CHUNK_BYTES", 3 * 8 * 8 * 8 * 3)  # 3 batches of 8 images a chunk
+    model, seen = small_convnet(), []
+    predict = model.predict
+    monkeypatch.setattr(model, "predict", lambda x, **kw: seen.append(len(x)) or predict(x, **kw))
+    stored = image_file(tmp_path / "images.npy", 100)
+    splits = {"train": np.arange(0, 100, 2), "val": np.arange(1, 40, 2), "test": np.arange(41, 100, 2)}  # 50, 20, 30
+    whole = predict(np.concatenate([stored[rows] for rows in splits.values()]), batch_size=8, verbose=0)
+    expected = dict(zip(cache.SPLITS, np.split(whole, [50, 70])))
+    for sources in ([np.array(stored[rows]) for rows in splits.values()], [Rows(stored, rows) for rows in splits.values()]):
+        seen.clear()
+        features = cache.predict_splits(model, sources, batch_size=8, dtype=np.float32)
+        assert seen == [24, 24, 24, 24, 4]  # chunks of whole batches: the last batch is the only partial one
+        for split in cache.SPLITS:
+            np.testing.assert_allclose(features[split], expected[split], rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(features[split], expected[split])  # bit for bit, in fact
+
+    # Test images that are Rows are evaluated the same way, chunk by chunk.
+    head = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    labels = np.arange(30) % 7
+    on_rows = measure.evaluate(head, Rows(stored, splits["test"]), labels, batch_size=8)
+    on_array = measure.evaluate(head, np.array(stored[splits["test"]]), labels, batch_size=8)
+    np.testing.assert_array_equal(on_rows["predictions"], on_array["predictions"])
+    assert on_rows["top1"] == on_array["top1"]

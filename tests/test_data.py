@@ -557,7 +557,7 @@ def test_the_exported_sample_loads_as_a_folder_with_the_same_pixels_and_labels(t
         assert pairs(mine, getattr(folder, f"y_{split}")) == pairs(theirs, getattr(sample, f"y_{split}")), split
         assert not np.array_equal(mine, theirs), f"{split}: the order was expected to differ (class by class)"
     assert folder.duplicate_groups == 0 and folder.content_key is not None
-    assert isinstance(folder.x_test, np.memmap)  # test/ is one run of rows of the cache: not copied into memory
+    assert isinstance(folder.x_test, data.Rows)  # read from the image cache's file, not copied into memory
 
 
 def test_export_sample_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
@@ -583,6 +583,27 @@ def test_a_flat_folder_carves_a_stratified_test_split_then_validation(tmp_path, 
     assert not np.array_equal(other.x_test, loaded.x_test) and other.content_key != loaded.content_key
 
 
+def test_the_splits_of_a_flat_folder_are_read_from_the_image_cache_not_copied(tmp_path, image_cache):
+    """A carved split (rows scattered over the cache) holds its row numbers, not its pixels: a
+    batch is read from the cache's file when asked for, in the order asked."""
+    loaded = load_dataset(own(flat_folder(tmp_path / "flat"), test_fraction=0.2, validation_fraction=0.25))
+    (cache,) = image_cache.glob("images-8px-*")
+    stored = np.load(cache / "images.npy")
+    pixels_held = []
+    for split in ("train", "val", "test"):
+        rows = getattr(loaded, f"x_{split}")
+        assert isinstance(rows, data.Rows) and rows.path == cache / "images.npy" and rows.shape[1:] == (8, 8, 3)
+        assert np.all(np.diff(rows.index) > 0)  # in file order: reads go forward through the file
+        pixels_held += [v.nbytes for v in vars(rows).values() if isinstance(v, np.ndarray) and v is not rows.index]
+        np.testing.assert_array_equal(np.asarray(rows), stored[rows.index])
+        backwards = np.arange(len(rows))[::-1]
+        np.testing.assert_array_equal(rows[backwards], stored[rows.index[backwards]])
+        np.testing.assert_array_equal(rows[2], stored[rows.index[2]])
+        np.testing.assert_array_equal(rows[1:4], stored[rows.index[1:4]])
+    assert pixels_held == []
+    assert loaded.x_train.index.nbytes == 8 * 18  # 8 bytes a row, whatever the image size
+
+
 def test_a_val_folder_replaces_the_carved_validation_split(tmp_path, image_cache):
     for split, count in (("train", 6), ("val", 2), ("test", 3)):
         for name in ("a", "b"):
@@ -590,7 +611,7 @@ def test_a_val_folder_replaces_the_carved_validation_split(tmp_path, image_cache
                 png(tmp_path / "d" / split / name / f"{i}.png", noise_image(hash((split, name, i)) % 10_000))
     loaded = load_dataset(own(tmp_path / "d"))
     assert loaded.sizes() == {"train": 12, "validation": 4, "test": 6}
-    assert all(isinstance(x, np.memmap) for x in (loaded.x_train, loaded.x_val, loaded.x_test))
+    assert all(isinstance(x, data.Rows) for x in (loaded.x_train, loaded.x_val, loaded.x_test))
     without_val = tmp_path / "d" / "val"
     shutil.rmtree(without_val)
     assert load_dataset(own(tmp_path / "d", validation_fraction=0.5)).sizes() == {"train": 6, "validation": 6, "test": 6}

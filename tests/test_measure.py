@@ -103,3 +103,12 @@ def test_evaluate_on_three_classes_gives_balanced_accuracy_and_top1_first():
     assert result["top1"] == pytest.approx(0.6) and result["top5"] == 1.0  # the trial drops top-5 here
     assert result["balanced_accuracy"] == pytest.approx(0.5833333)
     assert result["predictions"].shape == (10, 3) and (result["predictions"][:, 0] == TOY_PREDICTED).all()
+
+
+def test_the_prediction_batch_shrinks_only_for_large_images():
+    from benchmark.measure import predict_batch_size
+
+    assert predict_batch_size(64, (50_000, 32, 32, 3)) == 64  # CIFAR: as the spec says
+    assert predict_batch_size(64, (100, 160, 160, 3)) == 64
+    assert predict_batch_size(64, (100, 224, 224, 3)) == 32
+    assert predict_batch_size(64, (100, 1280)) == 64  # features, not images

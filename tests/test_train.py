@@ -139,3 +139,58 @@ def test_lbfgs_is_for_head_only_strategies_and_says_what_to_change():
     spec = lbfgs_spec(0.01).with_values(unfreeze=2)
     with pytest.raises(BenchmarkError, match=r"strategies.frozen.unfreeze = 2: .*lbfgs.*use unfreeze = 0"):
         prepare(spec)
+
+
+def rows_file(tmp_path, images: np.ndarray):
+    from benchmark.data import Rows
+
+    np.save(tmp_path / "images.npy", images)
+    return lambda index: Rows(np.load(tmp_path / "images.npy", mmap_mode="r"), index)
+
+
+def test_image_batches_visit_every_training_image_once_an_epoch_in_a_seeded_order(tmp_path):
+    from benchmark.train import ImageBatches
+
+    images = np.arange(23 * 2 * 2 * 3, dtype=np.uint8).reshape(23, 2, 2, 3) % 251  # row r starts with 12 r mod 251
+    rows = rows_file(tmp_path, images)(np.arange(0, 23, 1))
+    labels = np.arange(23) + 100
+
+    def epochs(batches, count=3):
+        seen = []
+        for _ in range(count):
+            epoch = [batches[i] for i in range(len(batches))]
+            assert [len(y) for _, y in epoch] == [5, 5, 5, 5, 3]
+            x, y = np.concatenate([x for x, _ in epoch]), np.concatenate([y for _, y in epoch])
+            np.testing.assert_array_equal(x, images[y - 100])  # each image with its own label
+            assert sorted(y.tolist()) == labels.tolist()  # every image once
+            seen.append(y.tolist())
+            batches.on_epoch_end()
+        return seen
+
+    first = epochs(ImageBatches(rows, labels, batch_size=5, seed=3))
+    assert len({tuple(order) for order in first}) == 3 and first[0] != labels.tolist()  # shuffled anew each epoch
+    assert epochs(ImageBatches(rows, labels, batch_size=5, seed=3)) == first  # seeded
+    assert epochs(ImageBatches(rows, labels, batch_size=5, seed=3, first_epoch=1), 2) == first[1:]  # phase 2 goes on
+    assert epochs(ImageBatches(rows, labels, batch_size=5, seed=4))[0] != first[0]
+    assert epochs(ImageBatches(rows, labels, batch_size=5)) == [labels.tolist()] * 3  # validation: in order
+
+
+def test_training_on_own_images_reads_batches_from_their_file(tmp_path, monkeypatch):
+    """Images held as Rows (own images) train through ImageBatches, never as one array: the same
+    best-epoch bookkeeping as in memory."""
+    from benchmark.data import Rows
+
+    spec = ci_spec(learning_rate=0.05)
+    data = small_data(spec)
+    at = rows_file(tmp_path, np.concatenate([data.x_train, data.x_val]))
+    on_file = type(data)(x_train=at(np.arange(128)), y_train=data.y_train, x_val=at(np.arange(128, 192)),
+                         y_val=data.y_val, x_test=at(np.arange(128, 160)), y_test=data.y_val[:32],
+                         class_names=data.class_names, origin=data.origin)
+    whole_reads = []
+    read = Rows.read
+    monkeypatch.setattr(Rows, "read", lambda self, rows: whole_reads.append(len(rows)) or read(self, rows))
+    built, history = train_on_images(spec, on_file)
+    assert len(history.epochs) == spec.training.epochs
+    assert max(whole_reads) <= spec.training.batch_size  # batch by batch
+    predicted = built.model.predict(data.x_val, verbose=0).argmax(axis=1)
+    assert np.mean(predicted == data.y_val) == pytest.approx(max(history.series("val_top1")), abs=1e-6)
