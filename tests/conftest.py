@@ -4,7 +4,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import CI_SWEEPS, machine_shared, run_folder
+from helpers import CI_SWEEPS, run_folder
 
 # The suite answers the same whatever the caller's shell exports (ML shells often set TF_CPP_MIN_LOG_LEVEL,
 # KERAS_BACKEND, MLFLOW_TRACKING_URI...): before anything imports Keras, every variable of the package, MLflow,
@@ -32,12 +32,6 @@ def pytest_collection_modifyitems(items):
         if STORE_OF_A_REAL_SWEEP & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    """Each test, its fixtures' setup included, runs holding the machine lock shared (helpers.alone)."""
-    with machine_shared():
-        yield
 
 
 @pytest.fixture(scope="session")

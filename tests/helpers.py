@@ -4,13 +4,11 @@ Fixtures are in conftest.py; the functions and constants they and the tests use 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import pickle
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -23,45 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 CI_SWEEPS = {("vgg16", "frozen"): 3, ("resnet50", "frozen"): 2}  # what the shared ci_store fixture sweeps
 
 
-# ---------------------------------------------------------------- test processes sharing the cores
-
-# The suite runs in two processes (pyproject's addopts: pytest-xdist, -n 2). Each holds this lock
-# shared while a test runs; `alone()` takes it exclusively for a moment, so a speed measured then
-# and compared with one measured earlier (alone too) is not slowed by a test of the other process.
-MACHINE_LOCK = Path(tempfile.gettempdir()) / f"benchmark-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}.lock"
-_held = None  # the lock's file while this process runs a test
-_alone = False  # whether this process holds it exclusively
-
-
-@contextlib.contextmanager
-def machine_shared() -> Iterator[None]:
-    global _held
-    with open(MACHINE_LOCK, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_SH)
-        _held = handle
-        try:
-            yield
-        finally:
-            _held = None
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def alone() -> Iterator[None]:
-    """No test of another process runs inside this block (they wait at their next test; one that
-    is running finishes first). flock converts the shared lock: dropped, then taken exclusively."""
-    global _alone
-    assert _held is not None, "alone() is for inside a test"
-    if _alone:  # already alone (an outer block)
-        yield
-        return
-    fcntl.flock(_held, fcntl.LOCK_EX)
-    _alone = True
-    try:
-        yield
-    finally:
-        _alone = False
-        fcntl.flock(_held, fcntl.LOCK_SH)
+# ---------------------------------------------------------------- test processes sharing a run
 
 
 def run_folder(tmp_path_factory) -> Path:

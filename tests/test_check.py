@@ -2,6 +2,7 @@
 below the baseline, a throughput drop, a missing row), reports improvements, rejects malformed
 baselines with exit 2; the GitHub workflow validates against GitHub's schema."""
 
+import fcntl
 import json
 import re
 import shutil
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import alone, run_folder
+from helpers import run_folder
 
 from benchmark import check, cli, leaderboard, throughput
 from benchmark.spec import load_experiment
@@ -19,23 +20,23 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def baseline_of_current_results(path: Path) -> dict:
-    with alone():  # it records each backbone's speed, which the throughput tests measure again (alone too)
-        assert cli.main(["check", "--experiment", "ci", "--baseline", str(path), "--update"]) == 0
+    assert cli.main(["check", "--experiment", "ci", "--baseline", str(path), "--update"]) == 0
     return json.loads(path.read_text())
 
 
 @pytest.fixture(scope="module")
 def recorded(ci_store, tmp_path_factory) -> dict:
     """One `check --update` over the shared ci_store for the whole run (it measures every row's
-    backbone, alone): the tests below edit copies of it."""
+    backbone): the tests below edit copies of it. The tests that compare speeds record their own,
+    a moment before they measure again: the other test process's load changes over minutes."""
     path = run_folder(tmp_path_factory) / "recorded-ci.json"
-    if not path.exists():  # written by the first test process that needs it (while no other test runs)
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("BENCHMARK_STORE", str(ci_store))
-            env.delenv("MLFLOW_TRACKING_URI", raising=False)
-            with alone():
-                if not path.exists():
-                    baseline_of_current_results(path)
+    with open(path.with_suffix(".lock"), "a") as lock:  # the first test process to need it writes it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            with pytest.MonkeyPatch.context() as env:
+                env.setenv("BENCHMARK_STORE", str(ci_store))
+                env.delenv("MLFLOW_TRACKING_URI", raising=False)
+                baseline_of_current_results(path)
     return json.loads(path.read_text())
 
 
@@ -97,18 +98,18 @@ def test_a_baseline_more_accurate_than_the_results_fails(in_ci_store, recorded, 
     assert run_check(tmp_path / "ci.json", capsys)[0] == 0
 
 
-def test_a_throughput_drop_beyond_tolerance_fails(in_ci_store, recorded, tmp_path, capsys):
-    content = recorded_baseline(tmp_path / "ci.json", recorded)
+def test_a_throughput_drop_beyond_tolerance_fails(in_ci_store, tmp_path, capsys):
+    content = baseline_of_current_results(tmp_path / "ci.json")  # its backbones' speeds measured a moment ago
+    capsys.readouterr()
     row = content["rows"][1]
-    with alone():
-        # Now is 25% of the baseline, on the machine that recorded it: measured again, it stays a regression.
-        # 4x what the model runs now, and not only 4x the store's rate, which its sweep measured while the
-        # other test process shared the cores.
-        trial = load_experiment("ci").resolve(row["backbone"], row["strategy"])
-        model_now, _ = throughput.model_and_backbone_rates(trial, check.RECHECK_REPEATS)
-        recorded_rate = row["metrics"]["infer_images_per_sec"]["value"]
-        edited(tmp_path / "ci.json", content, 1, "infer_images_per_sec", factor=0, shift=4 * max(recorded_rate, model_now))
-        code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
+    # Now is 25% of the baseline, on the machine that recorded it: measured again, it stays a regression.
+    # 4x what the model runs now, and not only 4x the store's rate, which its sweep measured while the
+    # other test process shared the cores.
+    trial = load_experiment("ci").resolve(row["backbone"], row["strategy"])
+    model_now, _ = throughput.model_and_backbone_rates(trial, check.RECHECK_REPEATS)
+    recorded_rate = row["metrics"]["infer_images_per_sec"]["value"]
+    edited(tmp_path / "ci.json", content, 1, "infer_images_per_sec", factor=0, shift=4 * max(recorded_rate, model_now))
+    code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
     assert code == 1
     assert verdicts[(f"{row['backbone']}/{row['strategy']}", "infer_images_per_sec")] == "REGRESSION"
     assert f"{row['backbone']}/{row['strategy']} infer_images_per_sec looked like a regression" in out
@@ -118,16 +119,16 @@ def test_a_throughput_drop_beyond_tolerance_fails(in_ci_store, recorded, tmp_pat
     assert run_check(tmp_path / "ci.json", capsys)[0] == 0
 
 
-def test_a_baseline_from_a_faster_machine_is_scaled_to_this_one(in_ci_store, recorded, tmp_path, capsys):
-    content = recorded_baseline(tmp_path / "ci.json", recorded)
+def test_a_baseline_from_a_faster_machine_is_scaled_to_this_one(in_ci_store, tmp_path, capsys):
+    content = baseline_of_current_results(tmp_path / "ci.json")  # its backbones' speeds measured a moment ago
+    capsys.readouterr()
     for row in content["rows"]:
         metric = row["metrics"]["infer_images_per_sec"]
         assert metric["reference_images_per_sec"] > 0 and "reference_images_per_sec" not in row["metrics"]["val_top1"]
     row = content["rows"][1]
     row["metrics"]["infer_images_per_sec"]["reference_images_per_sec"] *= 4  # its backbone ran 4x faster there
     edited(tmp_path / "ci.json", content, 1, "infer_images_per_sec", factor=4)  # and so did the model
-    with alone():
-        code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
+    code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
     assert code == 0, out
     # ok, or an improvement where the baseline's own reference was measured while other work shared the cores
     assert verdicts[(f"{row['backbone']}/{row['strategy']}", "infer_images_per_sec")] in ("ok", "improvement")
