@@ -16,8 +16,13 @@ so what is checked is what the project puts around a backbone (head, preprocessi
 XLA), not the machine. A training throughput cannot be re-measured this way (it is the sweep's own
 epoch timing) and is not checked by default.
 
-Exit codes: 0 every metric holds, 1 a regression (or a checked row has no results), 2 a baseline
-that is missing or malformed, or no results to check.
+`--update` also records each row's data fingerprint (the hash of the dataset its study's trials saw,
+from the study's parent run). A row whose results now come from another dataset is not compared:
+its verdict is `data changed` and the check fails. A baseline row without a fingerprint (recorded
+before they were) is compared as before.
+
+Exit codes: 0 every metric holds, 1 a regression (or a checked row has no results, or its data
+changed), 2 a baseline that is missing or malformed, or no results to check.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import mlflow
 import pandas as pd
 from pydantic import ConfigDict, Field, ValidationError
 
-from benchmark import files, leaderboard, names, spec
+from benchmark import files, leaderboard, names, spec, study_identity
 from benchmark.errors import BenchmarkError
 
 BASELINES_DIR = "baselines"  # under experiments/
@@ -49,6 +54,8 @@ DEFAULT_TOLERANCES: dict[str, tuple[str, float, str]] = {
 }
 RECHECKED = "infer_images_per_sec"
 RECHECK_REPEATS = 3
+DATA = "data"  # a baseline row's field and the board's column (with_data): the data fingerprint of the row's study
+DATA_CHANGED = "data changed"
 
 
 class Record(spec.Strict):
@@ -69,6 +76,7 @@ class MetricBaseline(Record):
 class RowBaseline(Record):
     backbone: str
     strategy: str
+    data: str | None = None  # the data fingerprint of the row's study when recorded (absent in older baselines)
     metrics: dict[str, MetricBaseline] = Field(min_length=1)
 
 
@@ -139,16 +147,40 @@ def verdict(metric: MetricBaseline, now: float) -> str:
     return "improvement" if delta > slack else "ok"
 
 
-FAILING = ("regression", "changed", "missing")
+FAILING = ("regression", "changed", "missing", DATA_CHANGED)
+
+
+def current_data(board: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(backbone, strategy) -> the data fingerprint of the row's study, where the board has one."""
+    if DATA not in board:
+        return {}
+    known = board.dropna(subset=[DATA])
+    return dict(zip(zip(known["backbone"], known["strategy"]), known[DATA]))
+
+
+def data_changed(row: RowBaseline, now: str | None) -> bool:
+    """The baseline records the dataset its row saw, and the row's results now come from another one."""
+    return row.data is not None and now is not None and now != row.data
+
+
+def whole_row(label: str, verdict: str) -> dict:
+    """A line about a row as a whole, not one of its metrics."""
+    return {"row": label, "metric": "-", "baseline": float("nan"), "now": float("nan"), "delta": float("nan"),
+            "tolerance": "-", "verdict": verdict}
 
 
 def compare(baseline: Baseline, board: pd.DataFrame) -> pd.DataFrame:
-    """One line per checked metric: row, metric, baseline, now, delta, tolerance, verdict."""
+    """One line per checked metric: row, metric, baseline, now, delta, tolerance, verdict; one line
+    (DATA_CHANGED) for a row whose data changed, whose metrics are not compared."""
     results = board.set_index(["backbone", "strategy"])
+    data = current_data(board)
     lines = []
     for row in baseline.rows:
         key = (row.backbone, row.strategy)
         found = results.loc[key] if key in results.index else None
+        if data_changed(row, data.get(key)):
+            lines.append(whole_row(f"{row.backbone}/{row.strategy}", DATA_CHANGED))
+            continue
         for name, metric in row.metrics.items():
             now = float(found[name]) if found is not None and pd.notna(found[name]) else float("nan")
             lines.append({
@@ -158,9 +190,26 @@ def compare(baseline: Baseline, board: pd.DataFrame) -> pd.DataFrame:
     checked = {(r.backbone, r.strategy) for r in baseline.rows}
     for backbone, strategy in results.index:
         if (backbone, strategy) not in checked:
-            lines.append({"row": f"{backbone}/{strategy}", "metric": "-", "baseline": float("nan"), "now": float("nan"),
-                          "delta": float("nan"), "tolerance": "-", "verdict": "new (not in the baseline)"})
+            lines.append(whole_row(f"{backbone}/{strategy}", "new (not in the baseline)"))
     return pd.DataFrame(lines, columns=["row", "metric", "baseline", "now", "delta", "tolerance", "verdict"])
+
+
+def data_notes(baseline: Baseline, board: pd.DataFrame) -> list[str]:
+    """One line per row whose data changed: what differs and what to do."""
+    data, notes = current_data(board), []
+    for row in baseline.rows:
+        now = data.get((row.backbone, row.strategy))
+        if data_changed(row, now):
+            notes.append(
+                f"{row.backbone}/{row.strategy}: the dataset differs from the one the baseline was recorded on "
+                f"(data fingerprint {short(now)}, recorded {short(row.data)}), so its metrics are not compared; if "
+                f"the change is meant, record a new baseline with "
+                f"`python -m benchmark check --experiment {baseline.experiment} --update`")
+    return notes
+
+
+def short(fingerprint: str) -> str:
+    return fingerprint[: study_identity.SHORT]
 
 
 def recheck_throughput(table: pd.DataFrame, baseline: Baseline, current: spec.ExperimentSpec | None,
@@ -259,11 +308,17 @@ def reference_rates(current: spec.ExperimentSpec | None, board: pd.DataFrame) ->
     return rates
 
 
+def with_data(board: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """The board with each row's data fingerprint (DATA), read from its study's parent run."""
+    return board.assign(**{DATA: board["study"].map(leaderboard.data_fingerprints(experiment))})
+
+
 def updated_baseline(experiment: str, board: pd.DataFrame, previous: Baseline | None, spread: str,
                      references: dict[tuple[str, str], float] | None = None) -> Baseline:
     """The current results as a baseline; tolerances (and the set of metrics) kept from `previous`;
     `references` (reference_rates) go with each row's RECHECKED metric."""
     old_rows = {(r.backbone, r.strategy): r for r in previous.rows} if previous else {}
+    data = current_data(board)
     rows = []
     for result in board.itertuples():
         old = old_rows.get((result.backbone, result.strategy))
@@ -280,7 +335,8 @@ def updated_baseline(experiment: str, board: pd.DataFrame, previous: Baseline | 
             reference = (references or {}).get((result.backbone, result.strategy)) if name == RECHECKED else None
             metrics[name] = MetricBaseline(value=float(value), tolerance=tolerance, kind=kind, direction=direction,
                                            reference_images_per_sec=reference)
-        rows.append(RowBaseline(backbone=result.backbone, strategy=result.strategy, metrics=metrics))
+        rows.append(RowBaseline(backbone=result.backbone, strategy=result.strategy,
+                                data=data.get((result.backbone, result.strategy)), metrics=metrics))
     return Baseline(
         experiment=experiment,
         recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -304,7 +360,19 @@ def describe_changes(previous: Baseline | None, new: Baseline) -> list[str]:
             changes.append(f"{label}: added {number(after[key])}")
         elif before[key] != after[key]:
             changes.append(f"{label}: {number(before[key])} -> {number(after[key])}")
-    return changes or ["no values changed"]
+    return data_changes(previous, new) + changes or ["no values changed"]
+
+
+def data_changes(previous: Baseline, new: Baseline) -> list[str]:
+    """One line per row recorded on another dataset than before."""
+    before = {(r.backbone, r.strategy): r for r in previous.rows}
+    changes = []
+    for row in new.rows:
+        old = before.get((row.backbone, row.strategy))
+        if old is not None and data_changed(old, row.data):
+            changes.append(f"{row.backbone}/{row.strategy}: data changed "
+                           f"(fingerprint {short(old.data)} -> {short(row.data)})")
+    return changes
 
 
 def write_baseline(baseline: Baseline, path: Path) -> None:
@@ -330,7 +398,7 @@ def run_check(experiment: str | spec.ExperimentSpec, baseline_file: str | Path |
             say(f"replacing it: {e}")
     # Sweeps whose every trial failed are a regression to report (rows MISSING), not "no results".
     board = leaderboard.leaderboard(current or experiment, require_complete=update)
-    board = board[board["kind"] == "sweep"].reset_index(drop=True)
+    board = with_data(board[board["kind"] == "sweep"].reset_index(drop=True), experiment)
     if update and board.empty:
         raise BenchmarkError(f"experiment '{experiment}' has no sweep results to record (only single runs); "
                              f"run `python -m benchmark sweep --experiment {experiment}` first")
@@ -348,7 +416,7 @@ def run_check(experiment: str | spec.ExperimentSpec, baseline_file: str | Path |
         return 0
     table, notes = recheck_throughput(compare(previous, board), previous, current)
     say(render(table, fmt), end="")
-    for note in notes:
+    for note in notes + data_notes(previous, board):
         say(note)
     say(summary(table) + (f"; baseline {path} (recorded {previous.recorded_at} on {previous.environment.get('device', '?')})"))
     return CHECK_FAILED if failed(table) else 0

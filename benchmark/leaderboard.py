@@ -49,6 +49,7 @@ TABLE_WIDTH = 100
 BACKBONE, STRATEGY, STUDY = tag_column(names.TAG_BACKBONE), tag_column(names.TAG_STRATEGY), tag_column(names.TAG_STUDY)
 TRIAL_NUMBER, BEST_RUN = tag_column(names.TAG_TRIAL_NUMBER), tag_column(names.TAG_BEST_RUN)
 RECIPE, CONFIRM_OF = tag_column(names.TAG_RECIPE), tag_column(names.TAG_CONFIRM_OF)
+DATA_FINGERPRINT = tag_column(names.TAG_DATA_FINGERPRINT)
 VAL_TOP1, VAL_TOP5 = metric_column(names.BEST_VAL_TOP1), metric_column(names.BEST_VAL_TOP5)
 TEST_TOP1, TEST_TOP5 = metric_column(names.TEST_TOP1), metric_column(names.TEST_TOP5)
 TEST_BALANCED = metric_column(names.TEST_BALANCED_ACCURACY)
@@ -60,7 +61,7 @@ PROGRESS = {k: metric_column(name) for k, name in {**names.PROGRESS_METRICS, "co
 RUN_COLUMNS = (
     VAL_TOP1, VAL_TOP5, TEST_TOP1, TEST_TOP5, TEST_BALANCED, PARAMS, MODEL_SIZE, INFER_RATE, TRAIN_RATE,
     LEARNING_RATE, OPTIMIZER, UNFREEZE, TRIAL_NUMBER, BACKBONE, STRATEGY, BEST_RUN, STUDY,
-    RECIPE, CONFIRM_OF, "end_time", "start_time", "status", "run_id", *PROGRESS.values(),
+    RECIPE, CONFIRM_OF, DATA_FINGERPRINT, "end_time", "start_time", "status", "run_id", *PROGRESS.values(),
 )  # fmt: skip
 # What every run of a role has, as the benchmark writes it: a store without it was written by something else.
 REQUIRED = {
@@ -203,6 +204,13 @@ def best_trial_runs(experiment_id: str, parents: pd.DataFrame) -> pd.DataFrame:
     best = search(experiment_id, names.ROLE_TRIAL, f"attributes.run_id IN ({ids})")
     of = known.set_index(BEST_RUN)
     return best.assign(kind=best["run_id"].map(of["kind"]), study=best["run_id"].map(of[STUDY]))
+
+
+def data_fingerprints(experiment: str) -> dict[str, str]:
+    """study name -> the data fingerprint its parent run records: a hash of the dataset its trials
+    saw (benchmark/study_identity.py). A parent run written before the tag existed has none."""
+    parents = search(experiment_id_of(experiment), names.ROLE_SWEEP).dropna(subset=[DATA_FINGERPRINT])
+    return dict(zip(parents[STUDY], parents[DATA_FINGERPRINT]))
 
 
 def confirmations(experiment: str | ExperimentSpec) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """Regression checks: the check passes on its own results and fails where it should (accuracy
-below the baseline, a throughput drop, a missing row), reports improvements, rejects malformed
-baselines with exit 2; the GitHub workflow validates against GitHub's schema."""
+below the baseline, a throughput drop, a missing row, results from another dataset), reports
+improvements, rejects malformed baselines with exit 2; the GitHub workflow validates against GitHub's schema."""
 
 import fcntl
 import json
@@ -10,10 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 from helpers import run_folder
 
-from benchmark import check, cli, leaderboard, throughput
+from benchmark import check, cli, leaderboard, names, throughput
 from benchmark.spec import load_experiment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -202,8 +203,57 @@ def test_a_row_missing_from_the_results_fails(in_ci_store, recorded, tmp_path, c
     assert verdicts[("densenet121/frozen", "val_top1")] == "MISSING"
 
 
+OTHER_DATA = "0" * 64  # a data fingerprint no dataset of the ci store has
+
+
+def parent_run_data(study: str) -> str:
+    """The data fingerprint tag of a study's parent run in the current store."""
+    where = names.tags_filter(**{names.TAG_ROLE: names.ROLE_SWEEP, names.TAG_STUDY: study})
+    [parent] = mlflow.search_runs([leaderboard.experiment_id_of("ci")], filter_string=where, output_format="list")
+    return parent.data.tags[names.TAG_DATA_FINGERPRINT]
+
+
+def test_a_recorded_baseline_holds_the_data_fingerprint_of_each_rows_study(in_ci_store, recorded):
+    board = leaderboard.leaderboard("ci", intervals=False)
+    studies = board[board["kind"] == "sweep"].set_index(["backbone", "strategy"])["study"]
+    assert len(recorded["rows"]) == len(studies) == 2
+    for row in recorded["rows"]:
+        data = parent_run_data(studies[(row["backbone"], row["strategy"])])
+        assert row["data"] == data and re.fullmatch(r"[0-9a-f]{64}", data)
+
+
+def test_a_row_recorded_on_another_dataset_fails_without_comparing_its_metrics(in_ci_store, recorded, tmp_path, capsys):
+    content = recorded_baseline(tmp_path / "ci.json", recorded)
+    row, other = content["rows"]
+    label, now = f"{row['backbone']}/{row['strategy']}", row["data"]
+    row["data"] = OTHER_DATA
+    row["metrics"]["val_top1"]["value"] += 0.5  # a regression, were it compared
+    (tmp_path / "ci.json").write_text(json.dumps(content))
+    code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
+    assert code == 1
+    assert re.search(rf"^\s*{label}\s+-\s+-\s+-\s+-\s+-\s+DATA CHANGED$", out, re.MULTILINE), out
+    assert verdicts == {(f"{other['backbone']}/{other['strategy']}", metric): "ok" for metric in other["metrics"]}
+    notes = [line for line in out.splitlines() if "the dataset differs" in line]
+    assert notes == [f"{label}: the dataset differs from the one the baseline was recorded on (data fingerprint "
+                     f"{now[:8]}, recorded 00000000), so its metrics are not compared; if the change is meant, record "
+                     f"a new baseline with `python -m benchmark check --experiment ci --update`"]
+    assert "check FAILED: " in out and "1 data changed" in out
+
+
+def test_a_baseline_without_data_fingerprints_is_compared_as_before(in_ci_store, recorded, tmp_path, capsys):
+    content = recorded_baseline(tmp_path / "ci.json", recorded)
+    for row in content["rows"]:
+        del row["data"]  # as in a baseline recorded before they were, such as the shipped ci.json
+    (tmp_path / "ci.json").write_text(json.dumps(content))
+    code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
+    assert code == 0, out
+    assert len(verdicts) == sum(len(r["metrics"]) for r in content["rows"]) and set(verdicts.values()) == {"ok"}
+    assert "DATA CHANGED" not in out
+
+
 def test_update_keeps_tolerances_and_says_what_changed(in_ci_store, recorded, tmp_path, capsys):
     content = recorded_baseline(tmp_path / "ci.json", recorded)
+    content["rows"][0]["data"] = OTHER_DATA  # recorded on another dataset
     content["rows"][0]["metrics"]["val_top1"]["tolerance"] = 0.05
     del content["rows"][0]["metrics"]["test_top5"]  # a team that does not check it
     edited(tmp_path / "ci.json", content, 0, "val_top1", shift=-0.1)
@@ -212,9 +262,12 @@ def test_update_keeps_tolerances_and_says_what_changed(in_ci_store, recorded, tm
     out = capsys.readouterr().out
     row = content["rows"][0]
     assert f"{row['backbone']}/{row['strategy']} val_top1: " in out and "->" in out
-    rewritten = json.loads((tmp_path / "ci.json").read_text())["rows"][0]["metrics"]
-    assert rewritten["val_top1"]["tolerance"] == 0.05
-    assert "test_top5" not in rewritten
+    assert f"{row['backbone']}/{row['strategy']}: data changed (fingerprint 00000000 -> {recorded['rows'][0]['data'][:8]})" in out
+    assert out.count("data changed") == 1  # the other row's data is the same
+    rewritten = json.loads((tmp_path / "ci.json").read_text())["rows"][0]
+    assert rewritten["metrics"]["val_top1"]["tolerance"] == 0.05
+    assert "test_top5" not in rewritten["metrics"]
+    assert rewritten["data"] == recorded["rows"][0]["data"]
 
 
 MALFORMED = {
@@ -331,3 +384,26 @@ def test_a_baseline_without_the_balanced_accuracy_column_still_passes_and_one_wi
     for shipped in ("ci", "ci-transfer"):  # the stored baselines still load: they check no new column
         assert "test_balanced_accuracy" not in {m for r in check.load_baseline(check.baseline_path(shipped), shipped).rows
                                                 for m in r.metrics}
+
+
+def test_a_row_whose_data_changed_is_not_compared_on_made_numbers():
+    import pandas as pd
+
+    baseline = made_baseline(val_top1=(0.50, 0.03, "absolute", "higher"))
+    board = pd.DataFrame([{"backbone": "vgg16", "strategy": "frozen", "val_top1": 0.2, check.DATA: "b" * 64}])
+    assert list(check.compare(baseline, board)["verdict"]) == ["regression"]  # no fingerprint recorded: compared
+    recorded_on_b = baseline.model_copy(update={"rows": [baseline.rows[0].model_copy(update={"data": "b" * 64})]})
+    assert list(check.compare(recorded_on_b, board)["verdict"]) == ["regression"]  # the same data: compared
+    recorded_on_a = baseline.model_copy(update={"rows": [baseline.rows[0].model_copy(update={"data": "a" * 64})]})
+    table = check.compare(recorded_on_a, board)
+    assert table[["row", "metric", "verdict"]].values.tolist() == [["vgg16/frozen", "-", "data changed"]]
+    assert check.failed(table) and check.summary(table) == "check FAILED: 1 data changed"
+    assert "DATA CHANGED" in check.render(table)
+    assert check.data_notes(recorded_on_a, board)[0].startswith(
+        "vgg16/frozen: the dataset differs from the one the baseline was recorded on (data fingerprint bbbbbbbb, "
+        "recorded aaaaaaaa)")
+    assert check.data_notes(recorded_on_b, board) == [] and check.data_notes(baseline, board) == []
+    assert check.describe_changes(recorded_on_a, recorded_on_b) == [
+        "vgg16/frozen: data changed (fingerprint aaaaaaaa -> bbbbbbbb)"]
+    assert check.describe_changes(baseline, recorded_on_b) == ["no values changed"]  # first recorded: not a change
+
