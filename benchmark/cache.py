@@ -182,12 +182,6 @@ class AugmentedView:
             yield np.clip(np.rint(keras.ops.convert_to_numpy(x)), 0, 255).astype(np.uint8)
 
 
-def augmented_views(spec: TrialSpec, images: np.ndarray, views: int, batch: int = 256):
-    """View v of the images, whole (AugmentedView's blocks, concatenated): for small data and tests."""
-    for view in range(views):
-        yield np.concatenate(list(AugmentedView(spec, images, view, batch).blocks()))
-
-
 # ---------------------------------------------------------------- on disk
 
 
