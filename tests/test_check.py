@@ -103,19 +103,21 @@ def test_a_throughput_drop_beyond_tolerance_fails(in_ci_store, tmp_path, capsys)
     content = baseline_of_current_results(tmp_path / "ci.json")  # its backbones' speeds measured a moment ago
     capsys.readouterr()
     row = content["rows"][1]
-    # Now is 25% of the baseline, on the machine that recorded it: measured again, it stays a regression.
-    # 4x what the model runs now, and not only 4x the store's rate, which its sweep measured while the
-    # other test process shared the cores.
+    # Now is 12.5% of the baseline, on the machine that recorded it: measured again, it stays a regression
+    # even where load makes this machine look 3x slower. 8x what the model runs now, and not only 8x the
+    # store's rate, which its sweep measured while the other test process shared the cores.
     trial = load_experiment("ci").resolve(row["backbone"], row["strategy"])
     model_now, _ = throughput.model_and_backbone_rates(trial, check.RECHECK_REPEATS)
     recorded_rate = row["metrics"]["infer_images_per_sec"]["value"]
-    edited(tmp_path / "ci.json", content, 1, "infer_images_per_sec", factor=0, shift=4 * max(recorded_rate, model_now))
+    edited(tmp_path / "ci.json", content, 1, "infer_images_per_sec", factor=0, shift=8 * max(recorded_rate, model_now))
     code, verdicts, out = run_check(tmp_path / "ci.json", capsys)
     assert code == 1
     assert verdicts[(f"{row['backbone']}/{row['strategy']}", "infer_images_per_sec")] == "REGRESSION"
     assert f"{row['backbone']}/{row['strategy']} infer_images_per_sec looked like a regression" in out
-    # The same machine: its backbone runs about as fast (loose bounds: other work may share the cores).
-    assert 0.5 <= machine_speed(out) <= 2.0, out
+    # The same machine: its backbone runs about as fast. Within 3x either way: the other test process's
+    # load moved this ratio to 2.02 between two measurements seconds apart. The arithmetic of the scaling
+    # is tested exactly, on given rates, below.
+    assert 1 / 3 <= machine_speed(out) <= 3.0, out
     edited(tmp_path / "ci.json", content, 1, "infer_images_per_sec", factor=1.8)  # now is 56%: within 50%
     assert run_check(tmp_path / "ci.json", capsys)[0] == 0
 
@@ -134,7 +136,7 @@ def test_a_baseline_from_a_faster_machine_is_scaled_to_this_one(in_ci_store, tmp
     # ok, or an improvement where the baseline's own reference was measured while other work shared the cores
     assert verdicts[(f"{row['backbone']}/{row['strategy']}", "infer_images_per_sec")] in ("ok", "improvement")
     assert "measured again, best of 3" in out
-    assert 0.125 <= machine_speed(out) <= 0.5, out  # about a quarter of the recorded speed
+    assert 0.25 / 3 <= machine_speed(out) <= 0.75, out  # a quarter of the recorded speed, within 3x (load)
 
 
 def made_throughput_baseline(value: float, reference: float | None) -> check.Baseline:
