@@ -14,7 +14,8 @@ reads the same, so a change here is a change of the store's format. Nothing here
   tags         TAGS on every trial's run, the other TAG_*, version_tag(<package>) and, on a parent run,
                best_param_tag(<param>); TAG_ROLE takes a ROLE_* value, TAG_MODEL a MODEL_* value
   artifacts    the ARTIFACT_* names
-  experiments  experiment_name(<spec's name>), each tagged with EXPERIMENT_KIND
+  experiments  experiment_name(<spec's name>), each tagged with EXPERIMENT_KIND and, once a sweep ran,
+               shared_view_tag(SHARED_VIEW_KEY): what the MLflow UI's runs table shows
   study attrs  Optuna user attrs of a study and its trials (ATTR_*); ATTR_OUTCOME holds TEST_TOP1 and OUTCOME_*
   columns      metric_column, param_column, tag_column: a name's column in mlflow.search_runs' table;
                tags_filter: a search_runs filter on tags
@@ -93,7 +94,9 @@ TAG_DUPLICATES = "duplicates_across_splits"
 TAG_PREFIX_CACHE = "prefix_cache"  # "hit"/"miss" (below <layer>) or "off: <why>" (benchmark/plan.py)
 TAG_MODEL = "model"  # whether the run's artifacts hold its model (a sweep keeps its best search.keep_models)
 MODEL_KEPT, MODEL_NOT_KEPT, MODEL_DROPPED = "kept", "not kept", "deleted: no longer among the study's best"
-TAG_RUN_NAME = "mlflow.runName"  # MLflow's own: the name its UI shows
+TAG_RUN_NAME = "mlflow.runName"  # MLflow's own: the name its UI shows (run_name below)
+TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: the run the UI nests a run under
+TAG_FULL_NAME = "full_name"  # a run's unabridged name: its study's, with the trial number and repeat
 VERSION_TAG_PREFIX = "versions."
 
 
@@ -105,6 +108,37 @@ def version_tag(package: str) -> str:
 def best_param_tag(param: str) -> str:
     """A parent run's tag of its best trial's searched value (any type)."""
     return f"best.{param}"
+
+
+# ---------------------------------------------------------------- run names
+
+# The MLflow UI cuts a run's name after about 25 characters, so a name leads with what tells runs
+# apart: "lite0 frozen ffb9701d" (a study's parent run: its fingerprint), "lite0 frozen #5" (a
+# trial), "lite0 frozen #5 seed 2" (a repeat). The experiment is the MLflow experiment already;
+# TAG_FULL_NAME keeps the unabridged name. Nothing finds a run by its name: every search is by tags.
+BACKBONE_ABBREVIATIONS = (("efficientnetlite", "lite"), ("efficientnetv2", "effv2"), ("efficientnet", "eff"),
+                          ("mobilenetv3", "mnv3"), ("mobilenetv2", "mnv2"))
+
+
+def short_backbone(backbone: str) -> str:
+    """'efficientnetlite0' -> 'lite0', 'mobilenetv3small' -> 'mnv3small'; others as they are."""
+    for prefix, short in BACKBONE_ABBREVIATIONS:
+        if backbone.startswith(prefix):
+            return short + backbone.removeprefix(prefix)
+    return backbone
+
+
+def run_name(backbone: str, strategy: str, *, fingerprint: str = "", trial: int | None = None, seed: int | None = None,
+             resplit: bool = False) -> str:
+    """The name the UI shows: 'lite0 frozen ffb9701d', 'lite0 frozen #5', 'lite0 frozen #5 seed 2'."""
+    parts = [short_backbone(backbone), strategy, fingerprint, "" if trial is None else f"#{trial}",
+             "" if seed is None else f"seed {seed}", "resplit" if resplit else ""]
+    return " ".join(part for part in parts if part)
+
+
+def trial_full_name(study: str, trial: int) -> str:
+    """A trial's unabridged name (TAG_FULL_NAME): 'transfer-efficientnetlite0-frozen-ffb9701d-t005'."""
+    return f"{study}-t{trial:03d}"
 
 
 # ---------------------------------------------------------------- artifacts
@@ -131,6 +165,14 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 def experiment_name(experiment: str) -> str:
     """The MLflow experiment of a spec's name."""
     return EXPERIMENT_PREFIX + experiment
+
+
+SHARED_VIEW_KEY = "benchmark"  # the experiment's view in the MLflow UI (benchmark/mlflow_view.py)
+
+
+def shared_view_tag(key: str) -> str:
+    """The experiment tag from which MLflow's UI restores the view a link's viewStateShareKey names."""
+    return f"mlflow.sharedViewState.{key}"
 
 
 # ---------------------------------------------------------------- Optuna user attrs

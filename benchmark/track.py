@@ -39,15 +39,38 @@ def version_tags() -> dict[str, str]:
     return {names.version_tag(package): version for package, version in runtime.package_versions().items()}
 
 
+DATASET_NAMES = {"keras": "cifar100", "dir": "cifar100", "sample": "cifar100-sample", "synthetic": "synthetic",
+                 "cifar10": "cifar10"}  # folder and csv: the folder's or the file's name
+DATASET_CONTEXT = "training"
+DIGEST_LENGTH = 16  # hex digits of the data fingerprint (MLflow keeps at most 36)
+
+
+def dataset(data_spec, origin: str, fingerprint: str):
+    """The data a run trains on, for MLflow's dataset tracking (the UI's Dataset column): named
+    after its source, its digest the data's content fingerprint (study_identity.data_fingerprint),
+    so runs on the same images show the same dataset and changed images another."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    name = DATASET_NAMES.get(data_spec.source) or Path(origin.split(":", 1)[-1]).name
+    if data_spec.label_mode == "coarse":
+        name += "-coarse"
+    return MetaDataset(CodeDatasetSource({names.TAG_DATA_ORIGIN: origin}), name=name, digest=fingerprint[:DIGEST_LENGTH])
+
+
 @contextmanager
-def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_tags: dict | None = None) -> Iterator:
-    """A run (nested under the active one, if any) with the spec as params and the standard tags.
-    An exception marks it FAILED with the error recorded, and propagates."""
+def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_tags: dict | None = None,
+             data_input=None) -> Iterator:
+    """A run (nested under the active one, if any) with the spec as params, the standard tags and
+    its dataset (`data_input`, from dataset()). An exception marks it FAILED with the error
+    recorded, and propagates."""
     tags = {**trial_tags(spec, role, data_origin), **(extra_tags or {})}
     with mlflow.start_run(
         experiment_id=mlflow_store.experiment_id(spec.experiment), run_name=run_name, nested=mlflow.active_run() is not None, tags=tags
     ) as run:
         mlflow.log_params(spec.params())
+        if data_input is not None:
+            mlflow.log_input(data_input, context=DATASET_CONTEXT)
         try:
             yield run
         except BaseException as e:
