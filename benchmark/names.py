@@ -4,8 +4,9 @@ The sweep, the parent run, the leaderboard, the report, confirm and the regressi
 and read these names through the constants below. A store written before a name changed no longer
 reads the same, so a change here is a change of the store's format. Nothing here imports MLflow
 (nor any module that does): reading a name costs nothing.
-  params       the flattened TrialSpec: data.*, backbone.*, strategy.*, head.*, training.* (+ experiment);
-               PARAM_* are the ones the code reads back
+  params       LOGGED_PARAMS of the flattened TrialSpec (data.*, backbone.*, strategy.*, head.*, training.*,
+               experiment) and every searchable hyperparameter's (hparams.TABLE); the whole spec is the
+               ARTIFACT_SPEC artifact, its hash TAG_TRIAL_SPEC_FINGERPRINT; PARAM_* are the ones the code reads back
   metrics      per epoch (step = epoch, counted from 1 like best_epoch and Keras's log): EPOCH_METRICS
                once per run: FINAL_METRICS (accuracies are fractions in [0, 1]); with 5 classes or
                fewer a trial logs none of TOP5_METRICS (top-5 would always be 1)
@@ -30,6 +31,17 @@ PARAM_OPTIMIZER = "training.optimizer"
 PARAM_UNFREEZE = "strategy.unfreeze"
 PARAM_DATA_SOURCE = "data.source"
 PARAM_LABEL_MODE = "data.label_mode"
+# What a run logs as params besides the searchable hyperparameters: what identifies a trial (backbone,
+# strategy, image size, weights, the data's source, split and sizes, the seeds) and how it trains,
+# about 30 names a person reads in the UI. The rest of the spec (cache, precision, patience...)
+# is in the run's ARTIFACT_SPEC; the synthetic sizes are logged on synthetic data only.
+LOGGED_PARAMS = (
+    "experiment", "backbone.name", "strategy_name", "backbone.image_size", "backbone.weights",
+    PARAM_DATA_SOURCE, PARAM_LABEL_MODE, "data.validation_fraction", "data.subset.train", "data.subset.validation",
+    "data.subset.test", "data.synthetic.train_size", "data.synthetic.test_size", "data.seed", "training.seed",
+    PARAM_OPTIMIZER, "training.epochs", "training.batch_size", "strategy.schedule",
+)  # fmt: skip
+SYNTHETIC_PARAMS = ("data.synthetic.train_size", "data.synthetic.test_size")
 
 # ---------------------------------------------------------------- metrics
 
@@ -87,6 +99,7 @@ TAG_BEST_MODEL_URI = "best_model_uri"  # on a parent run: runs:/<best trial's ru
 TAG_BEST_MODEL_TRIAL = "best_model_trial"
 TAG_RECIPE = "recipe_fingerprint"  # what the leaderboard matches a spec by (benchmark/study_identity.py)
 TAG_SPEC_FINGERPRINT, TAG_DATA_FINGERPRINT, TAG_WEIGHTS_FINGERPRINT = "spec_fingerprint", "data_fingerprint", "weights_fingerprint"
+TAG_TRIAL_SPEC_FINGERPRINT = "trial_spec_fingerprint"  # sha256 of the run's ARTIFACT_SPEC: its whole spec
 TAG_CONFIRM_OF, TAG_CONFIRM_SEED, TAG_CONFIRM_RESPLIT = "confirm_of", "confirm_seed", "confirm_resplit"
 TAG_UPDATED = "updated"  # when a report run was last rewritten
 # on the parent run of a study on own images: images identical in two splits ("0", or "N groups: <examples>")

@@ -119,3 +119,36 @@ def test_each_trial_logs_its_dataset_named_after_its_source_and_digested_by_its_
         assert dataset.name == "synthetic"  # the ci experiment's source
         assert dataset.digest == fingerprints[trial.data.tags["study_name"]][:16]
         assert [(tag.key, tag.value) for tag in inputs[0].tags] == [("mlflow.data.context", "training")]
+
+
+# ---------------------------------------------------------------- params a person can read
+
+
+def test_a_run_logs_about_30_params_what_identifies_and_varies_a_trial():
+    from benchmark import hparams, track
+    from benchmark.spec import load_experiment
+
+    spec = load_experiment("transfer").resolve("efficientnetlite0", "frozen")
+    params = track.logged_params(spec)
+    assert len(params) <= 30 and len(spec.params()) > 40
+    assert {entry.field for entry in hparams.TABLE} <= set(params)  # every searchable hyperparameter
+    for identity in ("backbone.name", "strategy_name", "backbone.image_size", "backbone.weights", "data.source",
+                     "data.subset.test", "data.seed", "training.seed", "training.optimizer"):
+        assert params[identity] == spec.params()[identity]
+    assert "training.jit_compile" not in params and "data.synthetic.train_size" not in params  # not synthetic data
+    synthetic = load_experiment("ci").resolve("vgg16", "frozen")
+    assert track.logged_params(synthetic)["data.synthetic.train_size"] == "1000"
+
+
+def test_a_trial_run_holds_its_readable_params_and_its_whole_spec_with_its_hash(in_ci_store):
+    import hashlib
+    from pathlib import Path
+
+    from benchmark import track
+    from benchmark.spec import TrialSpec
+
+    for trial in runs_of("trial"):
+        path = mlflow.artifacts.download_artifacts(run_id=trial.info.run_id, artifact_path="trial_spec.json")
+        text = Path(path).read_text()
+        assert trial.data.params == track.logged_params(TrialSpec.model_validate_json(text))
+        assert trial.data.tags["trial_spec_fingerprint"] == hashlib.sha256(text.encode()).hexdigest()
