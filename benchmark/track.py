@@ -81,14 +81,15 @@ def dataset(data_spec, origin: str, fingerprint: str):
 @contextmanager
 def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_tags: dict | None = None,
              data_input=None) -> Iterator:
-    """A run (nested under the active one, if any) with the spec as params, the standard tags and
-    its dataset (`data_input`, from dataset()). An exception marks it FAILED with the error
-    recorded, and propagates."""
+    """A run (nested under the active one, if any) with its params (logged_params), its whole spec
+    (names.ARTIFACT_SPEC: reports reload its data from it), the standard tags and its dataset
+    (`data_input`, from dataset()). An exception marks it FAILED with the error recorded, and propagates."""
     tags = {**trial_tags(spec, role, data_origin), **(extra_tags or {})}
     with mlflow.start_run(
         experiment_id=mlflow_store.experiment_id(spec.experiment), run_name=run_name, nested=mlflow.active_run() is not None, tags=tags
     ) as run:
         mlflow.log_params(logged_params(spec))
+        mlflow.log_text(spec_json(spec), names.ARTIFACT_SPEC)  # the whole spec, of pruned and failed runs too
         if data_input is not None:
             mlflow.log_input(data_input, context=DATASET_CONTEXT)
         try:
@@ -159,7 +160,6 @@ def log_result(result, run_id: str) -> None:
                             class_names=np.asarray(result.class_names, dtype=str))
         write_per_class(result.per_class, tmp / names.ARTIFACT_PER_CLASS)
         (tmp / names.ARTIFACT_HISTORY).write_text(json.dumps(result.history.epochs, indent=1))
-        (tmp / names.ARTIFACT_SPEC).write_text(spec_json(result.spec))  # reports reload its data
         client.log_artifacts(run_id, str(tmp))
 
 

@@ -140,14 +140,16 @@ def test_a_run_logs_about_30_params_what_identifies_and_varies_a_trial():
     assert track.logged_params(synthetic)["data.synthetic.train_size"] == "1000"
 
 
-def test_a_trial_run_holds_its_readable_params_and_its_whole_spec_with_its_hash(in_ci_store):
+def test_every_trial_run_holds_its_readable_params_and_its_whole_spec_with_its_hash(in_ci_store):
     import hashlib
     from pathlib import Path
 
     from benchmark import track
     from benchmark.spec import TrialSpec
 
-    for trial in runs_of("trial"):
+    trials = runs_of("trial")
+    assert {t.data.tags["trial_state"] for t in trials} == {"COMPLETE", "PRUNED"}  # pruned ones too
+    for trial in trials:
         path = mlflow.artifacts.download_artifacts(run_id=trial.info.run_id, artifact_path="trial_spec.json")
         text = Path(path).read_text()
         assert trial.data.params == track.logged_params(TrialSpec.model_validate_json(text))
