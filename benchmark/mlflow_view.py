@@ -1,10 +1,10 @@
 """What the MLflow UI opens on: each experiment's shared view, and the links the commands print.
 
-MLflow's UI restores a saved view from an experiment tag: `#/experiments/<id>?viewStateShareKey=K`
+MLflow's UI restores a saved view from an experiment tag: `#/experiments/<id>/runs?viewStateShareKey=K`
 loads the tag `mlflow.sharedViewState.K` (its own Share button works so). Every sweep, `confirm` and
 leaderboard writes ours (names.SHARED_VIEW_KEY): the runs table with the result columns
-(VIEW_METRICS), the searched hyperparameters and the backbone and strategy, best validation top-1
-first. Every experiment link (mlflow_store.experiment_url) opens it.
+(VIEW_METRICS), the searched hyperparameters, the backbone, strategy and dataset, best validation
+top-1 first. Every experiment link (mlflow_store.experiment_url) opens it.
 
 What MLflow 3.17's UI takes from a shared view (read from its bundle): the search facets
 (orderByKey, orderByAsc, searchFilter...) and the table's state (selectedColumns, columnOrder...),

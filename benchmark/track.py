@@ -1,7 +1,7 @@
-"""MLflow run logging: a trial's run opened with the params a person reads (names.LOGGED_PARAMS and
-the hyperparameters) and the standard tags, its dataset, its
-epochs logged as training goes, its final metrics and artifacts, and its kept model. Every name
-these write is in benchmark/names.py; where runs go is benchmark/mlflow_store.py.
+"""MLflow run logging: a trial's run opened with the params a person reads (logged_params), its
+whole spec, the standard tags and its dataset; its epochs logged as training goes, its final
+metrics and artifacts, and its kept model. Every name these write is in benchmark/names.py;
+where runs go is benchmark/mlflow_store.py.
 """
 
 from __future__ import annotations
