@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import mlflow
@@ -81,6 +82,9 @@ def update(experiment_id: str) -> bool:
 
 def update_if_writable(experiment_id: str) -> None:
     """update(), for the commands that only read the store: one they cannot write keeps its view."""
+    database = mlflow_store.store_dir() / "mlflow.db"
+    if mlflow_store.uses_local_store() and not os.access(database, os.W_OK):  # a read-only mount, say
+        return
     try:
         update(experiment_id)
     except mlflow.exceptions.MlflowException as e:
