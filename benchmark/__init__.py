@@ -31,6 +31,7 @@ The modules, in the order data flows through them:
   runtime         device, accelerator defaults, seeds, versions (the only backend-specific code)
   names           the name of every tracked param, metric, tag, artifact and Optuna user attr (no MLflow)
   mlflow_store    the MLflow store: where runs go, links into its UI, its checks and creation lock
+  mlflow_view     what the MLflow UI opens on: each experiment's shared view, the compare links
   track           MLflow run logging: a trial's run, its epochs, final metrics, artifacts and model
   trial           one trial: prepare, train, measure; run_tracked runs it inside its MLflow run
   isolation       trials in a child process, replaced every few trials

@@ -234,8 +234,11 @@ def command_run(args) -> int:
     with experiment.naming_its_file():
         prepared = trial.prepare(spec)  # rejects bad data or depth before anything is recorded
     mlflow_store.configure()
-    name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    with track.open_run(spec, names.ROLE_RUN, prepared.data.origin, run_name=name, extra_tags={names.TAG_RECIPE: recipe}) as run:
+    full_name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    name = names.run_name(spec.backbone.name, spec.strategy_name) + time.strftime(" run %H:%M:%S")
+    tags = {names.TAG_RECIPE: recipe, names.TAG_FULL_NAME: full_name}
+    data_input = track.dataset(spec.data, prepared.data.origin, study_identity.data_fingerprint(prepared.data))
+    with track.open_run(spec, names.ROLE_RUN, prepared.data.origin, run_name=name, extra_tags=tags, data_input=data_input) as run:
         record = trial.run_tracked(prepared, run.info.run_id, keep=True, verbose=0 if args.quiet else 2)
         track.log_model(record.model_path, run.info.run_id)
     print(format_metrics(record.metrics))
@@ -282,7 +285,7 @@ def command_sweep(args) -> int:
     if len(pairs) == 1:  # one study: its input errors are the command's (exit 2)
         result = sweep.run_sweep(experiment, *pairs[0], **options)
         report_study(sweep, result)
-        print_next_steps(args.experiment, experiment.name)
+        print_next_steps(args.experiment, experiment.name, [result])
         return 0 if result.reached else 1
     results = sweep.run_experiment(experiment, pairs, **options)
     errors = {pair.error for pair in results}
@@ -292,7 +295,7 @@ def command_sweep(args) -> int:
     for pair in results:
         print(f"  {pair.summary()}")
     print_leaderboard(experiment)
-    print_next_steps(args.experiment, experiment.name)
+    print_next_steps(args.experiment, experiment.name, [pair.result for pair in results if pair.result is not None])
     return 0 if all(pair.reached for pair in results) else 1
 
 
@@ -320,13 +323,19 @@ def print_leaderboard(experiment) -> None:
     print(leaderboard.render(board, "table"), end="")
 
 
-def print_next_steps(argument: str, name: str) -> None:
-    """Where to look next: the report, and the experiment's runs in the MLflow UI."""
-    from benchmark import leaderboard, mlflow_store
+def print_next_steps(argument: str, name: str, results: list) -> None:
+    """Where to look next: the report, the experiment's runs in the MLflow UI, and each study's
+    trials side by side on MLflow's compare page."""
+    from benchmark import leaderboard, mlflow_store, mlflow_view
 
+    experiment_id = leaderboard.experiment_id_of(name)
     start = f"{mlflow_store.ui_command()}, then " if mlflow_store.ui_command() else ""
     print(f"next: python -m benchmark leaderboard --experiment {argument} --format html --output report/index.html"
-          f" (the report); {start}open {mlflow_store.experiment_url(leaderboard.experiment_id_of(name))} (the runs in MLflow)")
+          f" (the report); {start}open {mlflow_store.experiment_url(experiment_id)} (the runs in MLflow)")
+    for result in results:
+        url = mlflow_view.study_compare_url(experiment_id, result.study.study_name)
+        if url:
+            print(f"study {result.study.study_name}'s trials side by side: {url}")
 
 
 def experiment_argument(text: str):
@@ -343,7 +352,7 @@ def experiment_argument(text: str):
 def command_leaderboard(args) -> int:
     import tempfile
 
-    from benchmark import files, leaderboard, mlflow_store
+    from benchmark import files, leaderboard, mlflow_store, mlflow_view
 
     experiment = experiment_argument(args.experiment)
     if args.output is not None:
@@ -351,11 +360,12 @@ def command_leaderboard(args) -> int:
     mlflow_store.configure_for_reading()
     board = leaderboard.leaderboard(experiment, superseded=args.superseded)
     name = leaderboard.spec_name(experiment)
+    mlflow_view.update_if_writable(leaderboard.experiment_id_of(name))  # the view the links open
     plots = args.plots if args.plots is not None else (args.output is not None or args.format == "html")
     if not plots:
         text = report_page(name, board) if args.format == "html" else leaderboard.render(board, args.format)
         leaderboard.write(text, args.output)
-        say_compare_url(args, name, board)
+        say_mlflow_links(args, name, board)
         return 0
     from benchmark import report
 
@@ -371,16 +381,16 @@ def command_leaderboard(args) -> int:
     print(f"{len(built.figures)} plots logged to MLflow run {run_id}{where}", file=sys.stderr)
     for note in built.notes:
         print(f"not drawn: {note}", file=sys.stderr)
-    say_compare_url(args, name, board)
+    say_mlflow_links(args, name, board)
     return 0
 
 
-def say_compare_url(args, name: str, board) -> None:
-    """After the table (the HTML page has the link itself), on stderr: stdout is the table."""
+def say_mlflow_links(args, name: str, board) -> None:
+    """After the table (the HTML page has the links itself), on stderr: stdout is the table."""
     from benchmark import leaderboard
 
     if args.format == "table":
-        print(f"compare these rows in the MLflow UI: {leaderboard.compare_url(name, board)}", file=sys.stderr)
+        print("\n".join(leaderboard.ui_lines(name, board)), file=sys.stderr)
 
 
 def report_page(name: str, board) -> str:

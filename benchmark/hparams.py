@@ -27,6 +27,7 @@ Kind = Literal["float", "int", "choices"]
 # searches it is an error), "ignored" the probe does not search it.
 LinearProbe = Literal["only", "also", "refused", "ignored"]
 LINEAR_PROBE_OPTIMIZER = "lbfgs"
+SEARCHED = "searched "  # how a parent run's param of a searched hyperparameter begins (Hyperparameter.shown)
 
 
 def always(spec) -> bool:
@@ -69,8 +70,8 @@ class Hyperparameter:
     def shown(self, searched) -> str:
         """'searched 0.0001..0.01 (log)', 'searched 0..10', 'searched 64, 128'."""
         if self.kind == "choices":
-            return "searched " + ", ".join(str(choice) for choice in searched)
-        return f"searched {searched.low:g}..{searched.high:g}" + (" (log)" if self.log else "")
+            return SEARCHED + ", ".join(str(choice) for choice in searched)
+        return f"{SEARCHED}{searched.low:g}..{searched.high:g}" + (" (log)" if self.log else "")
 
 
 def searches_depth(spec) -> bool:

@@ -21,7 +21,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from benchmark import files, mlflow_store, names, study_identity
+from benchmark import files, mlflow_store, mlflow_view, names, study_identity
 from benchmark.errors import BenchmarkError
 from benchmark.names import metric_column, param_column, tag_column
 from benchmark.spec import ExperimentSpec, find_experiment, load_experiment
@@ -310,6 +310,21 @@ def compare_url(experiment: str, board: pd.DataFrame) -> str:
     """MLflow's compare page for the board's rows (their runs), or '' when no row has a run."""
     run_ids = [r for r in board["run_id"] if isinstance(r, str)]
     return mlflow_store.compare_url(experiment_id_of(experiment), run_ids) if run_ids else ""
+
+
+def ui_lines(experiment: str, board: pd.DataFrame) -> list[str]:
+    """Where the board's runs are in the MLflow UI: the experiment's runs, the rows side by side (with
+    more than one), and per row its best trial and its study's trials side by side."""
+    experiment_id = experiment_id_of(experiment)
+    start = f" (start it: {mlflow_store.ui_command()})" if mlflow_store.ui_command() else ""
+    lines = [f"in the MLflow UI{start}:", f"  the runs, best first: {mlflow_store.experiment_url(experiment_id)}"]
+    if len(board) > 1:
+        lines.append(f"  these rows side by side: {compare_url(experiment, board)}")
+    for link in mlflow_view.row_links(experiment_id, board):
+        lines.append(f"  {link['row']}: its best trial {link['run']}")
+        if link["compare"]:
+            lines.append(f"    its study's trials side by side: {link['compare']}")
+    return lines
 
 
 def test_predictions(run_id: str) -> dict:

@@ -86,8 +86,15 @@ def ui_command() -> str:
 
 
 def experiment_url(experiment_id: str) -> str:
-    """The experiment's runs table."""
-    return f"{ui_base()}/#/experiments/{experiment_id}?{TRAINING_VIEW}"
+    """The experiment's runs table, in the view every sweep writes (benchmark/mlflow_view.py). The
+    link names the runs tab: from the experiment's bare address the UI redirects to it and, on the
+    way, drops the shared view (MLflow 3.17, tested in Chromium)."""
+    return f"{ui_base()}/#/experiments/{experiment_id}/runs?viewStateShareKey={names.SHARED_VIEW_KEY}&{TRAINING_VIEW}"
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    """One run's page: its params, metrics, charts and artifacts."""
+    return f"{ui_base()}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def compare_url(experiment_id: str, run_ids: list[str]) -> str:

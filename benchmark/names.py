@@ -4,8 +4,9 @@ The sweep, the parent run, the leaderboard, the report, confirm and the regressi
 and read these names through the constants below. A store written before a name changed no longer
 reads the same, so a change here is a change of the store's format. Nothing here imports MLflow
 (nor any module that does): reading a name costs nothing.
-  params       the flattened TrialSpec: data.*, backbone.*, strategy.*, head.*, training.* (+ experiment);
-               PARAM_* are the ones the code reads back
+  params       LOGGED_PARAMS of the flattened TrialSpec (data.*, backbone.*, strategy.*, head.*, training.*,
+               experiment) and every searchable hyperparameter's (hparams.TABLE); the whole spec is the
+               ARTIFACT_SPEC artifact, its hash TAG_TRIAL_SPEC_FINGERPRINT; PARAM_* are the ones the code reads back
   metrics      per epoch (step = epoch, counted from 1 like best_epoch and Keras's log): EPOCH_METRICS
                once per run: FINAL_METRICS (accuracies are fractions in [0, 1]); with 5 classes or
                fewer a trial logs none of TOP5_METRICS (top-5 would always be 1)
@@ -14,7 +15,8 @@ reads the same, so a change here is a change of the store's format. Nothing here
   tags         TAGS on every trial's run, the other TAG_*, version_tag(<package>) and, on a parent run,
                best_param_tag(<param>); TAG_ROLE takes a ROLE_* value, TAG_MODEL a MODEL_* value
   artifacts    the ARTIFACT_* names
-  experiments  experiment_name(<spec's name>), each tagged with EXPERIMENT_KIND
+  experiments  experiment_name(<spec's name>), each tagged with EXPERIMENT_KIND and, once a sweep ran,
+               shared_view_tag(SHARED_VIEW_KEY): what the MLflow UI's runs table shows
   study attrs  Optuna user attrs of a study and its trials (ATTR_*); ATTR_OUTCOME holds TEST_TOP1 and OUTCOME_*
   columns      metric_column, param_column, tag_column: a name's column in mlflow.search_runs' table;
                tags_filter: a search_runs filter on tags
@@ -29,6 +31,17 @@ PARAM_OPTIMIZER = "training.optimizer"
 PARAM_UNFREEZE = "strategy.unfreeze"
 PARAM_DATA_SOURCE = "data.source"
 PARAM_LABEL_MODE = "data.label_mode"
+# What a run logs as params besides the searchable hyperparameters: what identifies a trial (backbone,
+# strategy, image size, weights, the data's source, split and sizes, the seeds) and how it trains,
+# about 30 names a person reads in the UI. The rest of the spec (cache, precision, patience...)
+# is in the run's ARTIFACT_SPEC; the synthetic sizes are logged on synthetic data only.
+LOGGED_PARAMS = (
+    "experiment", "backbone.name", "strategy_name", "backbone.image_size", "backbone.weights",
+    PARAM_DATA_SOURCE, PARAM_LABEL_MODE, "data.validation_fraction", "data.subset.train", "data.subset.validation",
+    "data.subset.test", "data.synthetic.train_size", "data.synthetic.test_size", "data.seed", "training.seed",
+    PARAM_OPTIMIZER, "training.epochs", "training.batch_size", "strategy.schedule",
+)  # fmt: skip
+SYNTHETIC_PARAMS = ("data.synthetic.train_size", "data.synthetic.test_size")
 
 # ---------------------------------------------------------------- metrics
 
@@ -86,6 +99,7 @@ TAG_BEST_MODEL_URI = "best_model_uri"  # on a parent run: runs:/<best trial's ru
 TAG_BEST_MODEL_TRIAL = "best_model_trial"
 TAG_RECIPE = "recipe_fingerprint"  # what the leaderboard matches a spec by (benchmark/study_identity.py)
 TAG_SPEC_FINGERPRINT, TAG_DATA_FINGERPRINT, TAG_WEIGHTS_FINGERPRINT = "spec_fingerprint", "data_fingerprint", "weights_fingerprint"
+TAG_TRIAL_SPEC_FINGERPRINT = "trial_spec_fingerprint"  # sha256 of the run's ARTIFACT_SPEC: its whole spec
 TAG_CONFIRM_OF, TAG_CONFIRM_SEED, TAG_CONFIRM_RESPLIT = "confirm_of", "confirm_seed", "confirm_resplit"
 TAG_UPDATED = "updated"  # when a report run was last rewritten
 # on the parent run of a study on own images: images identical in two splits ("0", or "N groups: <examples>")
@@ -93,7 +107,9 @@ TAG_DUPLICATES = "duplicates_across_splits"
 TAG_PREFIX_CACHE = "prefix_cache"  # "hit"/"miss" (below <layer>) or "off: <why>" (benchmark/plan.py)
 TAG_MODEL = "model"  # whether the run's artifacts hold its model (a sweep keeps its best search.keep_models)
 MODEL_KEPT, MODEL_NOT_KEPT, MODEL_DROPPED = "kept", "not kept", "deleted: no longer among the study's best"
-TAG_RUN_NAME = "mlflow.runName"  # MLflow's own: the name its UI shows
+TAG_RUN_NAME = "mlflow.runName"  # MLflow's own: the name its UI shows (run_name below)
+TAG_PARENT_RUN = "mlflow.parentRunId"  # MLflow's own: the run the UI nests a run under
+TAG_FULL_NAME = "full_name"  # a run's unabridged name: its study's, with the trial number and repeat
 VERSION_TAG_PREFIX = "versions."
 
 
@@ -105,6 +121,37 @@ def version_tag(package: str) -> str:
 def best_param_tag(param: str) -> str:
     """A parent run's tag of its best trial's searched value (any type)."""
     return f"best.{param}"
+
+
+# ---------------------------------------------------------------- run names
+
+# The MLflow UI cuts a run's name after about 25 characters, so a name leads with what tells runs
+# apart: "lite0 frozen ffb9701d" (a study's parent run: its fingerprint), "lite0 frozen #5" (a
+# trial), "lite0 frozen #5 seed 2" (a repeat). The experiment is the MLflow experiment already;
+# TAG_FULL_NAME keeps the unabridged name. Nothing finds a run by its name: every search is by tags.
+BACKBONE_ABBREVIATIONS = (("efficientnetlite", "lite"), ("efficientnetv2", "effv2"), ("efficientnet", "eff"),
+                          ("mobilenetv3", "mnv3"), ("mobilenetv2", "mnv2"))
+
+
+def short_backbone(backbone: str) -> str:
+    """'efficientnetlite0' -> 'lite0', 'mobilenetv3small' -> 'mnv3small'; others as they are."""
+    for prefix, short in BACKBONE_ABBREVIATIONS:
+        if backbone.startswith(prefix):
+            return short + backbone.removeprefix(prefix)
+    return backbone
+
+
+def run_name(backbone: str, strategy: str, *, fingerprint: str = "", trial: int | None = None, seed: int | None = None,
+             resplit: bool = False) -> str:
+    """The name the UI shows: 'lite0 frozen ffb9701d', 'lite0 frozen #5', 'lite0 frozen #5 seed 2'."""
+    parts = [short_backbone(backbone), strategy, fingerprint, "" if trial is None else f"#{trial}",
+             "" if seed is None else f"seed {seed}", "resplit" if resplit else ""]
+    return " ".join(part for part in parts if part)
+
+
+def trial_full_name(study: str, trial: int) -> str:
+    """A trial's unabridged name (TAG_FULL_NAME): 'transfer-efficientnetlite0-frozen-ffb9701d-t005'."""
+    return f"{study}-t{trial:03d}"
 
 
 # ---------------------------------------------------------------- artifacts
@@ -131,6 +178,14 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 def experiment_name(experiment: str) -> str:
     """The MLflow experiment of a spec's name."""
     return EXPERIMENT_PREFIX + experiment
+
+
+SHARED_VIEW_KEY = "benchmark"  # the experiment's view in the MLflow UI (benchmark/mlflow_view.py)
+
+
+def shared_view_tag(key: str) -> str:
+    """The experiment tag from which MLflow's UI restores the view a link's viewStateShareKey names."""
+    return f"mlflow.sharedViewState.{key}"
 
 
 # ---------------------------------------------------------------- Optuna user attrs

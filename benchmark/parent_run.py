@@ -127,12 +127,15 @@ def active_parents(experiment_id: str, name: str) -> list[str]:
 
 
 def create(spec: TrialSpec, name: str, space: SearchSpace, identity: dict[str, str], experiment_id: str) -> str:
-    """A new parent run: the spec's params, with the searched ones given as their ranges; `identity`
-    (the fingerprints) in its tags."""
-    tags = {**track.trial_tags(spec, role=names.ROLE_SWEEP, data_origin=""), names.TAG_STUDY: name, **identity}
+    """A new parent run: a run's params (track.logged_params), with the searched ones given as their
+    ranges; `identity` (the fingerprints) in its tags."""
+    tags = {**track.trial_tags(spec, role=names.ROLE_SWEEP, data_origin=""), names.TAG_STUDY: name,
+            names.TAG_FULL_NAME: name, **identity}
+    short = names.run_name(spec.backbone.name, spec.strategy_name,
+                           fingerprint=identity.get(names.TAG_SPEC_FINGERPRINT, "")[:study_identity.SHORT])
     client = mlflow.MlflowClient()
-    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    params = {**spec.params(), **searched_params(spec, space)}
+    run_id = client.create_run(experiment_id, run_name=short, tags=tags).info.run_id
+    params = {**track.logged_params(spec), **searched_params(spec, space)}
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     return run_id
 

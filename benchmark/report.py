@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmark import files, leaderboard, mlflow_store, names  # noqa: E402
+from benchmark import files, leaderboard, mlflow_store, mlflow_view, names  # noqa: E402
 from benchmark.data import (  # noqa: E402
     CIFAR100_COARSE_LABEL_NAMES,
     CIFAR100_COARSE_OF_FINE,
@@ -381,12 +381,23 @@ def html_page(experiment: str, report: Report) -> str:
 
 
 def compare_link(experiment: str, board: pd.DataFrame) -> str:
-    """A link to MLflow's compare page for the rows' runs (parallel coordinates, scatter, every column)."""
+    """Links into the MLflow UI: the experiment's runs, the rows side by side on MLflow's compare page
+    (parallel coordinates, scatter, every column), and per row its best trial and its study's trials."""
     url = leaderboard.compare_url(experiment, board)
     if not url:
         return ""
+    experiment_id = leaderboard.experiment_id_of(experiment)
+
+    def link(href: str, text: str) -> str:
+        return f'<a href="{html.escape(href)}">{html.escape(text)}</a>'
+
     start = f" (start <code>{html.escape(mlflow_store.ui_command())}</code> first)" if mlflow_store.ui_command() else ""
-    return f'<p class="meta"><a href="{html.escape(url)}">Compare these rows in the MLflow UI</a>{start}</p>'
+    rows = "".join(
+        f"<li>{html.escape(row['row'])}: {link(row['run'], 'its best trial')}"
+        + (f", {link(row['compare'], 'its study’s trials side by side')}" if row["compare"] else "") + "</li>"
+        for row in mlflow_view.row_links(experiment_id, board))
+    return (f'<p class="meta">In the MLflow UI{start}: {link(mlflow_store.experiment_url(experiment_id), "the runs, best first")}, '
+            f'{link(url, "these rows side by side")}</p><ul class="meta">{rows}</ul>')
 
 
 PAGE = """<!DOCTYPE html>

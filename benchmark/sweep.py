@@ -32,7 +32,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from benchmark import hparams, mlflow_store, names, parent_run, registry, study_identity, track
+from benchmark import hparams, mlflow_store, mlflow_view, names, parent_run, registry, study_identity, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.errors import BenchmarkError
 from benchmark.isolation import TrialJob, TrialRunner
@@ -376,6 +376,7 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> Open
     if plan.data.content_key is not None:  # own images: what the leakage check found
         identity[names.TAG_DUPLICATES] = duplicates_tag(plan.data)
     parent = parent_run.find_or_create(study, created, spec, plan.space, identity, experiment_id)
+    mlflow_view.update(experiment_id)  # the UI's runs table shows this study's searched params too
     closed = parent_run.close_orphan_runs(study, name, experiment_id)
     counts = parent_run.trial_counts(study)
     remaining = plan.target - counts["complete"] - counts["pruned"]
@@ -401,7 +402,8 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
     interruption = Interruption()
     runner = TrialRunner(trials_per_process(plan), plan.data, interrupted=lambda: interruption.seen)
     objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url, pruner, runner, verbose,
-                          plan.search.keep_models)
+                          plan.search.keep_models,
+                          data_input=track.dataset(plan.spec.data, plan.data.origin, plan.fingerprint.data))
     try:
         with mlflow.start_run(run_id=parent), interruption:
             try:
@@ -520,18 +522,22 @@ class Objective:
     """Maximises validation top-1 at the best epoch (the test set is never looked at here)."""
 
     def __init__(self, spec: TrialSpec, space: SearchSpace, name: str, storage_url: str,
-                 pruner: optuna.pruners.BasePruner | None, runner: TrialRunner, verbose: int, keep_models: int):
+                 pruner: optuna.pruners.BasePruner | None, runner: TrialRunner, verbose: int, keep_models: int,
+                 data_input=None):
         self.spec, self.space, self.name, self.storage_url = spec, space, name, storage_url
         self.pruner, self.runner, self.verbose, self.keep_models = pruner, runner, verbose, keep_models
         self.dropped: set[str] = set()  # run ids whose model this sweep deleted
+        self.data_input = data_input  # the trials' dataset in MLflow (track.dataset)
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr(names.ATTR_WORKER, this_worker())  # lets a rerun on this machine see that it died
         spec = self.spec.with_values(**suggest(trial, self.spec, self.space))
-        tags = {names.TAG_STUDY: self.name, names.TAG_TRIAL_NUMBER: str(trial.number), names.TAG_TRIAL_STATE: "RUNNING"}
+        tags = {names.TAG_STUDY: self.name, names.TAG_TRIAL_NUMBER: str(trial.number), names.TAG_TRIAL_STATE: "RUNNING",
+                names.TAG_FULL_NAME: names.trial_full_name(self.name, trial.number)}
         data_origin = self.runner.data.origin
         pruned = None
-        with track.open_run(spec, names.ROLE_TRIAL, data_origin, f"{self.name}-t{trial.number:03d}", tags) as run:
+        name = names.run_name(spec.backbone.name, spec.strategy_name, trial=trial.number)
+        with track.open_run(spec, names.ROLE_TRIAL, data_origin, name, tags, self.data_input) as run:
             trial.set_user_attr(names.ATTR_RUN_ID, run.info.run_id)
             try:
                 value = self.run_and_keep_model(trial, spec, run.info.run_id)

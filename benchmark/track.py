@@ -1,11 +1,13 @@
-"""MLflow run logging: a trial's run opened with its spec as params and the standard tags, its
-epochs logged as training goes, its final metrics and artifacts, and its kept model. Every name
-these write is in benchmark/names.py; where runs go is benchmark/mlflow_store.py.
+"""MLflow run logging: a trial's run opened with the params a person reads (logged_params), its
+whole spec, the standard tags and its dataset; its epochs logged as training goes, its final
+metrics and artifacts, and its kept model. Every name these write is in benchmark/names.py;
+where runs go is benchmark/mlflow_store.py.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import tempfile
@@ -18,7 +20,7 @@ import mlflow
 import numpy as np
 from mlflow.entities import RunTag
 
-from benchmark import mlflow_store, names
+from benchmark import hparams, mlflow_store, names
 from benchmark.redaction import redact
 from benchmark.spec import TrialSpec
 
@@ -29,7 +31,25 @@ def trial_tags(spec: TrialSpec, role: str, data_origin: str) -> dict[str, str]:
     values = (spec.backbone.name, spec.strategy_name, spec.experiment, role, runtime.git_commit(),
               runtime.device_description(), data_origin)
     tags = dict(zip(names.TAGS, values))  # feature_cache, the last of TAGS, comes with the trial's result
-    return {**tags, **version_tags()}
+    return {**tags, **version_tags(), names.TAG_TRIAL_SPEC_FINGERPRINT: spec_fingerprint(spec)}
+
+
+def spec_fingerprint(spec: TrialSpec) -> str:
+    """sha256 of the spec as the run's ARTIFACT_SPEC holds it."""
+    return hashlib.sha256(spec_json(spec).encode()).hexdigest()
+
+
+def spec_json(spec: TrialSpec) -> str:
+    return spec.model_dump_json(indent=1)
+
+
+def logged_params(spec: TrialSpec) -> dict[str, str]:
+    """The params a run logs: names.LOGGED_PARAMS and every searchable hyperparameter (hparams.TABLE),
+    the same names in every run. The whole spec is the run's ARTIFACT_SPEC."""
+    kept = {*names.LOGGED_PARAMS, *(entry.field for entry in hparams.TABLE)}
+    if spec.data.source != "synthetic":
+        kept -= set(names.SYNTHETIC_PARAMS)
+    return {key: value for key, value in spec.params().items() if key in kept}
 
 
 def version_tags() -> dict[str, str]:
@@ -39,15 +59,39 @@ def version_tags() -> dict[str, str]:
     return {names.version_tag(package): version for package, version in runtime.package_versions().items()}
 
 
+DATASET_NAMES = {"keras": "cifar100", "dir": "cifar100", "sample": "cifar100-sample", "synthetic": "synthetic",
+                 "cifar10": "cifar10"}  # folder and csv: the folder's or the file's name
+DATASET_CONTEXT = "training"
+DIGEST_LENGTH = 16  # hex digits of the data fingerprint (MLflow keeps at most 36)
+
+
+def dataset(data_spec, origin: str, fingerprint: str):
+    """The data a run trains on, for MLflow's dataset tracking (the UI's Dataset column): named
+    after its source, its digest the data's content fingerprint (study_identity.data_fingerprint),
+    so runs on the same images show the same dataset and changed images another."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    name = DATASET_NAMES.get(data_spec.source) or Path(origin.split(":", 1)[-1]).name
+    if data_spec.label_mode == "coarse":
+        name += "-coarse"
+    return MetaDataset(CodeDatasetSource({names.TAG_DATA_ORIGIN: origin}), name=name, digest=fingerprint[:DIGEST_LENGTH])
+
+
 @contextmanager
-def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_tags: dict | None = None) -> Iterator:
-    """A run (nested under the active one, if any) with the spec as params and the standard tags.
-    An exception marks it FAILED with the error recorded, and propagates."""
+def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_tags: dict | None = None,
+             data_input=None) -> Iterator:
+    """A run (nested under the active one, if any) with its params (logged_params), its whole spec
+    (names.ARTIFACT_SPEC: reports reload its data from it), the standard tags and its dataset
+    (`data_input`, from dataset()). An exception marks it FAILED with the error recorded, and propagates."""
     tags = {**trial_tags(spec, role, data_origin), **(extra_tags or {})}
     with mlflow.start_run(
         experiment_id=mlflow_store.experiment_id(spec.experiment), run_name=run_name, nested=mlflow.active_run() is not None, tags=tags
     ) as run:
-        mlflow.log_params(spec.params())
+        mlflow.log_params(logged_params(spec))
+        mlflow.log_text(spec_json(spec), names.ARTIFACT_SPEC)  # the whole spec, of pruned and failed runs too
+        if data_input is not None:
+            mlflow.log_input(data_input, context=DATASET_CONTEXT)
         try:
             yield run
         except BaseException as e:
@@ -116,7 +160,6 @@ def log_result(result, run_id: str) -> None:
                             class_names=np.asarray(result.class_names, dtype=str))
         write_per_class(result.per_class, tmp / names.ARTIFACT_PER_CLASS)
         (tmp / names.ARTIFACT_HISTORY).write_text(json.dumps(result.history.epochs, indent=1))
-        (tmp / names.ARTIFACT_SPEC).write_text(result.spec.model_dump_json(indent=1))  # reports reload its data
         client.log_artifacts(run_id, str(tmp))
 
 

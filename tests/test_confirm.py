@@ -27,6 +27,10 @@ def test_confirmations_repeat_the_best_trial_with_new_seeds_and_resume(ci_store_
         assert run.data.params["data.seed"] == str(selected.data.seed)  # the split stays
         assert float(run.data.params["training.learning_rate"]) == pytest.approx(selected.training.learning_rate)
         assert run.data.tags["study_name"] == best["study"] and run.info.status == "FINISHED"
+        # nested under the study's parent run, beside the trial it repeats, by a name the UI shows whole
+        assert run.data.tags["mlflow.parentRunId"] == mlflow.get_run(best["run_id"]).data.tags["mlflow.parentRunId"]
+        assert run.info.run_name == f"{best['backbone']} {best['strategy']} #{best['trial_number']} seed {k}"
+        assert run.data.tags["full_name"] == f"{best['study']}-t{best['trial_number']:03d}-seed{k}"
     scores = [r.data.metrics["test_top1"] for r in runs]
     row = leaderboard.leaderboard(experiment).set_index("run_id").loc[best["run_id"]]
     assert row["confirm_runs"] == 2

@@ -21,7 +21,7 @@ from helpers import CHROMIUM_FLAGS, chromium, pair_study
 from helpers import CI_SWEEPS as SWEEPS  # what the ci_store fixture ran
 from helpers import mlflow_server as start_mlflow_server
 
-from benchmark import cli, leaderboard, mlflow_store, names, parent_run, sweep
+from benchmark import cli, leaderboard, mlflow_store, mlflow_view, names, parent_run, sweep
 from benchmark.errors import BenchmarkError
 from benchmark.spec import load_experiment
 
@@ -387,12 +387,13 @@ def test_the_mlflow_server_serves_our_runs(mlflow_server, monkeypatch):
     assert np.allclose(remote["test_top1_low"], local["test_top1_low"])
 
 
-def rendered_text(url: str, workdir: Path) -> str:
-    """The visible text of a page after its scripts ran (the MLflow UI is a single-page app)."""
+def rendered_text(url: str, workdir: Path, width: int = 1600) -> str:
+    """The visible text of a page after its scripts ran (the MLflow UI is a single-page app). The
+    runs table renders the columns that fit the window's `width` only."""
     profile = workdir / "ui-profile"
     shutil.rmtree(profile, ignore_errors=True)  # a fresh browser: no UI preference saved from an earlier page
     out = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=30000",
-                          "--window-size=1600,1000", "--dump-dom", url], capture_output=True, text=True, timeout=180)
+                          f"--window-size={width},1000", "--dump-dom", url], capture_output=True, text=True, timeout=180)
     visible = re.sub(r"<(script|style)[^>]*>.*?</\1>", "", out.stdout, flags=re.S)
     return " ".join(re.sub(r"<[^>]+>", " ", visible).split())
 
@@ -408,9 +409,25 @@ def test_the_mlflow_ui_opens_our_experiment_on_its_runs_and_compares_the_rows(ml
     tags = rest(mlflow_server, "experiments/get-by-name?experiment_name=benchmark/ci")["experiment"]["tags"]
     assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in tags
 
-    runs = rendered_text(mlflow_store.experiment_url(experiment_id), tmp_path)
+    runs = rendered_text(mlflow_store.experiment_url(experiment_id), tmp_path, width=2800)
     assert GENAI_OVERVIEW not in runs and "Run Name" in runs
-    assert any(study in runs for study in board["study"])  # our sweeps' parent runs, by name
+    # The experiment's shared view: our columns in the header, best validation top-1 first, every run a row
+    header = runs.split("Run Name", 1)[1].split("Hide run", 1)[0]
+    for column in ("best_val_top1", "test_top1", "test_top5", "params_total", "infer_images_per_sec",
+                   "training.learning_rate", "backbone", "strategy", "Dataset"):
+        assert column in header
+    assert "Sort: best_val_top1" in runs and f"{sum(SWEEPS.values()) + len(SWEEPS)} matching runs" in runs
+    trials = mlflow.search_runs([experiment_id], filter_string="tags.role = 'trial'", output_format="list")
+    for run in trials:  # short names the table shows whole
+        number = run.data.tags["trial_number"]
+        assert f" {run.data.tags['backbone']} {run.data.tags['strategy']} #{number} " in runs
+    for study in board["study"]:  # the parent runs: backbone, strategy and fingerprint
+        assert " {} {} {} ".format(*study.split("-")[1:]) in runs
+
+    for study in board["study"]:  # a study's compare link: all its scored trials
+        scored = [t for t in trials if t.data.tags["study_name"] == study and "best_val_top1" in t.data.metrics]
+        page = rendered_text(mlflow_view.study_compare_url(experiment_id, study), tmp_path)
+        assert f"Comparing {len(scored)} Runs" in page and all(t.info.run_id in page for t in scored)
 
     compare = rendered_text(mlflow_store.compare_url(experiment_id, list(board["run_id"])), tmp_path)
     assert f"Comparing {len(board)} Runs" in compare and "Parallel Coordinates Plot" in compare

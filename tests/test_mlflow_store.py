@@ -32,7 +32,8 @@ def test_shown_uris_have_no_password():
 def test_ui_links_point_at_the_training_view_without_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCHMARK_STORE", str(tmp_path / "mlruns"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert mlflow_store.experiment_url("7") == "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    assert mlflow_store.experiment_url("7") == \
+        "http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey=benchmark&workflowType=machine_learning"
     assert mlflow_store.ui_command() == f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlruns/mlflow.db"
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://bench:s3cr%2Ft@mlflow.example.org:8443/prefix/")

@@ -150,3 +150,18 @@ def test_names_py_imports_nothing():
     imported = {alias.name for node in ast.walk(ast.parse(Path(names.__file__).read_text()))
                 if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
     assert imported <= {"annotations"}
+
+
+# ---------------------------------------------------------------- run names: told apart in the UI's 25 characters
+
+
+def test_run_names_lead_with_what_tells_runs_apart_within_25_characters():
+    parent = names.run_name("efficientnetlite0", "frozen", fingerprint="ffb9701d")
+    trial = names.run_name("efficientnetlite0", "frozen", trial=5)
+    repeat = names.run_name("efficientnetlite0", "frozen", trial=5, seed=2)
+    assert (parent, trial, repeat) == ("lite0 frozen ffb9701d", "lite0 frozen #5", "lite0 frozen #5 seed 2")
+    assert names.run_name("mobilenetv3small", "top", trial=12, seed=3, resplit=True) == "mnv3small top #12 seed 3 resplit"
+    assert names.short_backbone("efficientnetv2b0") == "effv2b0" and names.short_backbone("efficientnetb3") == "effb3"
+    assert names.short_backbone("vgg16") == "vgg16"
+    assert all(len(name) <= 25 for name in (parent, trial, repeat))
+    assert names.trial_full_name("transfer-efficientnetlite0-frozen-ffb9701d", 5) == "transfer-efficientnetlite0-frozen-ffb9701d-t005"

@@ -579,7 +579,9 @@ def test_a_failing_pair_does_not_stop_the_others_and_the_exit_code_is_1(store, t
     assert "resnet50/frozen: 1 of 1 trials" in out
     assert re.search(r"^resnet50 +frozen ", out, re.M), out  # the leaderboard's table ends the run
     assert "next: python -m benchmark leaderboard" in out
-    assert re.search(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+\?workflowType=machine_learning \(the runs", out)
+    assert re.search(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?viewStateShareKey=benchmark&"
+                     r"workflowType=machine_learning \(the runs", out)
+    assert re.search(r"^study ci-resnet50-frozen-\w+'s trials side by side: http://127\.0\.0\.1:5000/#/compare-runs\?runs=", out, re.M)
 
 
 @pytest.mark.slow
