@@ -49,6 +49,11 @@ def unfreeze_depth(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f'must be a layer count >= 0 or "all", got {text!r}') from None
 
 
+def output_path(text: str) -> Path | None:
+    """A file to write, or None for `-`: standard output."""
+    return None if text == "-" else Path(text)
+
+
 def name_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",")]
     if not all(names):
@@ -57,10 +62,14 @@ def name_list(text: str) -> list[str]:
 
 
 EXPERIMENT_HELP = "experiment name in experiments/ or a .toml spec path (default: quick)"
+LATEST_HELP = "experiment name in experiments/ or a .toml spec path (default: that of the store's most recent sweep)"
 
 
 def add_trial_arguments(parser: argparse.ArgumentParser, many: bool = False) -> None:
-    parser.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    if many:  # a sweep starts something new: its default is fixed
+        parser.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    else:  # the others go on from what the user last swept
+        parser.add_argument("--experiment", help=LATEST_HELP)
     if many:
         parser.add_argument("--backbone", type=name_list,
                             help="registry name(s), e.g. vgg16 or vgg16,resnet50 (default: every backbone of the spec)")
@@ -147,12 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the best row. Reads the stores only.",
         "leaderboard --experiment transfer",
         "leaderboard --experiment transfer --format html --output report/index.html")
-    board.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    board.add_argument("--experiment", help=LATEST_HELP)
     board.add_argument("--superseded", action="store_true",
                        help="also list the studies of older versions of the spec (after the current rows)")
     board.add_argument("--format", default="table", choices=("table", "markdown", "csv", "json", "html"),
                        help="table (terminal), markdown, csv, json, or html (one self-contained page)")
-    board.add_argument("--output", type=Path, help="write here instead of stdout; plots go in PATH's folder too")
+    board.add_argument("--output", type=output_path,
+                       help="write here instead of stdout (`-`); the plots go beside it, in PATH_plots/, as PNG files")
     board.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
                        help="draw the plots and log them to MLflow (default: with --output or --format html)")
     board.add_argument("--storage", help="Optuna storage of the studies (default: $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.db)")
@@ -163,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Each checked metric (accuracy, size, throughput) must stay within the tolerance the baseline file gives it.",
         "check --experiment ci",
         "check --experiment ci --update      # accept the current results as the new baseline")
-    check.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    check.add_argument("--experiment", help=LATEST_HELP)
     check.add_argument("--baseline", type=Path, help="baseline file (default: experiments/baselines/EXPERIMENT.json)")
     check.add_argument("--update", action="store_true", help="rewrite the baseline from the current results")
     check.add_argument("--format", default="table", choices=("table", "markdown"), help="the comparison table's format")
@@ -174,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Shows whether a ranking survives a new seed (and, with --resplit, a new validation split); the "
         "leaderboard's seeds@1 column reports the repeats.",
         "confirm --experiment transfer --top 3 --seeds 3")
-    confirm.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    confirm.add_argument("--experiment", help=LATEST_HELP)
     confirm.add_argument("--top", type=positive_int, default=3, help="how many leaderboard rows (default: 3)")
     confirm.add_argument("--seeds", type=positive_int, default=3, help="new training seeds per row (default: 3)")
     confirm.add_argument("--resplit", action="store_true", help="also draw a new validation split for each seed")
@@ -217,13 +227,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def experiment_or_latest(args) -> str:
+    """--experiment, or the experiment of the store's most recent sweep, said in one line (stderr:
+    stdout may be a table)."""
+    if args.experiment is not None:
+        return args.experiment
+    from benchmark import leaderboard, mlflow_store
+
+    mlflow_store.configure_for_reading()
+    args.experiment = leaderboard.latest_swept_experiment()
+    print(f"experiment {args.experiment} (the most recent sweep's; --experiment NAME for another)", file=sys.stderr)
+    return args.experiment
+
+
 def command_run(args) -> int:
     import time
 
-    from benchmark import mlflow_store, spec as specs, study_identity
+    from benchmark import registry, spec as specs
 
-    experiment = specs.load_experiment(args.experiment)  # before TensorFlow loads: a bad spec is reported at once
+    registry.get_backbone(args.backbone)  # a typo'd name is refused at once, before the store or TensorFlow load
+    experiment = specs.load_experiment(experiment_or_latest(args))  # before TensorFlow loads: a bad spec is reported at once
     spec = experiment.resolve(args.backbone, args.strategy, args.data_dir)
+    from benchmark import mlflow_store, study_identity
+
     track, trial, _ = import_training_modules()
     unfreeze = args.unfreeze
     if unfreeze is None and spec.strategy.unfreeze == "search":
@@ -275,10 +301,10 @@ def command_sweep(args) -> int:
     from benchmark import spec as specs
 
     experiment = specs.load_experiment(args.experiment)
+    pairs = specs.pairs_of(experiment, args.backbone, args.strategy)  # names checked before TensorFlow loads
     sweep = import_training_modules()[2]
     options = dict(trials=args.trials, timeout_s=args.timeout, storage=args.storage, data_dir=args.data_dir,
                    verbose=0 if args.quiet else 2)
-    pairs = sweep.pairs_of(experiment, args.backbone, args.strategy)
     if len(pairs) == 1:  # one study: its input errors are the command's (exit 2)
         result = sweep.run_sweep(experiment, *pairs[0], **options)
         report_study(sweep, result)
@@ -345,7 +371,7 @@ def command_leaderboard(args) -> int:
 
     from benchmark import files, leaderboard, mlflow_store
 
-    experiment = experiment_argument(args.experiment)
+    experiment = experiment_argument(experiment_or_latest(args))
     if args.output is not None:
         files.check_target(args.output, "the leaderboard")  # before any work, and before anything is logged
     mlflow_store.configure_for_reading()
@@ -360,14 +386,15 @@ def command_leaderboard(args) -> int:
     from benchmark import report
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.output.parent / f"{args.output.stem}_plots" if args.output else Path(tmp)
+        beside = args.output is not None and not files.writes_through(args.output)  # no folder beside a pipe or device
+        folder = args.output.parent / f"{args.output.stem}_plots" if beside else Path(tmp)
         built = report.build_report(name, board, folder, storage=args.storage)
         text = report.html_page(name, built) if args.format == "html" else leaderboard.render(board, args.format)
         tables = {"leaderboard.csv": leaderboard.render(board, "csv"), "leaderboard.md": leaderboard.render(board, "markdown"),
                   "leaderboard.html": text if args.format == "html" else report.html_page(name, built)}
         leaderboard.write(text, args.output)  # the files first: nothing is logged about a report that was not written
         run_id = report.log_report(name, built, tables)
-    where = f"; plots in {folder}" if args.output else ""
+    where = f"; plots in {folder}" if beside else ""
     print(f"{len(built.figures)} plots logged to MLflow run {run_id}{where}", file=sys.stderr)
     for note in built.notes:
         print(f"not drawn: {note}", file=sys.stderr)
@@ -393,7 +420,7 @@ def report_page(name: str, board) -> str:
 def command_check(args) -> int:
     from benchmark import check, mlflow_store
 
-    experiment = experiment_argument(args.experiment)
+    experiment = experiment_argument(experiment_or_latest(args))
     mlflow_store.configure_for_reading()
     return check.run_check(experiment, args.baseline, update=args.update, fmt=args.format)
 
@@ -401,7 +428,7 @@ def command_check(args) -> int:
 def command_confirm(args) -> int:
     from benchmark import spec as specs
 
-    experiment = specs.load_experiment(args.experiment)
+    experiment = specs.load_experiment(experiment_or_latest(args))
     import_training_modules()  # TensorFlow's start-up lines, silenced
     from benchmark import confirm, mlflow_store
 

@@ -102,6 +102,21 @@ def experiment_id_of(experiment: str) -> str:
     return found.experiment_id
 
 
+def latest_swept_experiment() -> str:
+    """The spec name of the store's most recent sweep: the experiment of its newest trial (or study,
+    before its first trial), so that a resumed sweep counts when it ran, not when it began."""
+    newest = []
+    for role in (names.ROLE_TRIAL, names.ROLE_SWEEP):
+        runs = mlflow.search_runs(search_all_experiments=True, filter_string=names.tags_filter(**{names.TAG_ROLE: role}),
+                                  order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        newest += [(run.info.start_time, run.data.tags.get(names.TAG_EXPERIMENT)) for run in runs]
+    if not any(name for _, name in newest):
+        raise BenchmarkError(
+            f"no sweep in the MLflow store {mlflow_store.display_uri()} yet, so no experiment to default to; pass "
+            f"--experiment NAME, or run a sweep first (the README's first command)")
+    return max((when, name) for when, name in newest if name)[1]
+
+
 # ---------------------------------------------------------------- which studies are current
 
 

@@ -38,7 +38,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.isolation import TrialJob, TrialRunner
 from benchmark.plan import builds_head_only
 from benchmark.redaction import redact
-from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
+from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec, pairs_of  # noqa: F401  (sweep.pairs_of, as before)
 from benchmark.storage import default_storage, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial line replaces Optuna's
@@ -479,22 +479,13 @@ class PairResult:
                 f"best #{best.number} val_top1={best.value:.4f} test_top1={parent_run.trial_record(best)[names.TEST_TOP1]:.4f}")
 
 
-def pairs_of(experiment: ExperimentSpec, backbones: list[str] | None = None,
-             strategies: list[str] | None = None) -> list[tuple[str, str]]:
-    """Every backbone x strategy the experiment lists, or the selected ones (each checked)."""
-    chosen_backbones = [experiment.resolve(b).backbone.name for b in backbones] if backbones else experiment.backbones
-    for name in strategies or []:
-        experiment.resolve(chosen_backbones[0], name)  # an unknown strategy: the one-line error, before any sweep
-    return [(b, s) for b in dict.fromkeys(chosen_backbones) for s in dict.fromkeys(strategies or experiment.strategies)]
-
-
 def run_experiment(
     experiment: ExperimentSpec,
     pairs: list[tuple[str, str]] | None = None,
     say: Callable[[str], None] = print,
     **options,
 ) -> list[PairResult]:
-    """run_sweep for each pair (default: every pair, see pairs_of), in order. A pair that fails
+    """run_sweep for each pair (default: every pair, see spec.pairs_of), in order. A pair that fails
     (bad weights, every trial failed) is reported and the others go on; each pair is its own
     study, so rerunning resumes all of them and several workers can share the experiment."""
     pairs = pairs if pairs is not None else pairs_of(experiment)
