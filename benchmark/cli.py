@@ -153,14 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     board = add_command(
         commands, "leaderboard", "best trial per backbone x strategy, with plots and an HTML report",
         "Rows are ranked by validation top-1; test top-1 comes with a 95% interval and a paired test against "
-        "the best row. Reads the stores only.",
+        "the best row. Trains nothing; with plots (--output or --format html) it logs them to MLflow, in the "
+        "experiment's one report run (replaced each time).",
         "leaderboard --experiment transfer",
         "leaderboard --experiment transfer --format html --output report/index.html")
     board.add_argument("--experiment", help=LATEST_HELP)
     board.add_argument("--superseded", action="store_true",
                        help="also list the studies of older versions of the spec (after the current rows)")
     board.add_argument("--format", default="table", choices=("table", "markdown", "csv", "json", "html"),
-                       help="table (terminal), markdown, csv, json, or html (one self-contained page)")
+                       help="table (terminal), markdown, csv, json, or html (one page, the plots embedded)")
     board.add_argument("--output", type=output_path,
                        help="write here instead of stdout (`-`); the plots go beside it, in PATH_plots/, as PNG files")
     board.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
