@@ -324,7 +324,7 @@ def command_sweep(args) -> int:
 
 
 def report_study(sweep, result) -> None:
-    counts = ", ".join(f"{v} {k}" for k, v in result.counts.items())
+    counts = ", ".join(f"{v} {k}" for k, v in result.counts.items() if v or k != "interrupted")
     print(f"study {result.study.study_name}: {counts}; MLflow parent run {result.parent_run_id}")
     if not result.reached:
         print(result.shortfall() + "; see the FAILED runs' 'error' tag in MLflow")

@@ -55,7 +55,8 @@ FINAL_METRICS = (
     TRAIN_S, WALL_TIME_S, EPOCHS_RUN, BACKBONE_DEPTH, FEATURES_S,
 )  # fmt: skip
 TOP5_METRICS = (BEST_VAL_TOP5, LAST_VAL_TOP5, TEST_TOP5)  # logged only with more than 5 classes
-PROGRESS_METRICS = {"complete": "trials_complete", "pruned": "trials_pruned", "failed": "trials_failed"}
+PROGRESS_METRICS = {"complete": "trials_complete", "pruned": "trials_pruned", "failed": "trials_failed",
+                    "interrupted": "trials_interrupted"}
 COMPUTE_METRIC = "trials_compute_s"  # all of a study's trials, wall time
 INFER_STEP_MS, TRAIN_STEP_MS = "infer_step_ms", "train_step_ms"
 THROUGHPUT_METRICS = (INFER_IMAGES_PER_SEC, INFER_STEP_MS, TRAIN_IMAGES_PER_SEC, TRAIN_STEP_MS, PARAMS_TOTAL,
@@ -78,7 +79,8 @@ ROLE_RUN, ROLE_SWEEP, ROLE_TRIAL, ROLE_CONFIRM, ROLE_REPORT, ROLE_THROUGHPUT = (
     "run", "sweep", "trial", "confirm", "report", "throughput")
 TAG_STUDY = "study_name"  # a study's parent run and each of its trials
 TAG_TRIAL_NUMBER = "trial_number"
-TAG_TRIAL_STATE = "trial_state"  # RUNNING, then Optuna's COMPLETE, PRUNED or FAIL
+TAG_TRIAL_STATE = "trial_state"  # RUNNING, then Optuna's COMPLETE, PRUNED or FAIL, or INTERRUPTED (Ctrl-C)
+TRIAL_STATE_INTERRUPTED = "INTERRUPTED"
 TAG_ERROR = "error"  # why a run failed
 TAG_BEST_RUN = "best_run_id"  # on a parent run: its best trial's run
 TAG_BEST_TRIAL = "best_trial_number"
@@ -140,6 +142,7 @@ ATTR_PARENT_RUN = "mlflow_parent_run_id"  # the study's parent run, once it exis
 ATTR_OUTCOME = "outcome"  # what a finished trial recorded: TEST_TOP1 and the OUTCOME_* keys
 OUTCOME_MODEL_SAVED, OUTCOME_COMPUTE_S, OUTCOME_PROCESS_START_S = "model_saved", "compute_s", "process_start_s"
 ATTR_ERROR = "error"  # a failed trial's one-line error
+ATTR_INTERRUPTED = "interrupted"  # True on a trial Ctrl-C stopped: Optuna's FAIL state, counted apart from the failed
 ATTR_WORKER = "worker"  # the host and pid running a trial
 ATTR_WORKERS_STARTED = "workers_started"  # how many sweep processes have worked on the study
 # what a new study records about itself: its pair, its fingerprints, its recipe

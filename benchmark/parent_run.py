@@ -79,9 +79,12 @@ def drop_models_beyond(study: optuna.Study, keep: int, current: tuple[int, float
 
 
 def trial_counts(study: optuna.Study, trials: list | None = None) -> dict[str, int]:
-    counts = {"complete": 0, "pruned": 0, "failed": 0}
+    """Finished trials by state; a trial that Ctrl-C stopped is interrupted, not failed."""
+    counts = {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 0}
     for t in study.trials if trials is None else trials:
         key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(t.state)
+        if key == "failed" and t.user_attrs.get(names.ATTR_INTERRUPTED):
+            key = "interrupted"
         if key:
             counts[key] += 1
     return counts

@@ -46,10 +46,20 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial line r
 
 class WithoutTraceback(logging.Filter):
     """Optuna logs a failed (or interrupted) trial with its traceback; the progress line and the
-    run's `error` tag already say why, so keep its one line. `--debug` removes this filter."""
+    run's `error` tag already say why, so keep its one line, and none for an interrupted trial
+    (the command says it was interrupted). `--debug` removes this filter."""
+
+    interrupted_trial = ""  # "Trial 3": Optuna follows its warning with "Trial 3 failed with value None."
 
     def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.interrupted_trial = message.split(" failed", 1)[0]
+            return False
         record.exc_info, record.exc_text = None, None
+        if self.interrupted_trial and message.startswith(f"{self.interrupted_trial} failed with value"):
+            self.interrupted_trial = ""
+            return False
         return True
 
 
@@ -217,10 +227,11 @@ def fail_trials_of_dead_workers(study: optuna.Study) -> int:
 
 def fail_own_running_trials(study: optuna.Study) -> int:
     """After Ctrl-C: this process's trials still RUNNING (an interrupt that landed while Optuna was
-    recording a trial's end) are failed, so that nothing is left RUNNING."""
+    recording a trial's end) end interrupted, so that nothing is left RUNNING."""
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.user_attrs.get(names.ATTR_WORKER) == this_worker():
+            study._storage.set_trial_user_attr(trial._trial_id, names.ATTR_INTERRUPTED, True)
             study.tell(trial.number, state=TrialState.FAIL)
             failed += 1
     return failed
@@ -424,9 +435,9 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
                     runner.stop()  # first: no trial process writes after this
                     fail_own_running_trials(study)
                     while (active := mlflow.active_run()) and active.info.run_id != parent:
-                        mlflow.end_run("FAILED")  # a trial's run, when the interrupt landed as it opened
+                        mlflow.end_run("KILLED")  # a trial's run, when the interrupt landed as it opened
                     # and its run when the interrupt came before the run's context could close it
-                    parent_run.close_orphan_runs(study, plan.name, opened.experiment_id, status="FAILED")
+                    parent_run.close_orphan_runs(study, plan.name, opened.experiment_id, status="KILLED")
                     parent_run.record_progress(study, parent)
                     mlflow.end_run("KILLED")
                 raise
@@ -517,6 +528,13 @@ class Objective:
         self.dropped: set[str] = set()  # run ids whose model this sweep deleted
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self.tracked_trial(trial)
+        except KeyboardInterrupt:  # Optuna records FAIL; counted as interrupted (parent_run.trial_counts)
+            trial.set_user_attr(names.ATTR_INTERRUPTED, True)
+            raise
+
+    def tracked_trial(self, trial: optuna.Trial) -> float:
         trial.set_user_attr(names.ATTR_WORKER, this_worker())  # lets a rerun on this machine see that it died
         spec = self.spec.with_values(**suggest(trial, self.spec, self.space))
         tags = {names.TAG_STUDY: self.name, names.TAG_TRIAL_NUMBER: str(trial.number), names.TAG_TRIAL_STATE: "RUNNING"}
@@ -531,7 +549,8 @@ class Objective:
                 mlflow.log_metric(names.OBJECTIVE, max(reported_values(trial), default=float("nan")))
                 mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.PRUNED.name)
             except BaseException as e:
-                mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.FAIL.name)
+                interrupted = isinstance(e, KeyboardInterrupt)
+                mlflow.set_tag(names.TAG_TRIAL_STATE, names.TRIAL_STATE_INTERRUPTED if interrupted else TrialState.FAIL.name)
                 if isinstance(e, Exception):  # the most frequent one is named when a sweep ends short
                     trial.set_user_attr(names.ATTR_ERROR, redact(f"{type(e).__name__}: {e}".splitlines()[0])[:300])
                 raise

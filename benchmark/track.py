@@ -42,7 +42,7 @@ def version_tags() -> dict[str, str]:
 @contextmanager
 def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_tags: dict | None = None) -> Iterator:
     """A run (nested under the active one, if any) with the spec as params and the standard tags.
-    An exception marks it FAILED with the error recorded, and propagates."""
+    An exception marks it FAILED (Ctrl-C: KILLED) with the error recorded, and propagates."""
     tags = {**trial_tags(spec, role, data_origin), **(extra_tags or {})}
     with mlflow.start_run(
         experiment_id=mlflow_store.experiment_id(spec.experiment), run_name=run_name, nested=mlflow.active_run() is not None, tags=tags
@@ -52,6 +52,8 @@ def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_
             yield run
         except BaseException as e:
             mlflow.set_tag(names.TAG_ERROR, redact(f"{type(e).__name__}: {e}")[:5000])
+            if isinstance(e, KeyboardInterrupt):
+                mlflow.end_run("KILLED")  # stopped by the user, not failed
             raise
 
 

@@ -461,13 +461,34 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(store, tmp_path, moment):
     assert sweep_process.returncode == 130, out + err
     assert time.monotonic() - interrupted < 60  # not after training 2000 epochs
     assert "rerun the same command to resume" in err and "Traceback" not in out + err
+    assert "KeyboardInterrupt" not in out + err and "failed" not in out + err  # no Optuna warning: it was not a failure
     study = pair_study(storage, "vgg16", "frozen")
-    assert [t.state.name for t in study.trials] == ["FAIL"]
+    assert [t.state.name for t in study.trials] == ["FAIL"]  # Optuna's only state for it, marked interrupted:
+    assert study.trials[0].user_attrs[names.ATTR_INTERRUPTED] is True
+    assert parent_run.trial_counts(study) == {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 1}
     mlflow.set_tracking_uri(mlflow_store.tracking_uri())
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    status = {(r.data.tags["role"], r.info.status) for r in runs}
-    expected = {("sweep", "KILLED"), ("trial", "FAILED")}
-    assert status == expected or (moment == "a trial being set up" and status == {("sweep", "KILLED")}), status
+    status = {(r.data.tags["role"], r.info.status, r.data.tags.get(names.TAG_TRIAL_STATE)) for r in runs}
+    expected = {("sweep", "KILLED", None), ("trial", "KILLED", names.TRIAL_STATE_INTERRUPTED)}
+    assert status == expected or (moment == "a trial being set up" and status == {("sweep", "KILLED", None)}), status
+    parent = next(r for r in runs if r.data.tags["role"] == "sweep")
+    assert (parent.data.metrics["trials_failed"], parent.data.metrics["trials_interrupted"]) == (0, 1)
+
+
+def test_optuna_warns_of_a_failed_trial_in_one_line_and_not_of_an_interrupted_one(capfd):
+    study = optuna.create_study()
+
+    def objective(trial):
+        if trial.number == 0:
+            raise ValueError("boom")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=2, catch=(Exception,))
+    lines = capfd.readouterr().err.splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "Trial 0 failed with parameters: {} because of the following error: ValueError('boom').",
+        "Trial 0 failed with value None."]  # nothing about trial 1, and no traceback
 
 
 # ---------------------------------------------------------------- one study is one spec
