@@ -80,7 +80,19 @@ def add_trial_arguments(parser: argparse.ArgumentParser, many: bool = False) -> 
         parser.add_argument("--strategy", help="strategy name from the spec (default: its first)")
     parser.add_argument("--data-dir", help="overrides the spec's data: the folder of images of a source = \"folder\" "
                         "spec, else CIFAR-100 in the official cifar-100-python layout")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines (for CI logs)")
+    add_output_level(parser)
+
+
+def add_output_level(parser: argparse.ArgumentParser) -> None:
+    """Quiet by default (a line per trial, a progress bar on a terminal); -v adds Keras's line per
+    epoch, --quiet drops the bar (for CI logs)."""
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("-v", "--verbose", action="store_true", help="also Keras's line per epoch")
+    level.add_argument("--quiet", action="store_true", help="no progress bar (for CI logs)")
+
+
+def keras_verbosity(args) -> int:
+    return 2 if args.verbose else 0  # 2: one line per epoch
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -189,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("--top", type=positive_int, default=3, help="how many leaderboard rows (default: 3)")
     confirm.add_argument("--seeds", type=positive_int, default=3, help="new training seeds per row (default: 3)")
     confirm.add_argument("--resplit", action="store_true", help="also draw a new validation split for each seed")
-    confirm.add_argument("--quiet", action="store_true", help="no per-epoch lines (for CI logs)")
+    add_output_level(confirm)
     confirm.set_defaults(handler=command_confirm)
 
     speed = add_command(
@@ -263,7 +275,7 @@ def command_run(args) -> int:
     mlflow_store.configure()
     name = f"{spec.experiment}-{spec.backbone.name}-{spec.strategy_name}-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with track.open_run(spec, names.ROLE_RUN, prepared.data.origin, run_name=name, extra_tags={names.TAG_RECIPE: recipe}) as run:
-        record = trial.run_tracked(prepared, run.info.run_id, keep=True, verbose=0 if args.quiet else 2)
+        record = trial.run_tracked(prepared, run.info.run_id, keep=True, verbose=keras_verbosity(args))
         track.log_model(record.model_path, run.info.run_id)
     print(format_metrics(record.metrics))
     print(f"logged to MLflow run {run.info.run_id} at {mlflow_store.tracking_uri()}")
@@ -305,7 +317,7 @@ def command_sweep(args) -> int:
     pairs = specs.pairs_of(experiment, args.backbone, args.strategy)  # names checked before TensorFlow loads
     sweep = import_training_modules()[2]
     options = dict(trials=args.trials, timeout_s=args.timeout, storage=args.storage, data_dir=args.data_dir,
-                   verbose=0 if args.quiet else 2)
+                   verbose=keras_verbosity(args), progress_bar=not args.quiet)
     if len(pairs) == 1:  # one study: its input errors are the command's (exit 2)
         result = sweep.run_sweep(experiment, *pairs[0], **options)
         report_study(sweep, result)
@@ -435,7 +447,7 @@ def command_confirm(args) -> int:
 
     mlflow_store.configure_for_reading()
     repeats = confirm.run_confirm(experiment, top=args.top, seeds=args.seeds, resplit=args.resplit,
-                                  verbose=0 if args.quiet else 2)
+                                  verbose=keras_verbosity(args))
     skipped = sum(r.skipped for r in repeats)
     if skipped:
         print(f"{skipped} repeat(s) already finished earlier: kept, not retrained")

@@ -31,6 +31,7 @@ import mlflow
 import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
+from tqdm import tqdm
 
 from benchmark import hparams, mlflow_store, names, parent_run, registry, study_identity, track
 from benchmark.data import Dataset, load_dataset
@@ -320,13 +321,16 @@ def run_sweep(
     data_dir: str | Path | None = None,
     verbose: int = 2,
     say: Callable[[str], None] = print,
+    progress_bar: bool = False,
 ) -> SweepResult:
+    """One study: its trials until the target (resumed where it stopped). `verbose` is Keras's
+    (2: a line per epoch); `progress_bar` draws a bar of the study's trials on a terminal's stderr."""
     plan = resolve(experiment, backbone, strategy, trials, timeout_s, data_dir)
     if plan.data.duplicates:
         say(f"warning: {duplicates_tag(plan.data)}")
     opened = open_study(plan, storage or default_storage(), say)
     if opened.remaining > 0:
-        optimise(plan, opened, verbose, say)
+        optimise(plan, opened, verbose, say, progress_bar)
     parent_run.summarize(opened.study, opened.parent_run_id)
     return SweepResult(study=opened.study, parent_run_id=opened.parent_run_id,
                        counts=parent_run.trial_counts(opened.study), target=plan.target)
@@ -403,7 +407,7 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> Open
                        remaining=remaining)
 
 
-def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str], None]) -> None:
+def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str], None], progress_bar: bool = False) -> None:
     """Optuna's loop until the target is met (or the time is up), trials in a child process."""
     study, parent = opened.study, opened.parent_run_id
     # A linear probe has no epochs to stop between: one fit to convergence, nothing to prune.
@@ -413,6 +417,7 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
     runner = TrialRunner(trials_per_process(plan), plan.data, interrupted=lambda: interruption.seen)
     objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url, pruner, runner, verbose,
                           plan.search.keep_models)
+    bar = trials_bar(plan, opened, progress_bar)
     try:
         with mlflow.start_run(run_id=parent), interruption:
             try:
@@ -423,7 +428,7 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
                     callbacks=[
                         MaxTrialsCallback(plan.target, states=FINISHED),
                         parent_run.AfterEachTrial(parent, plan.name, opened.experiment_id),
-                        Progress(plan.target, say),
+                        Progress(plan.target, say, bar),
                         interruption.check,
                     ],
                     catch=(Exception,),
@@ -442,7 +447,15 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
                     mlflow.end_run("KILLED")
                 raise
     finally:
+        bar.close()
         runner.close()
+
+
+def trials_bar(plan: Plan, opened: OpenedStudy, shown: bool) -> tqdm:
+    """The study's trials done of its target, the best so far and tqdm's estimate of the time
+    left, on stderr; only on a terminal (tqdm's own test), and never when not `shown` (--quiet)."""
+    return tqdm(total=plan.target, initial=plan.target - opened.remaining, unit="trial", desc=plan.name,
+                disable=None if shown else True, dynamic_ncols=True, leave=False)
 
 
 CHILD_TRIALS = 10  # trials per child process under trials_per_process = "auto"
@@ -593,10 +606,10 @@ def format_params(params: dict) -> str:
 
 
 class Progress:
-    """One line per trial: i/N, state, params, val top-1, best so far, time left."""
+    """One line per trial: i/N, state, params, val top-1, best so far, time left; and the bar."""
 
-    def __init__(self, target: int, say: Callable[[str], None]):
-        self.target, self.say, self.started = target, say, time.perf_counter()
+    def __init__(self, target: int, say: Callable[[str], None], bar: tqdm | None = None):
+        self.target, self.say, self.started, self.bar = target, say, time.perf_counter(), bar
         self.durations: list[float] = []
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -613,7 +626,13 @@ class Progress:
             best = "best=-"
         mean = sum(self.durations) / len(self.durations) if self.durations else 0.0
         left = max(0, self.target - finished) * mean
-        self.say(
-            f"trial {finished}/{self.target} #{trial.number} {trial.state.name} {params} {value} {best} "
-            f"{self.durations[-1] if self.durations else 0:.1f}s, ~{left:.0f}s left"
-        )
+        line = (f"trial {finished}/{self.target} #{trial.number} {trial.state.name} {params} {value} {best} "
+                f"{self.durations[-1] if self.durations else 0:.1f}s, ~{left:.0f}s left")
+        if self.bar is None or self.bar.disable:
+            self.say(line)
+            return
+        with tqdm.external_write_mode():  # the line above the bar, not through it
+            self.say(line)
+        self.bar.set_postfix_str(best, refresh=False)
+        self.bar.update(min(finished, self.target) - self.bar.n)
+        self.bar.refresh()  # now, whatever tqdm's minimum interval between redraws

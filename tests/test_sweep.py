@@ -644,3 +644,31 @@ def test_the_duplicates_tag_counts_and_says_what_was_dropped():
     data.dropped_duplicates = 3
     assert sweep.duplicates_tag(data) == ("2 image(s) have identical copies in another split, e.g. a; "
                                           "data.drop_duplicates removed 3 of them from train/val")
+
+
+def test_the_progress_line_goes_above_a_bar_of_the_studys_trials():
+    import io
+
+    from tqdm import tqdm
+
+    study = optuna.create_study(direction="maximize")
+    stream, lines = io.StringIO(), []
+    bar = tqdm(total=3, file=stream, disable=False, unit="trial")
+    progress = sweep.Progress(3, lines.append, bar)
+    complete = optuna.trial.TrialState.COMPLETE
+    for value in (0.25, 0.5):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}, state=complete))
+        progress(study, study.trials[-1])
+    assert [line.split(" ")[:4] for line in lines] == [["trial", "1/3", "#0", "COMPLETE"], ["trial", "2/3", "#1", "COMPLETE"]]
+    assert bar.n == 2 and "best=0.5000 (#1)" in stream.getvalue() and "2/3" in stream.getvalue()
+
+
+def test_quiet_by_default_epoch_lines_with_v_and_no_bar_with_quiet():
+    from benchmark import cli
+
+    parse = cli.build_parser().parse_args
+    plain, verbose, quiet = (parse(["sweep", *extra]) for extra in ([], ["-v"], ["--quiet"]))
+    assert [cli.keras_verbosity(a) for a in (plain, verbose, quiet)] == [0, 2, 0]
+    assert [a.quiet for a in (plain, verbose, quiet)] == [False, False, True]  # the bar: unless --quiet
+    for command in (["run", "--backbone", "vgg16"], ["confirm"]):
+        assert cli.keras_verbosity(parse([*command, "--verbose"])) == 2
