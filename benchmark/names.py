@@ -141,6 +141,7 @@ ATTR_RUN_ID = "mlflow_run_id"  # a trial's MLflow run
 ATTR_PARENT_RUN = "mlflow_parent_run_id"  # the study's parent run, once it exists
 ATTR_OUTCOME = "outcome"  # what a finished trial recorded: TEST_TOP1 and the OUTCOME_* keys
 OUTCOME_MODEL_SAVED, OUTCOME_COMPUTE_S, OUTCOME_PROCESS_START_S = "model_saved", "compute_s", "process_start_s"
+OUTCOME_FEATURES_S = FEATURES_S  # the feature pass (or reading its cache): one-time work, not the trial's own
 ATTR_ERROR = "error"  # a failed trial's one-line error
 ATTR_INTERRUPTED = "interrupted"  # True on a trial Ctrl-C stopped: Optuna's FAIL state, counted apart from the failed
 ATTR_WORKER = "worker"  # the host and pid running a trial

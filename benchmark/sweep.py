@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -589,6 +590,7 @@ class Objective:
         trial.set_user_attr(names.ATTR_OUTCOME, {
             names.TEST_TOP1: result.metrics[names.TEST_TOP1], names.OUTCOME_MODEL_SAVED: model_saved,
             names.OUTCOME_COMPUTE_S: result.compute_s, names.OUTCOME_PROCESS_START_S: result.process_start_s,
+            names.OUTCOME_FEATURES_S: result.metrics.get(names.FEATURES_S, 0.0),
         })
         mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.COMPLETE.name)
         return value
@@ -605,17 +607,28 @@ def format_params(params: dict) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
+def own_work(trial: optuna.trial.FrozenTrial) -> float:
+    """A trial's time less the one-time work it happened to do: starting its process and the
+    feature pass (computed once, then read from the cache). The time left is the median of these
+    times the trials missing, so a first trial that paid for the feature pass does not inflate it."""
+    outcome = trial.user_attrs.get(names.ATTR_OUTCOME, {})
+    one_time = outcome.get(names.OUTCOME_PROCESS_START_S, 0.0) + outcome.get(names.OUTCOME_FEATURES_S, 0.0)
+    return max(0.0, trial.duration.total_seconds() - one_time)
+
+
 class Progress:
     """One line per trial: i/N, state, params, val top-1, best so far, time left; and the bar."""
 
     def __init__(self, target: int, say: Callable[[str], None], bar: tqdm | None = None):
         self.target, self.say, self.started, self.bar = target, say, time.perf_counter(), bar
         self.durations: list[float] = []
+        self.own_work: list[float] = []  # each trial's time less its one-time work: what the next ones will take
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         finished = sum(t.state in FINISHED for t in study.trials)
         if trial.duration:
             self.durations.append(trial.duration.total_seconds())
+            self.own_work.append(own_work(trial))
         params = format_params(trial.params)
         value = f"val_top1={trial.value:.4f}" if trial.value is not None else ""
         if trial.state == TrialState.PRUNED and trial.intermediate_values:
@@ -624,8 +637,7 @@ class Progress:
             best = f"best={study.best_value:.4f} (#{study.best_trial.number})"
         except ValueError:  # nothing completed yet
             best = "best=-"
-        mean = sum(self.durations) / len(self.durations) if self.durations else 0.0
-        left = max(0, self.target - finished) * mean
+        left = max(0, self.target - finished) * (statistics.median(self.own_work) if self.own_work else 0.0)
         line = (f"trial {finished}/{self.target} #{trial.number} {trial.state.name} {params} {value} {best} "
                 f"{self.durations[-1] if self.durations else 0:.1f}s, ~{left:.0f}s left")
         if self.bar is None or self.bar.disable:

@@ -672,3 +672,21 @@ def test_quiet_by_default_epoch_lines_with_v_and_no_bar_with_quiet():
     assert [a.quiet for a in (plain, verbose, quiet)] == [False, False, True]  # the bar: unless --quiet
     for command in (["run", "--backbone", "vgg16"], ["confirm"]):
         assert cli.keras_verbosity(parse([*command, "--verbose"])) == 2
+
+
+def test_the_time_left_leaves_out_the_one_time_work_of_the_first_trial():
+    """The first trial paid for its process and the feature pass (35 of its 40 s): after it, the
+    estimate is the 5 s a trial takes, not 40 s a trial."""
+    import datetime
+
+    study, lines = optuna.create_study(direction="maximize"), []
+    progress = sweep.Progress(10, lines.append)
+    start = datetime.datetime(2026, 1, 1)
+    for number, (seconds, outcome) in enumerate([(40.0, {"process_start_s": 5.0, "features_s": 30.0}),
+                                                 (4.0, {"process_start_s": 0.0, "features_s": 0.01})]):
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=number, state=optuna.trial.TrialState.COMPLETE, value=0.5, datetime_start=start,
+            datetime_complete=start + datetime.timedelta(seconds=seconds), params={}, distributions={},
+            user_attrs={"outcome": outcome}, system_attrs={}, intermediate_values={}, trial_id=number))
+        progress(study, study.trials[-1])
+    assert [line.rsplit(", ", 1)[1] for line in lines] == ["~45s left", "~36s left"]  # 9 x 5 s, then 8 x the median 4.5 s
