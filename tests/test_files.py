@@ -158,3 +158,14 @@ def test_dev_stdout_in_a_pipe_and_redirected_to_a_file_is_written_through(tmp_pa
     shell_file.write_text("before\n")
     stdout_of("/dev/stdout", f">> {shell_file}")
     assert shell_file.read_text() == "before\nthe table\n"  # appended to the shell's file, not renamed over it
+
+
+def test_a_folder_behind_a_symbolic_link_is_replaced_and_the_link_stays(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "old.txt").write_text("old")
+    link = tmp_path / "cache"
+    link.symlink_to(tmp_path / "real")
+    with files.replaced_folder(link, "the cache") as partial:
+        (partial / "new.txt").write_text("new")
+    assert link.is_symlink() and os.listdir(tmp_path / "real") == ["new.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["cache", "real"]
