@@ -608,9 +608,8 @@ def format_params(params: dict) -> str:
 
 
 def own_work(trial: optuna.trial.FrozenTrial) -> float:
-    """A trial's time less the one-time work it happened to do: starting its process and the
-    feature pass (computed once, then read from the cache). The time left is the median of these
-    times the trials missing, so a first trial that paid for the feature pass does not inflate it."""
+    """A trial's time less the one-time work it measured: starting its process and the feature
+    pass (computed once, then read from the cache)."""
     outcome = trial.user_attrs.get(names.ATTR_OUTCOME, {})
     one_time = outcome.get(names.OUTCOME_PROCESS_START_S, 0.0) + outcome.get(names.OUTCOME_FEATURES_S, 0.0)
     return max(0.0, trial.duration.total_seconds() - one_time)
@@ -621,14 +620,14 @@ class Progress:
 
     def __init__(self, target: int, say: Callable[[str], None], bar: tqdm | None = None):
         self.target, self.say, self.started, self.bar = target, say, time.perf_counter(), bar
-        self.durations: list[float] = []
-        self.own_work: list[float] = []  # each trial's time less its one-time work: what the next ones will take
+        self.own_work: dict[TrialState, list[float]] = {}  # by state, each trial's time less its one-time work
+        self.first_state: TrialState | None = None  # the state of the sweep's first finished trial
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         finished = sum(t.state in FINISHED for t in study.trials)
-        if trial.duration:
-            self.durations.append(trial.duration.total_seconds())
-            self.own_work.append(own_work(trial))
+        if trial.duration and trial.state in FINISHED:
+            self.first_state = self.first_state or trial.state
+            self.own_work.setdefault(trial.state, []).append(own_work(trial))
         params = format_params(trial.params)
         value = f"val_top1={trial.value:.4f}" if trial.value is not None else ""
         if trial.state == TrialState.PRUNED and trial.intermediate_values:
@@ -637,9 +636,10 @@ class Progress:
             best = f"best={study.best_value:.4f} (#{study.best_trial.number})"
         except ValueError:  # nothing completed yet
             best = "best=-"
-        left = max(0, self.target - finished) * (statistics.median(self.own_work) if self.own_work else 0.0)
+        left = max(0, self.target - finished) * self.next_trial_s()
+        took = trial.duration.total_seconds() if trial.duration else 0.0
         line = (f"trial {finished}/{self.target} #{trial.number} {trial.state.name} {params} {value} {best} "
-                f"{self.durations[-1] if self.durations else 0:.1f}s, ~{left:.0f}s left")
+                f"{took:.1f}s, ~{left:.0f}s left")
         if self.bar is None or self.bar.disable:
             self.say(line)
             return
@@ -648,3 +648,15 @@ class Progress:
         self.bar.set_postfix_str(best, refresh=False)
         self.bar.update(min(finished, self.target) - self.bar.n)
         self.bar.refresh()  # now, whatever tqdm's minimum interval between redraws
+
+    def next_trial_s(self) -> float:
+        """What a trial still to run should take: the finished trials' own time, each state's mean
+        (a pruned trial stops early) weighted by how often it came. The sweep's first trial also
+        paid for work no later trial repeats and none measured (building and tracing the first
+        model), so it counts only while its state has no other trial."""
+        means, counts = {}, {}
+        for state, seconds in self.own_work.items():
+            later = seconds[1:] if state == self.first_state and len(seconds) > 1 else seconds
+            means[state], counts[state] = statistics.fmean(later), len(seconds)
+        total = sum(counts.values())
+        return sum(means[state] * counts[state] / total for state in means) if total else 0.0

@@ -676,7 +676,8 @@ def test_quiet_by_default_epoch_lines_with_v_and_no_bar_with_quiet():
 
 def test_the_time_left_leaves_out_the_one_time_work_of_the_first_trial():
     """The first trial paid for its process and the feature pass (35 of its 40 s): after it, the
-    estimate is the 5 s a trial takes, not 40 s a trial."""
+    estimate is the 5 s left of it a trial, not 40 s; once a second trial has run, the first
+    (which also paid for work nothing measured) no longer counts."""
     import datetime
 
     study, lines = optuna.create_study(direction="maximize"), []
@@ -689,4 +690,21 @@ def test_the_time_left_leaves_out_the_one_time_work_of_the_first_trial():
             datetime_complete=start + datetime.timedelta(seconds=seconds), params={}, distributions={},
             user_attrs={"outcome": outcome}, system_attrs={}, intermediate_values={}, trial_id=number))
         progress(study, study.trials[-1])
-    assert [line.rsplit(", ", 1)[1] for line in lines] == ["~45s left", "~36s left"]  # 9 x 5 s, then 8 x the median 4.5 s
+    assert [line.rsplit(", ", 1)[1] for line in lines] == ["~45s left", "~32s left"]  # 9 x 5 s, then 8 x 4 s
+
+
+def test_the_time_left_weighs_pruned_and_complete_trials_by_how_often_they_came():
+    import datetime
+
+    study, lines = optuna.create_study(direction="maximize"), []
+    progress = sweep.Progress(10, lines.append)
+    start = datetime.datetime(2026, 1, 1)
+    complete, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+    for number, (state, seconds) in enumerate([(complete, 30.0), (complete, 10.0), (pruned, 2.0), (complete, 14.0)]):
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=number, state=state, value=0.5 if state == complete else None, datetime_start=start,
+            datetime_complete=start + datetime.timedelta(seconds=seconds), params={}, distributions={},
+            user_attrs={}, system_attrs={}, intermediate_values={0: 0.1}, trial_id=number))
+        progress(study, study.trials[-1])
+    # complete: 12 s (10 and 14: the first trial left out), pruned 2 s, in 3 of 4 and 1 of 4 trials
+    assert lines[-1].endswith(f", ~{6 * (0.75 * 12 + 0.25 * 2):.0f}s left")
