@@ -38,7 +38,7 @@ import pandas as pd
 from pydantic import ConfigDict, Field, ValidationError
 
 from benchmark import files, leaderboard, names, spec, study_identity
-from benchmark.errors import BenchmarkError
+from benchmark.errors import BenchmarkError, tensorflow_start_up_silenced
 
 BASELINES_DIR = "baselines"  # under experiments/
 CHECK_FAILED = 1
@@ -217,9 +217,7 @@ def recheck_throughput(table: pd.DataFrame, baseline: Baseline, current: spec.Ex
     """Measure again each RECHECKED metric that looks like a regression (see the module's text).
     Returns the table with those lines' `now` and verdict updated, and one note per line.
     `rates(trial_spec) -> (model, backbone alone)` defaults to throughput.model_and_backbone_rates."""
-    from benchmark import throughput
-
-    rates = rates or (lambda trial: throughput.model_and_backbone_rates(trial, RECHECK_REPEATS))
+    rates = rates or (lambda trial: measuring_tools().model_and_backbone_rates(trial, RECHECK_REPEATS))
     metrics = {f"{r.backbone}/{r.strategy}": (r, r.metrics.get(RECHECKED)) for r in baseline.rows}
     table, notes = table.copy(), []
     for index, line in table[(table["metric"] == RECHECKED) & (table["verdict"] == "regression")].iterrows():
@@ -295,12 +293,21 @@ def environment_of(run_id: str) -> dict[str, str]:
     return dict(sorted(keep.items()))
 
 
+def measuring_tools():
+    """benchmark.throughput, with TensorFlow loaded (and its devices probed) out of sight: its
+    native start-up lines would be the only noise `check` prints."""
+    with tensorflow_start_up_silenced():
+        import keras  # noqa: F401
+
+        from benchmark import measure, model, runtime, throughput, train  # noqa: F401
+    return throughput
+
+
 def reference_rates(current: spec.ExperimentSpec | None, board: pd.DataFrame) -> dict[tuple[str, str], float]:
     """(backbone, strategy) -> inference images/s of the row's backbone alone on this machine."""
-    from benchmark import throughput
-
     if current is None:
         return {}
+    throughput = measuring_tools()
     rates = {}
     for result in board.itertuples():
         trial = current.resolve(result.backbone, result.strategy)

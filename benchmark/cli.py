@@ -49,6 +49,11 @@ def unfreeze_depth(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f'must be a layer count >= 0 or "all", got {text!r}') from None
 
 
+def output_path(text: str) -> Path | None:
+    """A file to write, or None for `-`: standard output."""
+    return None if text == "-" else Path(text)
+
+
 def name_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",")]
     if not all(names):
@@ -57,10 +62,14 @@ def name_list(text: str) -> list[str]:
 
 
 EXPERIMENT_HELP = "experiment name in experiments/ or a .toml spec path (default: quick)"
+LATEST_HELP = "experiment name in experiments/ or a .toml spec path (default: that of the store's most recent sweep)"
 
 
 def add_trial_arguments(parser: argparse.ArgumentParser, many: bool = False) -> None:
-    parser.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    if many:  # a sweep starts something new: its default is fixed
+        parser.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    else:  # the others go on from what the user last swept
+        parser.add_argument("--experiment", help=LATEST_HELP)
     if many:
         parser.add_argument("--backbone", type=name_list,
                             help="registry name(s), e.g. vgg16 or vgg16,resnet50 (default: every backbone of the spec)")
@@ -71,7 +80,19 @@ def add_trial_arguments(parser: argparse.ArgumentParser, many: bool = False) -> 
         parser.add_argument("--strategy", help="strategy name from the spec (default: its first)")
     parser.add_argument("--data-dir", help="overrides the spec's data: the folder of images of a source = \"folder\" "
                         "spec, else CIFAR-100 in the official cifar-100-python layout")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines (for CI logs)")
+    add_output_level(parser)
+
+
+def add_output_level(parser: argparse.ArgumentParser) -> None:
+    """Quiet by default (a line per trial, a progress bar on a terminal); -v adds Keras's line per
+    epoch, --quiet drops the bar (for CI logs)."""
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("-v", "--verbose", action="store_true", help="also Keras's line per epoch")
+    level.add_argument("--quiet", action="store_true", help="no progress bar (for CI logs)")
+
+
+def keras_verbosity(args) -> int:
+    return 2 if args.verbose else 0  # 2: one line per epoch
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -144,15 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     board = add_command(
         commands, "leaderboard", "best trial per backbone x strategy, with plots and an HTML report",
         "Rows are ranked by validation top-1; test top-1 comes with a 95% interval and a paired test against "
-        "the best row. Reads the stores only.",
+        "the best row. Trains nothing; with plots (--output or --format html) it logs them to MLflow, in the "
+        "experiment's one report run (replaced each time).",
         "leaderboard --experiment transfer",
         "leaderboard --experiment transfer --format html --output report/index.html")
-    board.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    board.add_argument("--experiment", help=LATEST_HELP)
     board.add_argument("--superseded", action="store_true",
                        help="also list the studies of older versions of the spec (after the current rows)")
     board.add_argument("--format", default="table", choices=("table", "markdown", "csv", "json", "html"),
-                       help="table (terminal), markdown, csv, json, or html (one self-contained page)")
-    board.add_argument("--output", type=Path, help="write here instead of stdout; plots go in PATH's folder too")
+                       help="table (terminal), markdown, csv, json, or html (one page, the plots embedded)")
+    board.add_argument("--output", type=output_path,
+                       help="write here instead of stdout (`-`); the plots go beside it, in PATH_plots/, as PNG files")
     board.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
                        help="draw the plots and log them to MLflow (default: with --output or --format html)")
     board.add_argument("--storage", help="Optuna storage of the studies (default: $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.db)")
@@ -163,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Each checked metric (accuracy, size, throughput) must stay within the tolerance the baseline file gives it.",
         "check --experiment ci",
         "check --experiment ci --update      # accept the current results as the new baseline")
-    check.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    check.add_argument("--experiment", help=LATEST_HELP)
     check.add_argument("--baseline", type=Path, help="baseline file (default: experiments/baselines/EXPERIMENT.json)")
     check.add_argument("--update", action="store_true", help="rewrite the baseline from the current results")
     check.add_argument("--format", default="table", choices=("table", "markdown"), help="the comparison table's format")
@@ -174,11 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Shows whether a ranking survives a new seed (and, with --resplit, a new validation split); the "
         "leaderboard's seeds@1 column reports the repeats.",
         "confirm --experiment transfer --top 3 --seeds 3")
-    confirm.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
+    confirm.add_argument("--experiment", help=LATEST_HELP)
     confirm.add_argument("--top", type=positive_int, default=3, help="how many leaderboard rows (default: 3)")
     confirm.add_argument("--seeds", type=positive_int, default=3, help="new training seeds per row (default: 3)")
     confirm.add_argument("--resplit", action="store_true", help="also draw a new validation split for each seed")
-    confirm.add_argument("--quiet", action="store_true", help="no per-epoch lines (for CI logs)")
+    add_output_level(confirm)
     confirm.set_defaults(handler=command_confirm)
 
     speed = add_command(
@@ -217,13 +240,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def experiment_or_latest(args) -> str:
+    """--experiment, or the experiment of the store's most recent sweep, said in one line (stderr:
+    stdout may be a table)."""
+    if args.experiment is not None:
+        return args.experiment
+    from benchmark import leaderboard, mlflow_store
+
+    mlflow_store.configure_for_reading()
+    args.experiment = leaderboard.latest_swept_experiment()
+    print(f"experiment {args.experiment} (the most recent sweep's; --experiment NAME for another)", file=sys.stderr)
+    return args.experiment
+
+
 def command_run(args) -> int:
     import time
 
-    from benchmark import mlflow_store, spec as specs, study_identity
+    from benchmark import registry, spec as specs
 
-    experiment = specs.load_experiment(args.experiment)  # before TensorFlow loads: a bad spec is reported at once
+    registry.get_backbone(args.backbone)  # a typo'd name is refused at once, before the store or TensorFlow load
+    experiment = specs.load_experiment(experiment_or_latest(args))  # before TensorFlow loads: a bad spec is reported at once
     spec = experiment.resolve(args.backbone, args.strategy, args.data_dir)
+    from benchmark import mlflow_store, study_identity
+
     track, trial, _ = import_training_modules()
     unfreeze = args.unfreeze
     if unfreeze is None and spec.strategy.unfreeze == "search":
@@ -239,7 +278,7 @@ def command_run(args) -> int:
     tags = {names.TAG_RECIPE: recipe, names.TAG_FULL_NAME: full_name}
     data_input = track.dataset(spec.data, prepared.data.origin, study_identity.data_fingerprint(prepared.data))
     with track.open_run(spec, names.ROLE_RUN, prepared.data.origin, run_name=name, extra_tags=tags, data_input=data_input) as run:
-        record = trial.run_tracked(prepared, run.info.run_id, keep=True, verbose=0 if args.quiet else 2)
+        record = trial.run_tracked(prepared, run.info.run_id, keep=True, verbose=keras_verbosity(args))
         track.log_model(record.model_path, run.info.run_id)
     print(format_metrics(record.metrics))
     print(f"logged to MLflow run {run.info.run_id} at {mlflow_store.tracking_uri()}")
@@ -278,10 +317,10 @@ def command_sweep(args) -> int:
     from benchmark import spec as specs
 
     experiment = specs.load_experiment(args.experiment)
+    pairs = specs.pairs_of(experiment, args.backbone, args.strategy)  # names checked before TensorFlow loads
     sweep = import_training_modules()[2]
     options = dict(trials=args.trials, timeout_s=args.timeout, storage=args.storage, data_dir=args.data_dir,
-                   verbose=0 if args.quiet else 2)
-    pairs = sweep.pairs_of(experiment, args.backbone, args.strategy)
+                   verbose=keras_verbosity(args), progress_bar=not args.quiet)
     if len(pairs) == 1:  # one study: its input errors are the command's (exit 2)
         result = sweep.run_sweep(experiment, *pairs[0], **options)
         report_study(sweep, result)
@@ -300,7 +339,7 @@ def command_sweep(args) -> int:
 
 
 def report_study(sweep, result) -> None:
-    counts = ", ".join(f"{v} {k}" for k, v in result.counts.items())
+    counts = ", ".join(f"{v} {k}" for k, v in result.counts.items() if v or k != "interrupted")
     print(f"study {result.study.study_name}: {counts}; MLflow parent run {result.parent_run_id}")
     if not result.reached:
         print(result.shortfall() + "; see the FAILED runs' 'error' tag in MLflow")
@@ -354,7 +393,7 @@ def command_leaderboard(args) -> int:
 
     from benchmark import files, leaderboard, mlflow_store, mlflow_view
 
-    experiment = experiment_argument(args.experiment)
+    experiment = experiment_argument(experiment_or_latest(args))
     if args.output is not None:
         files.check_target(args.output, "the leaderboard")  # before any work, and before anything is logged
     mlflow_store.configure_for_reading()
@@ -370,14 +409,15 @@ def command_leaderboard(args) -> int:
     from benchmark import report
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.output.parent / f"{args.output.stem}_plots" if args.output else Path(tmp)
+        beside = args.output is not None and not files.writes_through(args.output)  # no folder beside a pipe or device
+        folder = args.output.parent / f"{args.output.stem}_plots" if beside else Path(tmp)
         built = report.build_report(name, board, folder, storage=args.storage)
         text = report.html_page(name, built) if args.format == "html" else leaderboard.render(board, args.format)
         tables = {"leaderboard.csv": leaderboard.render(board, "csv"), "leaderboard.md": leaderboard.render(board, "markdown"),
                   "leaderboard.html": text if args.format == "html" else report.html_page(name, built)}
         leaderboard.write(text, args.output)  # the files first: nothing is logged about a report that was not written
         run_id = report.log_report(name, built, tables)
-    where = f"; plots in {folder}" if args.output else ""
+    where = f"; plots in {folder}" if beside else ""
     print(f"{len(built.figures)} plots logged to MLflow run {run_id}{where}", file=sys.stderr)
     for note in built.notes:
         print(f"not drawn: {note}", file=sys.stderr)
@@ -403,7 +443,7 @@ def report_page(name: str, board) -> str:
 def command_check(args) -> int:
     from benchmark import check, mlflow_store
 
-    experiment = experiment_argument(args.experiment)
+    experiment = experiment_argument(experiment_or_latest(args))
     mlflow_store.configure_for_reading()
     return check.run_check(experiment, args.baseline, update=args.update, fmt=args.format)
 
@@ -411,13 +451,13 @@ def command_check(args) -> int:
 def command_confirm(args) -> int:
     from benchmark import spec as specs
 
-    experiment = specs.load_experiment(args.experiment)
+    experiment = specs.load_experiment(experiment_or_latest(args))
     import_training_modules()  # TensorFlow's start-up lines, silenced
     from benchmark import confirm, mlflow_store
 
     mlflow_store.configure_for_reading()
     repeats = confirm.run_confirm(experiment, top=args.top, seeds=args.seeds, resplit=args.resplit,
-                                  verbose=0 if args.quiet else 2)
+                                  verbose=keras_verbosity(args))
     skipped = sum(r.skipped for r in repeats)
     if skipped:
         print(f"{skipped} repeat(s) already finished earlier: kept, not retrained")

@@ -2,17 +2,23 @@
 place, so a reader never sees half a file (or half a folder of them: `replaced_folder`) and a
 failed write leaves the old one. A target that cannot be written (under a regular file, a
 directory in its place, a read-only or full device) is a one-line BenchmarkError (exit 2) naming
-the path."""
+the path.
+
+The package replaces regular files only (`target`): a symbolic link is followed and its target
+replaced (the link stays); a FIFO or a character device (a pipe, a terminal, /dev/stdout,
+/dev/null, /dev/full) is written through, never replaced; any other kind of file is refused."""
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
+import stat
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from benchmark.errors import BenchmarkError
 
@@ -50,44 +56,120 @@ def make_folder(folder: Path, what: str) -> Path:
     return folder
 
 
+class Target(NamedTuple):
+    path: Path  # where the bytes go: the file to replace, or the device or FIFO to write through
+    through: bool  # written through (a FIFO, a character device), not replaced
+
+
+# Links to a process's open files: /dev/stdout -> /proc/self/fd/1, /dev/fd/N
+DESCRIPTOR = re.compile(r"/proc/(self|thread-self|\d+)(/task/\d+)?/fd/\d+|/dev/fd/\d+")
+KINDS = {stat.S_IFBLK: "block device", stat.S_IFSOCK: "socket"}
+
+
+def target(path: Path, what: str) -> Target:
+    """Where writing `path` goes, by the one rule of the module docstring; a BenchmarkError for a
+    directory or another kind of file the package must not replace."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode  # through symbolic links
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None  # a new file (or a link to one); a file in the way of its folder is named below
+    except OSError as e:
+        raise unwritable(path, what, e) from None
+    if mode is not None and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+        return Target(path, through=True)
+    if mode is not None and stat.S_ISDIR(mode):
+        raise BenchmarkError(f"cannot write {what} {path}: it is a directory; pass a file name")
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = KINDS.get(stat.S_IFMT(mode), "special file")
+        raise BenchmarkError(f"cannot write {what} {path}: it is a {kind}, not a regular file; pass a file name")
+    if opens_a_descriptor(path):  # /dev/stdout redirected to a file: that file is the shell's, written as it is
+        return Target(path, through=True)
+    return Target(Path(os.path.realpath(path)), through=False)
+
+
+def opens_a_descriptor(path: Path) -> bool:
+    """Whether `path`, or a link on the way from it, is one of a process's open files."""
+    current = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on links followed
+        if DESCRIPTOR.fullmatch(current):
+            return True
+        if not os.path.islink(current):
+            return False
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    return False
+
+
+def writes_through(path: Path) -> bool:
+    """Whether writing `path` goes straight to a device or a FIFO (nothing to put beside it)."""
+    try:
+        return target(path, "").through
+    except BenchmarkError:
+        return False
+
+
 def check_target(path: Path, what: str) -> Path:
     """Fail now, before any work, when `path` could not be written later."""
-    if path.is_dir():
-        raise BenchmarkError(f"cannot write {what} {path}: it is a directory; pass a file name")
-    make_folder(path.parent, what)
-    if not os.access(path.parent, os.W_OK):
+    where = target(path, what)
+    if where.through:
+        return Path(path)
+    make_folder(where.path.parent, what)
+    if not os.access(where.path.parent, os.W_OK):
         raise BenchmarkError(f"cannot write {what} {path} (its folder is not writable); choose a writable path")
-    return path
+    return Path(path)
 
 
 @contextmanager
 def replaced(path: Path, what: str) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` when the block ends without an
-    error, removed when it fails. `what` names the file in errors ("the report", "the baseline")."""
-    path = check_target(Path(path), what)
+    error, removed when it fails. `what` names the file in errors ("the report", "the baseline").
+    A FIFO or device is not replaced: the block writes to it directly (module docstring)."""
+    check_target(path, what)
+    where = target(path, what)
+    if where.through:
+        try:
+            yield where.path
+        except OSError as e:
+            raise unwritable(Path(path), what, e) from None
+        return
     try:
         # The temporary name ends as the target's does: writers that check the extension (Keras's) accept it.
-        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial.", suffix=f".{path.name}")
+        handle, name = tempfile.mkstemp(dir=where.path.parent, prefix=f".{where.path.name}.partial.",
+                                        suffix=f".{where.path.name}")
         os.close(handle)
-        os.chmod(name, 0o666 & ~umask())  # as a plain open() would create it (mkstemp's is private)
+        keep_mode_and_owner(Path(name), where.path)
     except OSError as e:
-        raise unwritable(path, what, e) from None
+        raise unwritable(Path(path), what, e) from None
     partial = Path(name)
     try:
         yield partial
-        os.replace(partial, path)
+        os.replace(partial, where.path)
     except OSError as e:
-        raise unwritable(path, what, e) from None
+        raise unwritable(Path(path), what, e) from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+def keep_mode_and_owner(partial: Path, replacing: Path) -> None:
+    """The new file gets the old one's mode and owner, or a new file's (mkstemp's is private)."""
+    try:
+        old = os.stat(replacing)
+    except FileNotFoundError:
+        os.chmod(partial, 0o666 & ~umask())  # as a plain open() would create it
+        return
+    os.chmod(partial, stat.S_IMODE(old.st_mode))
+    if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+        with suppress(PermissionError):  # only root may give a file away; anyone else writes their own
+            os.chown(partial, old.st_uid, old.st_gid)
 
 
 @contextmanager
 def replaced_folder(folder: Path, what: str) -> Iterator[Path]:
     """A temporary folder beside `folder` to fill; it takes `folder`'s place (an older one there
     is removed first) when the block ends without an error, and is removed when it fails. If
-    another process put its own `folder` there meanwhile, that one stays: it holds the same."""
-    folder = Path(folder)
+    another process put its own `folder` there meanwhile, that one stays: it holds the same.
+    A symbolic link is followed: its target is replaced, the link stays."""
+    folder = Path(os.path.realpath(folder))
     make_folder(folder.parent, what)
     try:
         partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial"))
@@ -115,5 +197,13 @@ def umask() -> int:
 
 
 def write_text(path: Path, text: str, what: str) -> None:
-    with replaced(path, what) as partial:
-        partial.write_text(text)
+    where = target(path, what)
+    if not where.through:
+        with replaced(path, what) as partial:
+            partial.write_text(text)
+        return
+    try:  # appended: /dev/stdout opened anew must not truncate what the shell's file already holds
+        with open(where.path, "a") as stream:
+            stream.write(text)
+    except OSError as e:
+        raise unwritable(Path(path), what, e) from None

@@ -36,7 +36,7 @@ COLUMNS = (
     "confirm_runs", "confirm_test_top1_mean", "confirm_test_top1_std",
     "params", "model_size_mb", "infer_images_per_sec", "train_images_per_sec",
     "learning_rate", "unfreeze",
-    "trials_complete", "trials_pruned", "trials_failed", "compute_s",
+    "trials_complete", "trials_pruned", "trials_failed", "trials_interrupted", "compute_s",
     "pareto_throughput", "pareto_size",
     "trial_number", "run_id", "study",
 )  # fmt: skip
@@ -100,6 +100,21 @@ def experiment_id_of(experiment: str) -> str:
             f"{mlflow_store.STORE_ENV}/MLFLOW_TRACKING_URI at the store that holds it"
         )
     return found.experiment_id
+
+
+def latest_swept_experiment() -> str:
+    """The spec name of the store's most recent sweep: the experiment of its newest trial (or study,
+    before its first trial), so that a resumed sweep counts when it ran, not when it began."""
+    newest = []
+    for role in (names.ROLE_TRIAL, names.ROLE_SWEEP):
+        runs = mlflow.search_runs(search_all_experiments=True, filter_string=names.tags_filter(**{names.TAG_ROLE: role}),
+                                  order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        newest += [(run.info.start_time, run.data.tags.get(names.TAG_EXPERIMENT)) for run in runs]
+    if not any(name for _, name in newest):
+        raise BenchmarkError(
+            f"no sweep in the MLflow store {mlflow_store.display_uri()} yet, so no experiment to default to; pass "
+            f"--experiment NAME, or run a sweep first (the README's first command)")
+    return max((when, name) for when, name in newest if name)[1]
 
 
 # ---------------------------------------------------------------- which studies are current
@@ -185,13 +200,14 @@ def candidate_runs(experiment: str | ExperimentSpec, superseded: bool = False) -
         pd.DataFrame({
             "backbone": singles[BACKBONE], "strategy": singles[STRATEGY], "kind": "run", "study": "",
             "complete": single_done.astype(float), "pruned": 0.0,
-            "failed": ((singles["status"] != "RUNNING") & ~single_done).astype(float),
+            "failed": (~singles["status"].isin(["RUNNING", "KILLED"]) & ~single_done).astype(float),
+            "interrupted": (singles["status"] == "KILLED").astype(float),
             "compute_s": (ended - started).dt.total_seconds().clip(lower=0),
         }),
     ], ignore_index=True)  # fmt: skip
     candidates = pd.concat([best, singles[single_done].assign(kind="run", study="")], ignore_index=True)
     candidates["study"] = candidates["study"].fillna("")  # a NaN key would drop the row from groupby
-    books = books.fillna({"study": "", "complete": 0.0, "pruned": 0.0, "failed": 0.0, "compute_s": 0.0})
+    books = books.fillna({"study": "", "complete": 0.0, "pruned": 0.0, "failed": 0.0, "interrupted": 0.0, "compute_s": 0.0})
     return candidates[candidates[VAL_TOP1].notna()], books
 
 
@@ -284,6 +300,7 @@ def summarize_group(candidates: pd.DataFrame, totals: pd.Series) -> dict:
         "trials_complete": int(totals["complete"]),
         "trials_pruned": int(totals["pruned"]),
         "trials_failed": int(totals["failed"]),
+        "trials_interrupted": int(totals["interrupted"]),
         "compute_s": float(totals["compute_s"]),
         "trial_number": int(best[TRIAL_NUMBER]) if pd.notna(best[TRIAL_NUMBER]) else -1,
         "run_id": best["run_id"],

@@ -68,7 +68,8 @@ FINAL_METRICS = (
     TRAIN_S, WALL_TIME_S, EPOCHS_RUN, BACKBONE_DEPTH, FEATURES_S,
 )  # fmt: skip
 TOP5_METRICS = (BEST_VAL_TOP5, LAST_VAL_TOP5, TEST_TOP5)  # logged only with more than 5 classes
-PROGRESS_METRICS = {"complete": "trials_complete", "pruned": "trials_pruned", "failed": "trials_failed"}
+PROGRESS_METRICS = {"complete": "trials_complete", "pruned": "trials_pruned", "failed": "trials_failed",
+                    "interrupted": "trials_interrupted"}
 COMPUTE_METRIC = "trials_compute_s"  # all of a study's trials, wall time
 INFER_STEP_MS, TRAIN_STEP_MS = "infer_step_ms", "train_step_ms"
 THROUGHPUT_METRICS = (INFER_IMAGES_PER_SEC, INFER_STEP_MS, TRAIN_IMAGES_PER_SEC, TRAIN_STEP_MS, PARAMS_TOTAL,
@@ -91,7 +92,8 @@ ROLE_RUN, ROLE_SWEEP, ROLE_TRIAL, ROLE_CONFIRM, ROLE_REPORT, ROLE_THROUGHPUT = (
     "run", "sweep", "trial", "confirm", "report", "throughput")
 TAG_STUDY = "study_name"  # a study's parent run and each of its trials
 TAG_TRIAL_NUMBER = "trial_number"
-TAG_TRIAL_STATE = "trial_state"  # RUNNING, then Optuna's COMPLETE, PRUNED or FAIL
+TAG_TRIAL_STATE = "trial_state"  # RUNNING, then Optuna's COMPLETE, PRUNED or FAIL, or INTERRUPTED (Ctrl-C)
+TRIAL_STATE_INTERRUPTED = "INTERRUPTED"
 TAG_ERROR = "error"  # why a run failed
 TAG_BEST_RUN = "best_run_id"  # on a parent run: its best trial's run
 TAG_BEST_TRIAL = "best_trial_number"
@@ -194,7 +196,9 @@ ATTR_RUN_ID = "mlflow_run_id"  # a trial's MLflow run
 ATTR_PARENT_RUN = "mlflow_parent_run_id"  # the study's parent run, once it exists
 ATTR_OUTCOME = "outcome"  # what a finished trial recorded: TEST_TOP1 and the OUTCOME_* keys
 OUTCOME_MODEL_SAVED, OUTCOME_COMPUTE_S, OUTCOME_PROCESS_START_S = "model_saved", "compute_s", "process_start_s"
+OUTCOME_FEATURES_S = FEATURES_S  # the feature pass (or reading its cache): one-time work, not the trial's own
 ATTR_ERROR = "error"  # a failed trial's one-line error
+ATTR_INTERRUPTED = "interrupted"  # True on a trial Ctrl-C stopped: Optuna's FAIL state, counted apart from the failed
 ATTR_WORKER = "worker"  # the host and pid running a trial
 ATTR_WORKERS_STARTED = "workers_started"  # how many sweep processes have worked on the study
 # what a new study records about itself: its pair, its fingerprints, its recipe

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def trial_record(trial: optuna.trial.FrozenTrial) -> dict:
     """What a finished trial recorded in its study (user attr names.ATTR_OUTCOME): test_top1,
-    model_saved, compute_s, process_start_s."""
+    model_saved, compute_s, process_start_s, features_s."""
     return trial.user_attrs.get(names.ATTR_OUTCOME, {})
 
 
@@ -79,9 +79,12 @@ def drop_models_beyond(study: optuna.Study, keep: int, current: tuple[int, float
 
 
 def trial_counts(study: optuna.Study, trials: list | None = None) -> dict[str, int]:
-    counts = {"complete": 0, "pruned": 0, "failed": 0}
+    """Finished trials by state; a trial that Ctrl-C stopped is interrupted, not failed."""
+    counts = {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 0}
     for t in study.trials if trials is None else trials:
         key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(t.state)
+        if key == "failed" and t.user_attrs.get(names.ATTR_INTERRUPTED):
+            key = "interrupted"
         if key:
             counts[key] += 1
     return counts

@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import logging
+import textwrap
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -140,10 +141,42 @@ def trial_spec(run_id: str) -> TrialSpec:
 
 def save(fig, path: Path) -> None:
     try:
+        fit_titles(fig)
         with files.replaced(path, "the plot") as partial:
             fig.savefig(partial, dpi=100, format=path.suffix.lstrip("."))
     finally:
         plt.close(fig)
+
+
+def titles(fig) -> list:
+    """Every title of the figure: each axes' (left, centre, right) and the figure's own."""
+    found = [t for ax in fig.axes for t in (ax.title, getattr(ax, "_left_title", None), getattr(ax, "_right_title", None))]
+    return [t for t in [*found, fig._suptitle] if t is not None and t.get_text()]
+
+
+def fit_titles(fig, margin: float = 4.0) -> None:
+    """A title wider than the figure (a long study name) is wrapped onto more lines instead of cut
+    at its edge, and the axes move down if the lines would reach above the figure."""
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    for text in titles(fig):
+        extent = text.get_window_extent(renderer)
+        if extent.x0 >= 0 and extent.x1 <= width:
+            continue
+        if ": " in text.get_text():  # "what: which study" first breaks after its colon
+            text.set_text(text.get_text().replace(": ", ":\n", 1))
+            extent = text.get_window_extent(renderer)
+            if extent.x0 >= 0 and extent.x1 <= width:
+                continue
+        centre = (extent.x0 + extent.x1) / 2
+        room = width - max(extent.x0, 0) - margin if text.get_horizontalalignment() == "left" else \
+            2 * min(centre, width - centre) - 2 * margin
+        longest = max(text.get_text().splitlines(), key=len)
+        characters = max(10, int(len(longest) * room / extent.width))
+        text.set_text("\n".join(textwrap.fill(line, characters) for line in text.get_text().splitlines()))
+    above = max((t.get_window_extent(renderer).y1 for t in titles(fig)), default=0) - height + margin
+    if above > 0 and fig.get_layout_engine() is None:
+        fig.subplots_adjust(top=fig.subplotpars.top - above / height)
 
 
 def row_label(row) -> str:

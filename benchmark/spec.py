@@ -556,6 +556,15 @@ def experiment_dirs() -> list[Path]:
     return [Path(os.environ.get("BENCHMARK_EXPERIMENTS", "experiments")), EXPERIMENTS_DIR]
 
 
+def pairs_of(experiment: ExperimentSpec, backbones: list[str] | None = None,
+             strategies: list[str] | None = None) -> list[tuple[str, str]]:
+    """Every backbone x strategy the experiment lists, or the selected ones (each checked)."""
+    chosen_backbones = [experiment.resolve(b).backbone.name for b in backbones] if backbones else experiment.backbones
+    for name in strategies or []:
+        experiment.resolve(chosen_backbones[0], name)  # an unknown strategy: the one-line error, before any sweep
+    return [(b, s) for b in dict.fromkeys(chosen_backbones) for s in dict.fromkeys(strategies or experiment.strategies)]
+
+
 def find_experiment(name_or_path: str | Path) -> Path:
     """A path to a spec file, or an experiment name looked up in ./experiments then the repo's."""
     path = Path(name_or_path)

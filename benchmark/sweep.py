@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -31,6 +32,7 @@ import mlflow
 import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
+from tqdm import tqdm
 
 from benchmark import hparams, mlflow_store, mlflow_view, names, parent_run, registry, study_identity, track
 from benchmark.data import Dataset, load_dataset
@@ -38,7 +40,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.isolation import TrialJob, TrialRunner
 from benchmark.plan import builds_head_only
 from benchmark.redaction import redact
-from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
+from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec, pairs_of  # noqa: F401  (sweep.pairs_of, as before)
 from benchmark.storage import default_storage, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial line replaces Optuna's
@@ -46,10 +48,20 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial line r
 
 class WithoutTraceback(logging.Filter):
     """Optuna logs a failed (or interrupted) trial with its traceback; the progress line and the
-    run's `error` tag already say why, so keep its one line. `--debug` removes this filter."""
+    run's `error` tag already say why, so keep its one line, and none for an interrupted trial
+    (the command says it was interrupted). `--debug` removes this filter."""
+
+    interrupted_trial = ""  # "Trial 3": Optuna follows its warning with "Trial 3 failed with value None."
 
     def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.interrupted_trial = message.split(" failed", 1)[0]
+            return False
         record.exc_info, record.exc_text = None, None
+        if self.interrupted_trial and message.startswith(f"{self.interrupted_trial} failed with value"):
+            self.interrupted_trial = ""
+            return False
         return True
 
 
@@ -217,10 +229,11 @@ def fail_trials_of_dead_workers(study: optuna.Study) -> int:
 
 def fail_own_running_trials(study: optuna.Study) -> int:
     """After Ctrl-C: this process's trials still RUNNING (an interrupt that landed while Optuna was
-    recording a trial's end) are failed, so that nothing is left RUNNING."""
+    recording a trial's end) end interrupted, so that nothing is left RUNNING."""
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.user_attrs.get(names.ATTR_WORKER) == this_worker():
+            study._storage.set_trial_user_attr(trial._trial_id, names.ATTR_INTERRUPTED, True)
             study.tell(trial.number, state=TrialState.FAIL)
             failed += 1
     return failed
@@ -309,13 +322,16 @@ def run_sweep(
     data_dir: str | Path | None = None,
     verbose: int = 2,
     say: Callable[[str], None] = print,
+    progress_bar: bool = False,
 ) -> SweepResult:
+    """One study: its trials until the target (resumed where it stopped). `verbose` is Keras's
+    (2: a line per epoch); `progress_bar` draws a bar of the study's trials on a terminal's stderr."""
     plan = resolve(experiment, backbone, strategy, trials, timeout_s, data_dir)
     if plan.data.duplicates:
         say(f"warning: {duplicates_tag(plan.data)}")
     opened = open_study(plan, storage or default_storage(), say)
     if opened.remaining > 0:
-        optimise(plan, opened, verbose, say)
+        optimise(plan, opened, verbose, say, progress_bar)
     parent_run.summarize(opened.study, opened.parent_run_id)
     return SweepResult(study=opened.study, parent_run_id=opened.parent_run_id,
                        counts=parent_run.trial_counts(opened.study), target=plan.target)
@@ -393,7 +409,7 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> Open
                        remaining=remaining)
 
 
-def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str], None]) -> None:
+def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str], None], progress_bar: bool = False) -> None:
     """Optuna's loop until the target is met (or the time is up), trials in a child process."""
     study, parent = opened.study, opened.parent_run_id
     # A linear probe has no epochs to stop between: one fit to convergence, nothing to prune.
@@ -404,6 +420,7 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
     objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url, pruner, runner, verbose,
                           plan.search.keep_models,
                           data_input=track.dataset(plan.spec.data, plan.data.origin, plan.fingerprint.data))
+    bar = trials_bar(plan, opened, progress_bar)
     try:
         with mlflow.start_run(run_id=parent), interruption:
             try:
@@ -414,7 +431,7 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
                     callbacks=[
                         MaxTrialsCallback(plan.target, states=FINISHED),
                         parent_run.AfterEachTrial(parent, plan.name, opened.experiment_id),
-                        Progress(plan.target, say),
+                        Progress(plan.target, say, bar),
                         interruption.check,
                     ],
                     catch=(Exception,),
@@ -426,14 +443,22 @@ def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str],
                     runner.stop()  # first: no trial process writes after this
                     fail_own_running_trials(study)
                     while (active := mlflow.active_run()) and active.info.run_id != parent:
-                        mlflow.end_run("FAILED")  # a trial's run, when the interrupt landed as it opened
+                        mlflow.end_run("KILLED")  # a trial's run, when the interrupt landed as it opened
                     # and its run when the interrupt came before the run's context could close it
-                    parent_run.close_orphan_runs(study, plan.name, opened.experiment_id, status="FAILED")
+                    parent_run.close_orphan_runs(study, plan.name, opened.experiment_id, status="KILLED")
                     parent_run.record_progress(study, parent)
                     mlflow.end_run("KILLED")
                 raise
     finally:
+        bar.close()
         runner.close()
+
+
+def trials_bar(plan: Plan, opened: OpenedStudy, shown: bool) -> tqdm:
+    """The study's trials done of its target, the best so far and tqdm's estimate of the time
+    left, on stderr; only on a terminal (tqdm's own test), and never when not `shown` (--quiet)."""
+    return tqdm(total=plan.target, initial=plan.target - opened.remaining, unit="trial", desc=plan.name,
+                disable=None if shown else True, dynamic_ncols=True, leave=False)
 
 
 CHILD_TRIALS = 10  # trials per child process under trials_per_process = "auto"
@@ -481,22 +506,13 @@ class PairResult:
                 f"best #{best.number} val_top1={best.value:.4f} test_top1={parent_run.trial_record(best)[names.TEST_TOP1]:.4f}")
 
 
-def pairs_of(experiment: ExperimentSpec, backbones: list[str] | None = None,
-             strategies: list[str] | None = None) -> list[tuple[str, str]]:
-    """Every backbone x strategy the experiment lists, or the selected ones (each checked)."""
-    chosen_backbones = [experiment.resolve(b).backbone.name for b in backbones] if backbones else experiment.backbones
-    for name in strategies or []:
-        experiment.resolve(chosen_backbones[0], name)  # an unknown strategy: the one-line error, before any sweep
-    return [(b, s) for b in dict.fromkeys(chosen_backbones) for s in dict.fromkeys(strategies or experiment.strategies)]
-
-
 def run_experiment(
     experiment: ExperimentSpec,
     pairs: list[tuple[str, str]] | None = None,
     say: Callable[[str], None] = print,
     **options,
 ) -> list[PairResult]:
-    """run_sweep for each pair (default: every pair, see pairs_of), in order. A pair that fails
+    """run_sweep for each pair (default: every pair, see spec.pairs_of), in order. A pair that fails
     (bad weights, every trial failed) is reported and the others go on; each pair is its own
     study, so rerunning resumes all of them and several workers can share the experiment."""
     pairs = pairs if pairs is not None else pairs_of(experiment)
@@ -530,6 +546,13 @@ class Objective:
         self.data_input = data_input  # the trials' dataset in MLflow (track.dataset)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self.tracked_trial(trial)
+        except KeyboardInterrupt:  # Optuna records FAIL; counted as interrupted (parent_run.trial_counts)
+            trial.set_user_attr(names.ATTR_INTERRUPTED, True)
+            raise
+
+    def tracked_trial(self, trial: optuna.Trial) -> float:
         trial.set_user_attr(names.ATTR_WORKER, this_worker())  # lets a rerun on this machine see that it died
         spec = self.spec.with_values(**suggest(trial, self.spec, self.space))
         tags = {names.TAG_STUDY: self.name, names.TAG_TRIAL_NUMBER: str(trial.number), names.TAG_TRIAL_STATE: "RUNNING",
@@ -546,7 +569,8 @@ class Objective:
                 mlflow.log_metric(names.OBJECTIVE, max(reported_values(trial), default=float("nan")))
                 mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.PRUNED.name)
             except BaseException as e:
-                mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.FAIL.name)
+                interrupted = isinstance(e, KeyboardInterrupt)
+                mlflow.set_tag(names.TAG_TRIAL_STATE, names.TRIAL_STATE_INTERRUPTED if interrupted else TrialState.FAIL.name)
                 if isinstance(e, Exception):  # the most frequent one is named when a sweep ends short
                     trial.set_user_attr(names.ATTR_ERROR, redact(f"{type(e).__name__}: {e}".splitlines()[0])[:300])
                 raise
@@ -572,6 +596,7 @@ class Objective:
         trial.set_user_attr(names.ATTR_OUTCOME, {
             names.TEST_TOP1: result.metrics[names.TEST_TOP1], names.OUTCOME_MODEL_SAVED: model_saved,
             names.OUTCOME_COMPUTE_S: result.compute_s, names.OUTCOME_PROCESS_START_S: result.process_start_s,
+            names.OUTCOME_FEATURES_S: result.metrics.get(names.FEATURES_S, 0.0),
         })
         mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.COMPLETE.name)
         return value
@@ -588,17 +613,27 @@ def format_params(params: dict) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-class Progress:
-    """One line per trial: i/N, state, params, val top-1, best so far, time left."""
+def own_work(trial: optuna.trial.FrozenTrial) -> float:
+    """A trial's time less the one-time work it measured: starting its process and the feature
+    pass (computed once, then read from the cache)."""
+    outcome = trial.user_attrs.get(names.ATTR_OUTCOME, {})
+    one_time = outcome.get(names.OUTCOME_PROCESS_START_S, 0.0) + outcome.get(names.OUTCOME_FEATURES_S, 0.0)
+    return max(0.0, trial.duration.total_seconds() - one_time)
 
-    def __init__(self, target: int, say: Callable[[str], None]):
-        self.target, self.say, self.started = target, say, time.perf_counter()
-        self.durations: list[float] = []
+
+class Progress:
+    """One line per trial: i/N, state, params, val top-1, best so far, time left; and the bar."""
+
+    def __init__(self, target: int, say: Callable[[str], None], bar: tqdm | None = None):
+        self.target, self.say, self.started, self.bar = target, say, time.perf_counter(), bar
+        self.own_work: dict[TrialState, list[float]] = {}  # by state, each trial's time less its one-time work
+        self.first_state: TrialState | None = None  # the state of the sweep's first finished trial
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         finished = sum(t.state in FINISHED for t in study.trials)
-        if trial.duration:
-            self.durations.append(trial.duration.total_seconds())
+        if trial.duration and trial.state in FINISHED:
+            self.first_state = self.first_state or trial.state
+            self.own_work.setdefault(trial.state, []).append(own_work(trial))
         params = format_params(trial.params)
         value = f"val_top1={trial.value:.4f}" if trial.value is not None else ""
         if trial.state == TrialState.PRUNED and trial.intermediate_values:
@@ -607,9 +642,27 @@ class Progress:
             best = f"best={study.best_value:.4f} (#{study.best_trial.number})"
         except ValueError:  # nothing completed yet
             best = "best=-"
-        mean = sum(self.durations) / len(self.durations) if self.durations else 0.0
-        left = max(0, self.target - finished) * mean
-        self.say(
-            f"trial {finished}/{self.target} #{trial.number} {trial.state.name} {params} {value} {best} "
-            f"{self.durations[-1] if self.durations else 0:.1f}s, ~{left:.0f}s left"
-        )
+        left = max(0, self.target - finished) * self.next_trial_s()
+        took = trial.duration.total_seconds() if trial.duration else 0.0
+        line = (f"trial {finished}/{self.target} #{trial.number} {trial.state.name} {params} {value} {best} "
+                f"{took:.1f}s, ~{left:.0f}s left")
+        if self.bar is None or self.bar.disable:
+            self.say(line)
+            return
+        with tqdm.external_write_mode():  # the line above the bar, not through it
+            self.say(line)
+        self.bar.set_postfix_str(best, refresh=False)
+        self.bar.update(min(finished, self.target) - self.bar.n)
+        self.bar.refresh()  # now, whatever tqdm's minimum interval between redraws
+
+    def next_trial_s(self) -> float:
+        """What a trial still to run should take: the finished trials' own time, each state's mean
+        (a pruned trial stops early) weighted by how often it came. The sweep's first trial also
+        paid for work no later trial repeats and none measured (building and tracing the first
+        model), so it counts only while its state has no other trial."""
+        means, counts = {}, {}
+        for state, seconds in self.own_work.items():
+            later = seconds[1:] if state == self.first_state and len(seconds) > 1 else seconds
+            means[state], counts[state] = statistics.fmean(later), len(seconds)
+        total = sum(counts.values())
+        return sum(means[state] * counts[state] / total for state in means) if total else 0.0

@@ -83,7 +83,7 @@ def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_
              data_input=None) -> Iterator:
     """A run (nested under the active one, if any) with its params (logged_params), its whole spec
     (names.ARTIFACT_SPEC: reports reload its data from it), the standard tags and its dataset
-    (`data_input`, from dataset()). An exception marks it FAILED with the error recorded, and propagates."""
+    (`data_input`, from dataset()). An exception marks it FAILED (Ctrl-C: KILLED) with the error recorded, and propagates."""
     tags = {**trial_tags(spec, role, data_origin), **(extra_tags or {})}
     with mlflow.start_run(
         experiment_id=mlflow_store.experiment_id(spec.experiment), run_name=run_name, nested=mlflow.active_run() is not None, tags=tags
@@ -96,6 +96,8 @@ def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_
             yield run
         except BaseException as e:
             mlflow.set_tag(names.TAG_ERROR, redact(f"{type(e).__name__}: {e}")[:5000])
+            if isinstance(e, KeyboardInterrupt):
+                mlflow.end_run("KILLED")  # stopped by the user, not failed
             raise
 
 

@@ -26,6 +26,7 @@ import pickle
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -274,6 +275,17 @@ def split_folders(tmp: Path) -> Path:
     return tmp / "pics"
 
 
+def full_device(tmp: Path) -> None:
+    """{tmp}/full: a node of the kernel's /dev/full (every write fails: no space left on the device)."""
+    os.mknod(tmp / "full", 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+
+
+def unix_socket(path: Path) -> None:
+    """A socket's node at `path` (it stays after the socket is closed)."""
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+
+
 class SilentServer:
     """Accepts connections and never answers: a server that hangs. Without timeouts, clients wait forever."""
 
@@ -310,6 +322,7 @@ class Case:
     lines: int = 1  # a spec with several problems names each on its own line
     watch: str | None = None  # a file or folder under {tmp} the case must also leave as it was (a damaged store)
     needs_results: bool = False  # its answer depends on the results in the store (slow tier: see the module docstring)
+    keeps: tuple[str, int] | None = None  # a path under {tmp} and the kind of file (stat.S_IFMT) it must still be
 
 
 RUN_CI = ["run", "--experiment", "ci", "--backbone", "vgg16", "--quiet"]
@@ -444,6 +457,22 @@ CASES = [
          wrap=FULL_DEVICE, env={"FULL": "{tmp}/full"}, needs_results=True),
     Case("baseline-update-under-a-file", ["check", "--experiment", "ci", "--update", "--baseline", "{tmp}/a-file/ci.json"],
          ("{tmp}/a-file is a file, not a folder",), prepare=lambda tmp: (tmp / "a-file").write_text("")),
+    # outputs that are not regular files: a device or a FIFO is written through, a link followed, the rest refused
+    # (check --update writes its baseline by the same rule, after measuring for longer than a case may take:
+    # tests/test_files.py writes "the baseline" to a full device)
+    Case("leaderboard-output-is-a-socket", ["leaderboard", "--experiment", "ci", "--output", "{tmp}/sock"],
+         ("cannot write the leaderboard {tmp}/sock: it is a socket, not a regular file", "pass a file name"),
+         prepare=lambda tmp: unix_socket(tmp / "sock"), keeps=("sock", stat.S_IFSOCK)),
+    Case("baseline-update-to-a-block-device", ["check", "--experiment", "ci", "--update", "--baseline", "{tmp}/disk"],
+         ("cannot write the baseline {tmp}/disk: it is a block device, not a regular file", "pass a file name"),
+         prepare=lambda tmp: os.mknod(tmp / "disk", 0o600 | stat.S_IFBLK, os.makedev(7, 0)), keeps=("disk", stat.S_IFBLK)),
+    Case("leaderboard-output-on-dev-full", ["leaderboard", "--experiment", "ci", "--no-plots", "--output", "{tmp}/full"],
+         ("cannot write the leaderboard {tmp}/full (no space left on the device)",), prepare=full_device,
+         keeps=("full", stat.S_IFCHR), needs_results=True),
+    Case("leaderboard-output-link-to-dev-full", ["leaderboard", "--experiment", "ci", "--no-plots", "--output", "{tmp}/link"],
+         ("cannot write the leaderboard {tmp}/link (no space left on the device)",),
+         prepare=lambda tmp: full_device(tmp) or (tmp / "link").symlink_to(tmp / "full"), keeps=("link", stat.S_IFLNK),
+         needs_results=True),
     # baselines
     Case("baseline-infinite-value", ["check", "--experiment", "ci", "--baseline", "{tmp}/bad.json"],
          ("{tmp}/bad.json", "finite number"), prepare=lambda tmp: (tmp / "bad.json").write_text(
@@ -676,6 +705,9 @@ def assert_fails_cleanly(case: Case, answer: Answer, values: dict[str, str], tmp
     assert answer.seconds < limit, f"took {answer.seconds:.0f} s"
     assert not answer.changed, "a rejected input changed a store"
     assert not (tmp / "pwned").exists(), "a data file ran code"
+    if case.keeps:
+        name, kind = case.keeps
+        assert stat.S_IFMT(os.lstat(tmp / name).st_mode) == kind, f"{name} is no longer the kind of file it was"
 
 
 # ---------------------------------------------------------------- the tests

@@ -4,6 +4,7 @@ improvements, rejects malformed baselines with exit 2; the GitHub workflow valid
 
 import fcntl
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -409,3 +410,15 @@ def test_a_row_whose_data_changed_is_not_compared_on_made_numbers():
         "vgg16/frozen: data changed (fingerprint aaaaaaaa -> bbbbbbbb)"]
     assert check.describe_changes(baseline, recorded_on_b) == ["no values changed"]  # first recorded: not a change
 
+
+
+@pytest.mark.slow
+def test_measuring_again_prints_nothing_on_stderr():
+    """check loads TensorFlow only to measure a throughput again; its native start-up lines
+    (oneDNN, the CUDA probe) stay out of sight, as in the other commands."""
+    code = ("from benchmark import cli, check; from benchmark.spec import load_experiment; "
+            "rates = check.measuring_tools().model_and_backbone_rates(load_experiment('ci').resolve('vgg16', 'frozen'), 1); "
+            "print(all(rate > 0 for rate in rates))")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "True\n", "")

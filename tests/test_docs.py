@@ -30,12 +30,13 @@ def test_every_relative_link_and_image_leads_somewhere(page):
             assert fragment in anchors(linked), f"{page.name}: no heading #{fragment} in {linked.name}"
 
 
-def test_the_readme_starts_with_the_two_commands_ci_runs():
-    block = REPO.joinpath("README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
-    assert len(block) == 2
-    assert block[0].startswith("python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && ")
-    assert "python -m benchmark sweep " in block[0]
-    assert block[1] == "python -m pytest" and "\npython -m pytest\n" in REPO.joinpath(".ci", "run").read_text()
+def test_the_readme_starts_with_the_first_command_alone_and_the_tests_in_a_block_of_their_own():
+    blocks = [b.split("```", 1)[0].splitlines() for b in REPO.joinpath("README.md").read_text().split("```bash\n")[1:]]
+    first, second = blocks[:2]
+    assert len(first) == 1  # pasting the first block starts the sweep, never the tests
+    assert first[0].startswith("python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]' && ")
+    assert "python -m benchmark sweep " in first[0]
+    assert second == ["python -m pytest"] and "\npython -m pytest\n" in REPO.joinpath(".ci", "run").read_text()
 
 
 def test_the_package_docstring_names_every_module_once():
@@ -44,3 +45,17 @@ def test_the_package_docstring_names_every_module_once():
     modules = {p.stem for p in (REPO / "benchmark").glob("*.py") if not p.stem.startswith("_")}
     listed = re.findall(r"^  (\w+) {2,}", benchmark.__doc__.split("The modules")[1], re.M)
     assert sorted(listed) == sorted(modules) and len(listed) == len(set(listed))
+
+
+def test_the_accuracies_quoted_in_the_baselines_readme_are_those_of_the_baseline_files():
+    import json
+
+    folder = REPO / "experiments" / "baselines"
+    quoted = re.findall(r"^\| `([\w-]+\.json)` \| (\w+)/(\w+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$",
+                        (folder / "README.md").read_text(), re.M)
+    recorded = {}
+    for path in sorted(folder.glob("*.json")):
+        for row in json.loads(path.read_text())["rows"]:
+            values = [row["metrics"][m]["value"] for m in ("val_top1", "test_top1", "test_top5")]
+            recorded[(path.name, row["backbone"], row["strategy"])] = [f"{v:.4f}" for v in values]
+    assert {(f, b, s): list(values) for f, b, s, *values in quoted} == recorded

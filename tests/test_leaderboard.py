@@ -5,9 +5,13 @@ server and Optuna's own tools read our stores."""
 import base64
 import io
 import json
+import os
 import re
+import shlex
 import shutil
+import stat
 import subprocess
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -159,6 +163,23 @@ def test_every_format_carries_the_same_rows(in_ci_store, tmp_path, capsys):
 
     assert cli.main(["leaderboard", "--experiment", "ci"]) == 0  # the default: a table on stdout
     assert capsys.readouterr().out == outputs["table"]
+    assert cli.main(["leaderboard", "--experiment", "ci", "--output", "-", "--no-plots"]) == 0  # `-`: stdout too
+    assert capsys.readouterr().out == outputs["table"]
+
+
+def test_a_fifo_output_is_written_through_with_the_plots_elsewhere(in_ci_store, tmp_path, capsys):
+    """`--output` a named pipe (as /dev/stdout is in a pipeline): the reader gets the table, the
+    pipe stays a pipe, and no plots folder is made beside it."""
+    fifo = tmp_path / "board"
+    os.mkfifo(fifo)
+    read = {}
+    reader = threading.Thread(target=lambda: read.update(text=fifo.read_text()))
+    reader.start()
+    assert cli.main(["leaderboard", "--experiment", "ci", "--output", str(fifo), "--format", "csv"]) == 0
+    reader.join(30)
+    assert read["text"] == leaderboard.render(leaderboard.leaderboard("ci"), "csv")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.listdir(tmp_path) == ["board"]
+    assert "plots in" not in capsys.readouterr().err
 
 
 def test_bootstrap_interval_is_the_binomial_percentile_interval():
@@ -450,3 +471,40 @@ def test_a_run_without_a_name_its_role_requires_is_an_error_naming_it(store):
     message = str(caught.value)
     assert f"run {run.info.run_id} (role sweep)" in message and "has no tag 'study_name'" in message
     assert "\n" not in message and "BENCHMARK_STORE" in message
+
+
+# ---------------------------------------------------------------- what the commands default to
+
+
+def test_the_reading_commands_default_to_the_experiment_of_the_most_recent_sweep(ci_store_copy, tmp_path, capsys):
+    assert cli.main(["leaderboard", "--no-plots"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0] == "experiment ci (the most recent sweep's; --experiment NAME for another)"
+    assert out == leaderboard.render(leaderboard.leaderboard("ci"), "table")
+    assert cli.main(["check", "--update", "--baseline", str(tmp_path / "ci.json")]) == 0
+    assert json.loads((tmp_path / "ci.json").read_text())["experiment"] == "ci"
+
+    other = mlflow.MlflowClient().create_experiment(names.experiment_name("other"))  # a newer sweep elsewhere
+    mlflow.MlflowClient().create_run(other, tags={names.TAG_ROLE: names.ROLE_TRIAL, names.TAG_EXPERIMENT: "other"})
+    assert leaderboard.latest_swept_experiment() == "other"
+
+
+def test_without_a_sweep_there_is_no_experiment_to_default_to(store, capsys):
+    mlflow_store.configure()  # MLflow's tables, no run
+    for command in ("leaderboard", "check", "confirm"):
+        assert cli.main([command]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: no sweep in the MLflow store") and "--experiment NAME" in err, err
+        assert err.count("\n") == 1
+
+
+def test_the_sweeps_next_lines_run_as_printed(ci_store_copy, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cli.print_next_steps("ci", "ci")
+    printed = capsys.readouterr().out
+    commands = re.findall(r"(python -m benchmark [^(;,]+?)\s*\(", printed)
+    assert len(commands) == 1 and commands[0].startswith("python -m benchmark leaderboard --experiment ci ")
+    assert cli.main(shlex.split(commands[0])[3:]) == 0
+    assert "<table" in (tmp_path / "report" / "index.html").read_text()
+    ui = re.findall(r"mlflow ui --backend-store-uri (\S+?),", printed)
+    assert ui == [f"sqlite:///{ci_store_copy}/mlflow.db"] and (ci_store_copy / "mlflow.db").is_file()

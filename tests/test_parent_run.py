@@ -9,19 +9,21 @@ COMPLETE, PRUNED, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialSta
 
 
 def study_of(*trials: tuple) -> optuna.Study:
-    """(state, value, model_saved) per trial, in order."""
+    """(state, value, model_saved) per trial, in order; a FAIL with value "interrupted" is a Ctrl-C'd trial."""
     study = optuna.create_study(direction="maximize")
     for state, value, saved in trials:
+        attrs = {"outcome": {"model_saved": saved, "test_top1": 0.1}} if state == COMPLETE else {}
+        if value == "interrupted":
+            attrs = {names.ATTR_INTERRUPTED: True}
         study.add_trial(optuna.trial.create_trial(
-            state=state, value=value if state == COMPLETE else None, params={}, distributions={},
-            user_attrs={"outcome": {"model_saved": saved, "test_top1": 0.1}} if state == COMPLETE else {}))
+            state=state, value=value if state == COMPLETE else None, params={}, distributions={}, user_attrs=attrs))
     return study
 
 
 def test_counts_and_the_best_trial_that_kept_its_model():
     study = study_of((COMPLETE, 0.4, True), (PRUNED, None, False), (COMPLETE, 0.6, True), (FAIL, None, False),
-                     (COMPLETE, 0.6, True), (COMPLETE, 0.7, False))  # the 0.7 kept no model: it cannot be the row
-    assert parent_run.trial_counts(study) == {"complete": 4, "pruned": 1, "failed": 1}
+                     (COMPLETE, 0.6, True), (COMPLETE, 0.7, False), (FAIL, "interrupted", False))  # the 0.7 kept no model
+    assert parent_run.trial_counts(study) == {"complete": 4, "pruned": 1, "failed": 1, "interrupted": 1}
     best = parent_run.best_with_model(study)
     assert best.number == 2 and best.value == 0.6  # the first of equals, as Optuna's own best_trial
     assert parent_run.trial_record(best) == {"model_saved": True, "test_top1": 0.1}

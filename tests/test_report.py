@@ -133,3 +133,25 @@ def test_the_report_draws_a_three_class_matrix_with_its_names_and_notes_one_abov
     skipped = report_of(many, "images", monkeypatch, tmp_path)
     assert "confusion_fine.png" not in [f.name for f in skipped.figures]
     assert any("120 classes, more than the 100" in note for note in skipped.notes)
+
+
+# ---------------------------------------------------------------- titles that fit
+
+
+def title_extents(fig) -> list:
+    fig.canvas.draw()
+    return [t.get_window_extent() for t in report.titles(fig)]
+
+
+def test_a_title_longer_than_the_figure_is_wrapped_not_cut(drawn, tmp_path):
+    study = study_with_a_pruned_trial()
+    study.study_name = "transfer-efficientnetlite0-two_phase-ffb9701d-with-a-name-longer-than-the-figure"
+    report.plot_optuna(study, "history", tmp_path / "h.png")
+    fig = drawn[0]
+    width, height = fig.bbox.width, fig.bbox.height
+    assert any(e.x1 > width for e in title_extents(fig))  # as Optuna's plot has it: cut at the right edge
+    report.fit_titles(fig)
+    assert all(0 <= e.x0 and e.x1 <= width and e.y1 <= height for e in title_extents(fig))
+    title = report.titles(fig)[0].get_text()
+    assert title.count("\n") >= 1 and title.replace("\n", "").replace(" ", "") == \
+        f"Optimization History Plot: {study.study_name}".replace(" ", "")

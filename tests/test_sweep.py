@@ -461,13 +461,34 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(store, tmp_path, moment):
     assert sweep_process.returncode == 130, out + err
     assert time.monotonic() - interrupted < 60  # not after training 2000 epochs
     assert "rerun the same command to resume" in err and "Traceback" not in out + err
+    assert "KeyboardInterrupt" not in out + err and "failed" not in out + err  # no Optuna warning: it was not a failure
     study = pair_study(storage, "vgg16", "frozen")
-    assert [t.state.name for t in study.trials] == ["FAIL"]
+    assert [t.state.name for t in study.trials] == ["FAIL"]  # Optuna's only state for it, marked interrupted:
+    assert study.trials[0].user_attrs[names.ATTR_INTERRUPTED] is True
+    assert parent_run.trial_counts(study) == {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 1}
     mlflow.set_tracking_uri(mlflow_store.tracking_uri())
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    status = {(r.data.tags["role"], r.info.status) for r in runs}
-    expected = {("sweep", "KILLED"), ("trial", "FAILED")}
-    assert status == expected or (moment == "a trial being set up" and status == {("sweep", "KILLED")}), status
+    status = {(r.data.tags["role"], r.info.status, r.data.tags.get(names.TAG_TRIAL_STATE)) for r in runs}
+    expected = {("sweep", "KILLED", None), ("trial", "KILLED", names.TRIAL_STATE_INTERRUPTED)}
+    assert status == expected or (moment == "a trial being set up" and status == {("sweep", "KILLED", None)}), status
+    parent = next(r for r in runs if r.data.tags["role"] == "sweep")
+    assert (parent.data.metrics["trials_failed"], parent.data.metrics["trials_interrupted"]) == (0, 1)
+
+
+def test_optuna_warns_of_a_failed_trial_in_one_line_and_not_of_an_interrupted_one(capfd):
+    study = optuna.create_study()
+
+    def objective(trial):
+        if trial.number == 0:
+            raise ValueError("boom")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=2, catch=(Exception,))
+    lines = capfd.readouterr().err.splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "Trial 0 failed with parameters: {} because of the following error: ValueError('boom').",
+        "Trial 0 failed with value None."]  # nothing about trial 1, and no traceback
 
 
 # ---------------------------------------------------------------- one study is one spec
@@ -625,3 +646,67 @@ def test_the_duplicates_tag_counts_and_says_what_was_dropped():
     data.dropped_duplicates = 3
     assert sweep.duplicates_tag(data) == ("2 image(s) have identical copies in another split, e.g. a; "
                                           "data.drop_duplicates removed 3 of them from train/val")
+
+
+def test_the_progress_line_goes_above_a_bar_of_the_studys_trials():
+    import io
+
+    from tqdm import tqdm
+
+    study = optuna.create_study(direction="maximize")
+    stream, lines = io.StringIO(), []
+    bar = tqdm(total=3, file=stream, disable=False, unit="trial")
+    progress = sweep.Progress(3, lines.append, bar)
+    complete = optuna.trial.TrialState.COMPLETE
+    for value in (0.25, 0.5):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}, state=complete))
+        progress(study, study.trials[-1])
+    assert [line.split(" ")[:4] for line in lines] == [["trial", "1/3", "#0", "COMPLETE"], ["trial", "2/3", "#1", "COMPLETE"]]
+    assert bar.n == 2 and "best=0.5000 (#1)" in stream.getvalue() and "2/3" in stream.getvalue()
+
+
+def test_quiet_by_default_epoch_lines_with_v_and_no_bar_with_quiet():
+    from benchmark import cli
+
+    parse = cli.build_parser().parse_args
+    plain, verbose, quiet = (parse(["sweep", *extra]) for extra in ([], ["-v"], ["--quiet"]))
+    assert [cli.keras_verbosity(a) for a in (plain, verbose, quiet)] == [0, 2, 0]
+    assert [a.quiet for a in (plain, verbose, quiet)] == [False, False, True]  # the bar: unless --quiet
+    for command in (["run", "--backbone", "vgg16"], ["confirm"]):
+        assert cli.keras_verbosity(parse([*command, "--verbose"])) == 2
+
+
+def test_the_time_left_leaves_out_the_one_time_work_of_the_first_trial():
+    """The first trial paid for its process and the feature pass (35 of its 40 s): after it, the
+    estimate is the 5 s left of it a trial, not 40 s; once a second trial has run, the first
+    (which also paid for work nothing measured) no longer counts."""
+    import datetime
+
+    study, lines = optuna.create_study(direction="maximize"), []
+    progress = sweep.Progress(10, lines.append)
+    start = datetime.datetime(2026, 1, 1)
+    for number, (seconds, outcome) in enumerate([(40.0, {"process_start_s": 5.0, "features_s": 30.0}),
+                                                 (4.0, {"process_start_s": 0.0, "features_s": 0.01})]):
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=number, state=optuna.trial.TrialState.COMPLETE, value=0.5, datetime_start=start,
+            datetime_complete=start + datetime.timedelta(seconds=seconds), params={}, distributions={},
+            user_attrs={"outcome": outcome}, system_attrs={}, intermediate_values={}, trial_id=number))
+        progress(study, study.trials[-1])
+    assert [line.rsplit(", ", 1)[1] for line in lines] == ["~45s left", "~32s left"]  # 9 x 5 s, then 8 x 4 s
+
+
+def test_the_time_left_weighs_pruned_and_complete_trials_by_how_often_they_came():
+    import datetime
+
+    study, lines = optuna.create_study(direction="maximize"), []
+    progress = sweep.Progress(10, lines.append)
+    start = datetime.datetime(2026, 1, 1)
+    complete, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+    for number, (state, seconds) in enumerate([(complete, 30.0), (complete, 10.0), (pruned, 2.0), (complete, 14.0)]):
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=number, state=state, value=0.5 if state == complete else None, datetime_start=start,
+            datetime_complete=start + datetime.timedelta(seconds=seconds), params={}, distributions={},
+            user_attrs={}, system_attrs={}, intermediate_values={0: 0.1}, trial_id=number))
+        progress(study, study.trials[-1])
+    # complete: 12 s (10 and 14: the first trial left out), pruned 2 s, in 3 of 4 and 1 of 4 trials
+    assert lines[-1].endswith(f", ~{6 * (0.75 * 12 + 0.25 * 2):.0f}s left")
