@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     board = add_command(
         commands, "leaderboard", "best trial per backbone x strategy, with plots and an HTML report",
         "Rows are ranked by validation top-1; test top-1 comes with a 95% interval and a paired test against "
-        "the best row. Trains nothing; with plots (--output or --format html) it logs them to MLflow, in the "
-        "experiment's one report run (replaced each time).",
+        "the best row. Trains nothing; it keeps the experiment's saved view in the MLflow UI up to date and, with "
+        "plots (--output or --format html), logs them to MLflow, in the experiment's one report run (replaced each time).",
         "leaderboard --experiment transfer",
         "leaderboard --experiment transfer --format html --output report/index.html")
     board.add_argument("--experiment", help=LATEST_HELP)

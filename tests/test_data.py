@@ -605,10 +605,10 @@ def test_the_splits_of_a_flat_folder_are_read_from_the_image_cache_not_copied(tm
 
 
 def test_a_val_folder_replaces_the_carved_validation_split(tmp_path, image_cache):
-    for split, count in (("train", 6), ("val", 2), ("test", 3)):
-        for name in ("a", "b"):
-            for i in range(count):
-                png(tmp_path / "d" / split / name / f"{i}.png", noise_image(hash((split, name, i)) % 10_000))
+    for s, (split, count) in enumerate((("train", 6), ("val", 2), ("test", 3))):
+        for c, name in enumerate(("a", "b")):
+            for i in range(count):  # a seed of its own per image: no chance copies
+                png(tmp_path / "d" / split / name / f"{i}.png", noise_image(100 * s + 10 * c + i))
     loaded = load_dataset(own(tmp_path / "d"))
     assert loaded.sizes() == {"train": 12, "validation": 4, "test": 6}
     assert all(isinstance(x, data.Rows) for x in (loaded.x_train, loaded.x_val, loaded.x_test))
@@ -644,10 +644,10 @@ def test_one_changed_image_changes_the_content_key_and_the_data_fingerprint(tmp_
 
 
 def test_duplicates_across_splits_are_reported_and_dropped_from_the_training_side(tmp_path, image_cache):
-    for split, count in (("train", 5), ("val", 2), ("test", 2)):
+    for s, (split, count) in enumerate((("train", 5), ("val", 2), ("test", 2))):
         for c, name in enumerate(("a", "b")):
-            for i in range(count):
-                png(tmp_path / "d" / split / name / f"{i}.png", noise_image(hash((split, c, i)) % 10_000))
+            for i in range(count):  # a seed of its own per image (hash() of a str changes per process)
+                png(tmp_path / "d" / split / name / f"{i}.png", noise_image(100 * s + 10 * c + i))
     test_image = tmp_path / "d" / "test" / "a" / "0.png"
     val_image = tmp_path / "d" / "val" / "b" / "1.png"
     shutil.copy(test_image, tmp_path / "d" / "train" / "a" / "0.png")  # train = test
