@@ -362,7 +362,7 @@ def print_leaderboard(experiment) -> None:
     print(leaderboard.render(board, "table"), end="")
 
 
-def print_next_steps(argument: str, name: str, results: list) -> None:
+def print_next_steps(argument: str, name: str, results: list = ()) -> None:
     """Where to look next: the report, the experiment's runs in the MLflow UI, and each study's
     trials side by side on MLflow's compare page."""
     from benchmark import leaderboard, mlflow_store, mlflow_view

@@ -99,8 +99,10 @@ def study_trials(experiment_id: str, study: str) -> list[str]:
     runs = mlflow.search_runs([experiment_id], output_format="pandas",
                               filter_string=names.tags_filter(**{names.TAG_ROLE: names.ROLE_TRIAL, names.TAG_STUDY: study}),
                               order_by=[f"{names.metric_column(names.OBJECTIVE)} DESC"], max_results=MOST_RUNS_COMPARED)
-    scored = runs[runs[names.metric_column(names.OBJECTIVE)].notna()] if len(runs) else runs
-    return list(scored["run_id"]) if len(scored) else []
+    objective = names.metric_column(names.OBJECTIVE)
+    if objective not in runs:  # no trial logged a validation score yet (or none ran)
+        return []
+    return list(runs[runs[objective].notna()]["run_id"])
 
 
 def study_compare_url(experiment_id: str, study: str) -> str:

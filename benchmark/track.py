@@ -88,11 +88,11 @@ def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_
     with mlflow.start_run(
         experiment_id=mlflow_store.experiment_id(spec.experiment), run_name=run_name, nested=mlflow.active_run() is not None, tags=tags
     ) as run:
-        mlflow.log_params(logged_params(spec))
-        mlflow.log_text(spec_json(spec), names.ARTIFACT_SPEC)  # the whole spec, of pruned and failed runs too
-        if data_input is not None:
-            mlflow.log_input(data_input, context=DATASET_CONTEXT)
-        try:
+        try:  # a full disk or an unreachable server while writing these is this run's error too
+            mlflow.log_params(logged_params(spec))
+            mlflow.log_text(spec_json(spec), names.ARTIFACT_SPEC)  # the whole spec, of pruned and failed runs too
+            if data_input is not None:
+                mlflow.log_input(data_input, context=DATASET_CONTEXT)
             yield run
         except BaseException as e:
             mlflow.set_tag(names.TAG_ERROR, redact(f"{type(e).__name__}: {e}")[:5000])
