@@ -28,6 +28,9 @@ from benchmark.spec import TrialSpec
 from benchmark.train import Fit, History, train
 
 
+REUSE_HEADS = True  # False: every head-only trial builds and compiles a new head (benchmarks/speed.py compares)
+
+
 @dataclass
 class Prepared:
     spec: TrialSpec
