@@ -5,7 +5,8 @@ inside its MLflow run.
 any training starts or any run is recorded; `execute` carries out the plan (benchmark/plan.py):
 the cached arrays it needs (benchmark/cache.py), training, measuring; `finish` saves the model
 when the caller keeps it. A head-only trial on cached features builds only its head: the frozen
-part below it is built once per process (cache.shared_frozen_part).
+part below it is built once per process (cache.shared_frozen_part), and so is the head itself,
+once per architecture, compiled once and reset for each trial (cache.shared_head, train.compile_for).
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def prepare(spec: TrialSpec, data: Dataset | None = None) -> Prepared:
     plan = plan_trial(spec)
     data = data if data is not None else load_dataset(spec.data)
     if plan.builds_head_only:
-        built = on_frozen_part(spec, data.num_classes, cache.shared_frozen_part(spec, data))
+        part = cache.shared_frozen_part(spec, data)
+        head = cache.shared_head(spec, data.num_classes, part) if REUSE_HEADS else None
+        built = on_frozen_part(spec, data.num_classes, part, head)
     else:
         built = create_model(spec, data.num_classes)
     if plan.uses("activations"):
