@@ -219,7 +219,8 @@ def run_tracked(prepared: Prepared, run_id: str, keep: bool | Callable[[dict[str
     started = time.perf_counter()
     with epoch_logger:
         result = execute(prepared, callbacks=[epoch_logger.callback(), *callbacks], verbose=verbose)
+        curves = epoch_logger.take()  # written with the result: one write
     finish(result, keep=keep(result.metrics) if callable(keep) else keep)
     compute_s = time.perf_counter() - started - epoch_logger.seconds
-    track.log_result(result, run_id)
+    track.log_result(result, run_id, curves)
     return TrialRecord(metrics=result.metrics, model_path=result.model_path, compute_s=compute_s)
