@@ -235,6 +235,8 @@ def train(
         elif isinstance(x, Rows):  # own images, read from their file a batch at a time
             x, batches = ImageBatches(x, y_train, spec.training.batch_size, spec.training.seed, epoch), {"shuffle": False}
             validation = ImageBatches(*validation, spec.training.batch_size)
+        elif phase.inputs == "features":  # a head's epochs take milliseconds: no setup per epoch
+            x, y_train, batches, validation = fed_features(x, y_train, validation, spec.training.batch_size)
         fit.model.fit(
             x,
             None if isinstance(x, keras.utils.PyDataset) else y_train,
@@ -250,6 +252,16 @@ def train(
         history.fit_seconds += time.perf_counter() - started
     best.restore()
     return history
+
+
+def fed_features(x: np.ndarray, y: np.ndarray, validation: tuple, batch_size: int) -> tuple:
+    """x, y, fit's batching arguments and validation_data for cached features, fed so that no
+    epoch sets anything up (runtime.fed_once): the same batches as the arrays themselves."""
+    x, y, batches = runtime.fed_once(x, y, batch_size, shuffle=True)
+    val_x, val_y, val_batches = runtime.fed_once(*validation, batch_size, shuffle=False)
+    if "steps" not in batches:
+        return x, y, batches, (val_x, val_y)
+    return x, y, {"steps_per_epoch": batches["steps"], "validation_steps": val_batches["steps"], "shuffle": False}, val_x
 
 
 class ViewEpochs(keras.utils.PyDataset):
