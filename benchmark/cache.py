@@ -33,7 +33,8 @@ from benchmark import files, measure
 from benchmark.files import cache_dir  # defined there: benchmark.data needs it without Keras
 from benchmark.data import Dataset
 from benchmark.errors import BenchmarkError
-from benchmark.model import BuiltModel, FrozenPart, augmentation_layers, create_frozen_part, split_at
+from benchmark.model import (BuiltModel, FrozenPart, augmentation_layers, create_frozen_part, create_head, reset_head,
+                             split_at)
 from benchmark.plan import views_of
 from benchmark.spec import TrialSpec
 
@@ -224,6 +225,7 @@ class SharedPart:
     part: FrozenPart
     data: Dataset  # held: the features are of these arrays
     features: Cached | None = None
+    heads: dict[str, keras.Model] = dataclasses.field(default_factory=dict)  # shared_head's, by architecture
 
 
 _shared: dict[str, SharedPart] = {}  # one per process: the frozen part the head-only trials of a sweep share
@@ -241,3 +243,25 @@ def shared_frozen_part(spec: TrialSpec, data: Dataset) -> FrozenPart:
         _shared.clear()
         shared = _shared[key] = SharedPart(part=create_frozen_part(spec), data=data)
     return shared.part
+
+
+HEADS_KEPT = 8  # architectures whose head (and its compiled functions) a process keeps; a searched head shape makes more
+
+
+def shared_head(spec: TrialSpec, num_classes: int, part: FrozenPart) -> keras.Model:
+    """A head for a head-only trial on the shared frozen `part`: the one an earlier trial of this
+    process built for the same architecture, reset to the initial weights a new head gets for
+    `spec` (model.reset_head), so that its compiled, traced training is reused (train.compile_for);
+    else a new one. A trial's head is the next one's: what a trial keeps of it is saved before the
+    next begins (trial.finish)."""
+    shared = next(s for s in _shared.values() if s.part is part)
+    key = json.dumps([spec.head.model_dump(mode="json"), num_classes, spec.training.mixed_precision])
+    head = shared.heads.pop(key, None)
+    if head is None:
+        head = create_head(spec, num_classes, part)
+    else:
+        reset_head(head, spec, num_classes)
+    shared.heads[key] = head  # the most recently used last
+    while len(shared.heads) > HEADS_KEPT:
+        del shared.heads[next(iter(shared.heads))]
+    return head

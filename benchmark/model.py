@@ -72,11 +72,11 @@ def create_model(spec: TrialSpec, num_classes: int) -> BuiltModel:
     return built
 
 
-def on_frozen_part(spec: TrialSpec, num_classes: int, part: FrozenPart) -> BuiltModel:
+def on_frozen_part(spec: TrialSpec, num_classes: int, part: FrozenPart, head: keras.Model | None = None) -> BuiltModel:
     """A model for a head-only `spec` from a frozen part built earlier (for another trial): a new
-    head, and nothing of the part trainable."""
+    head (or `head`, one built earlier and reset for `spec`: reset_head), nothing of the part trainable."""
     set_trainable_part(part, 0, False, spec.backbone.name)
-    return BuiltModel(part=part, head=create_head(spec, num_classes, part), name=model_name(spec))
+    return BuiltModel(part=part, head=head or create_head(spec, num_classes, part), name=model_name(spec))
 
 
 def create_frozen_part(spec: TrialSpec) -> FrozenPart:
@@ -112,6 +112,21 @@ def create_head(spec: TrialSpec, num_classes: int, part: FrozenPart) -> keras.Mo
     keras.config.set_dtype_policy(runtime.mixed_precision_policy(spec.training.mixed_precision))
     inputs = keras.Input(part.features.output.shape[1:], name="features")
     return keras.Model(inputs, apply(head_layers(spec, num_classes), inputs), name=f"{spec.backbone.name}_head")
+
+
+def reset_head(head: keras.Model, spec: TrialSpec, num_classes: int) -> None:
+    """Give a head built earlier, for another trial of the same architecture, what `create_head`
+    gives a new head for `spec`: each layer's initial weights and random state (a dropout's seed).
+    Each layer's twin is made anew from head_layers, unattached to any model, and built; its
+    variables are copied. The head's compiled functions stay valid: only values change."""
+    keras.config.set_dtype_policy(runtime.mixed_precision_policy(spec.training.mixed_precision))
+    twins = {layer.name: layer for layer in head_layers(spec, num_classes)}
+    for layer in head.layers[1:]:
+        twin = twins[layer.name]
+        if not twin.built:
+            twin.build_from_config(layer.get_build_config())
+        for variable, value in zip(layer.variables, twin.variables, strict=True):
+            variable.assign(value)
 
 
 def join(part: FrozenPart, head: keras.Model, name: str) -> keras.Model:

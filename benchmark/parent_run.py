@@ -195,7 +195,7 @@ def record_progress(study: optuna.Study, parent_run_id: str) -> int:
     """The parent run's running summary, rewritten after every trial in one batch: trial counts,
     the compute all trials took (trials_compute_s), and which child run is best (best_run_id).
     The leaderboard reads these instead of loading every child run. Returns the failed count."""
-    trials = study.trials
+    trials = study.get_trials(deepcopy=False)  # read only: no copy of every trial after every trial
     now = int(time.time() * 1000)
     spent = sum((t.datetime_complete - t.datetime_start).total_seconds()
                 for t in trials if t.datetime_start and t.datetime_complete)

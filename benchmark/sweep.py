@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 
 import mlflow
 import optuna
+from mlflow.entities import Metric, RunTag
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -566,8 +567,10 @@ class Objective:
                 value = self.run_and_keep_model(trial, spec, run.info.run_id)
             except optuna.TrialPruned as e:
                 pruned = e
-                mlflow.log_metric(names.OBJECTIVE, max(reported_values(trial), default=float("nan")))
-                mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.PRUNED.name)
+                best = max(reported_values(trial), default=float("nan"))
+                mlflow.MlflowClient().log_batch(  # one write
+                    run.info.run_id, metrics=[Metric(names.OBJECTIVE, best, int(time.time() * 1000), 0)],
+                    tags=[RunTag(names.TAG_TRIAL_STATE, TrialState.PRUNED.name)])
             except BaseException as e:
                 interrupted = isinstance(e, KeyboardInterrupt)
                 mlflow.set_tag(names.TAG_TRIAL_STATE, names.TRIAL_STATE_INTERRUPTED if interrupted else TrialState.FAIL.name)

@@ -105,8 +105,9 @@ class EpochLogger:
     """Logs the per-epoch curves to a run as training goes (visible live in the UI): an epoch's
     metrics are written when it ends, except that epochs shorter than FLUSH_S are gathered into
     one write every FLUSH_S (a head on cached features runs tens of epochs a second; one store
-    write each would cost more than the epochs), and whatever is left when training ends or
-    fails (a context manager). By run id: trial processes log into a run their parent process
+    write each would cost more than the epochs). What is left when training ends goes with the
+    trial's result in its one write (`take`, log_result); if training fails, it is written as
+    the context manager exits. By run id: trial processes log into a run their parent process
     owns. `.callback()` is the Keras callback."""
 
     FLUSH_S = 2.0
@@ -132,6 +133,11 @@ class EpochLogger:
     def __exit__(self, *_) -> None:
         self.flush()
 
+    def take(self) -> list:
+        """The epochs' metrics not written yet, now the caller's to write (log_result)."""
+        pending, self.pending = self.pending, []
+        return pending
+
     def flush(self, logs: dict | None = None) -> None:
         start = time.perf_counter()
         if self.pending:
@@ -143,17 +149,18 @@ class EpochLogger:
     def callback(self):
         import keras  # here, not at the top: reading the store (leaderboard, check) should not load TensorFlow
 
-        return keras.callbacks.LambdaCallback(on_epoch_end=self, on_train_end=self.flush)
+        return keras.callbacks.LambdaCallback(on_epoch_end=self)
 
 
-def log_result(result, run_id: str) -> None:
-    """Final metrics and artifacts of a finished trial (benchmark.trial.TrialResult). By run id, not
-    the active run: trial processes log into a run their parent process owns."""
+def log_result(result, run_id: str, curves: list = ()) -> None:
+    """Final metrics and artifacts of a finished trial (benchmark.trial.TrialResult), with the
+    epochs' `curves` not written yet (EpochLogger.take), in one write. By run id, not the active
+    run: trial processes log into a run their parent process owns."""
     client = mlflow.MlflowClient()
     now = int(time.time() * 1000)
     metrics = [mlflow.entities.Metric(k, v, now, 0) for k, v in result.metrics.items() if np.isfinite(v)]
     tags = [RunTag(k, v) for k, v in result.tags.items()]
-    client.log_batch(run_id, metrics=metrics, tags=tags)
+    client.log_batch(run_id, metrics=[*curves, *metrics], tags=tags)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if result.model_path is not None:  # a picture for the runs people open; every run has its metrics' charts

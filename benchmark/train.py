@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import keras
@@ -73,6 +75,20 @@ class EpochRecorder(keras.callbacks.Callback):
             )
 
 
+class SeededAtTrainBegin(keras.callbacks.Callback):
+    """Seeds again once `fit` has built what its first call builds: under JAX, that build draws
+    from numpy's global generator, which also shuffles the epochs, so without this a model fitted
+    before (a shared head) would see other shuffles than a new one. TensorFlow's shuffles were
+    seeded when `fit` made its dataset, before this."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_train_begin(self, logs=None):
+        runtime.seed_everything(self.seed)
+
+
 class KeepBestWeights(keras.callbacks.Callback):
     """Holds the weights of the best validation epoch and restores them when training ends, so test
     metrics are measured on the model that validation selected. Of `full_model`, not the one
@@ -114,6 +130,52 @@ def compile_model(model: keras.Model, spec: TrialSpec, learning_rate: float) -> 
         ],
         jit_compile=runtime.use_jit(spec.training.jit_compile),
     )
+
+
+@dataclass
+class Compiled:
+    key: str  # what the compiled functions depend on (compile_key)
+    initial: list[np.ndarray]  # the optimizer's variables as built, before any step
+
+
+_compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> Compiled, for compile_for(reuse=True)
+
+
+def compile_key(model: keras.Model, spec: TrialSpec) -> str:
+    """What a model's compiled (traced) functions depend on; learning rate and weight decay are
+    variables they read, not part of it."""
+    training = spec.training
+    return json.dumps([training.optimizer, training.momentum, bool(training.weight_decay) or training.optimizer == "adamw",
+                       training.label_smoothing, runtime.use_jit(training.jit_compile),
+                       [v.path for v in model.trainable_variables]])
+
+
+def compile_for(model: keras.Model, spec: TrialSpec, learning_rate: float, reuse: bool = False) -> None:
+    """Compile `model` for a phase. With `reuse`, a model compiled earlier with the same settings
+    (compile_key: a shared head, cache.shared_head) keeps its compiled functions, so training does
+    not trace them again: its optimizer's variables go back to their values as built (step count,
+    moments) and the learning rate and weight decay, variables the traced step reads, are set.
+    It then trains as it would after a new compile, to the last digit."""
+    if not reuse:
+        compile_model(model, spec, learning_rate)
+        return
+    key, compiled = compile_key(model, spec), _compiled.get(model)
+    if compiled is not None and compiled.key == key:
+        for variable, value in zip(model.optimizer.variables, compiled.initial, strict=True):
+            variable.assign(value)
+    else:
+        compile_model(model, spec, learning_rate)
+        optimizer = model.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return  # its loss scale's state is its own; compiled anew each time
+        if optimizer.weight_decay is not None:  # a float is a constant of the traced step
+            optimizer.weight_decay = keras.Variable(optimizer.weight_decay, dtype="float32", trainable=False,
+                                                    name="weight_decay")
+        optimizer.build(model.trainable_variables)
+        _compiled[model] = Compiled(key, [keras.ops.convert_to_numpy(v) for v in optimizer.variables])
+    model.optimizer.learning_rate = learning_rate
+    if model.optimizer.weight_decay is not None:
+        model.optimizer.weight_decay.assign(spec.training.weight_decay)
 
 
 def schedule_callbacks(training: TrainingSpec) -> list[keras.callbacks.Callback]:
@@ -163,7 +225,8 @@ def train(
         set_trainable(built, phase.unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
         fit = fits[phase.inputs]
         y_train = keras.utils.to_categorical(fit.data.y_train, num_classes)
-        compile_model(fit.model, spec, phase.learning_rate)  # trainable weights are fixed at compile time
+        # Trainable weights are fixed at compile time; a shared head's compiled training is reused.
+        compile_for(fit.model, spec, phase.learning_rate, reuse=plan.builds_head_only)
         before, started = len(history.epochs), time.perf_counter()
         x, batches = fit.data.x_train, {"batch_size": spec.training.batch_size, "shuffle": True}
         validation = (fit.data.x_val, keras.utils.to_categorical(fit.data.y_val, num_classes))
@@ -172,6 +235,8 @@ def train(
         elif isinstance(x, Rows):  # own images, read from their file a batch at a time
             x, batches = ImageBatches(x, y_train, spec.training.batch_size, spec.training.seed, epoch), {"shuffle": False}
             validation = ImageBatches(*validation, spec.training.batch_size)
+        elif phase.inputs == "features":  # a head's epochs take milliseconds: no setup per epoch
+            x, y_train, batches, validation = fed_features(x, y_train, validation, spec.training.batch_size)
         fit.model.fit(
             x,
             None if isinstance(x, keras.utils.PyDataset) else y_train,
@@ -180,12 +245,23 @@ def train(
             initial_epoch=epoch,
             epochs=epoch + phase.epochs,
             verbose=verbose,
-            callbacks=[EpochRecorder(history), best, *schedule_callbacks(spec.training), *callbacks],
+            callbacks=[SeededAtTrainBegin(spec.training.seed), EpochRecorder(history), best,
+                       *schedule_callbacks(spec.training), *callbacks],
         )
         epoch += len(history.epochs) - before
         history.fit_seconds += time.perf_counter() - started
     best.restore()
     return history
+
+
+def fed_features(x: np.ndarray, y: np.ndarray, validation: tuple, batch_size: int) -> tuple:
+    """x, y, fit's batching arguments and validation_data for cached features, fed so that no
+    epoch sets anything up (runtime.fed_once): the same batches as the arrays themselves."""
+    x, y, batches = runtime.fed_once(x, y, batch_size, shuffle=True)
+    val_x, val_y, val_batches = runtime.fed_once(*validation, batch_size, shuffle=False)
+    if "steps" not in batches:
+        return x, y, batches, (val_x, val_y)
+    return x, y, {"steps_per_epoch": batches["steps"], "validation_steps": val_batches["steps"], "shuffle": False}, val_x
 
 
 class ViewEpochs(keras.utils.PyDataset):

@@ -5,7 +5,8 @@ inside its MLflow run.
 any training starts or any run is recorded; `execute` carries out the plan (benchmark/plan.py):
 the cached arrays it needs (benchmark/cache.py), training, measuring; `finish` saves the model
 when the caller keeps it. A head-only trial on cached features builds only its head: the frozen
-part below it is built once per process (cache.shared_frozen_part).
+part below it is built once per process (cache.shared_frozen_part), and so is the head itself,
+once per architecture, compiled once and reset for each trial (cache.shared_head, train.compile_for).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from benchmark.model import BuiltModel, create_model, cut_below_trainable, infer
 from benchmark.plan import TrialPlan, plan_trial
 from benchmark.spec import TrialSpec
 from benchmark.train import Fit, History, train
+
+
+REUSE_HEADS = True  # False: every head-only trial builds and compiles a new head (benchmarks/speed.py compares)
 
 
 @dataclass
@@ -64,7 +68,9 @@ def prepare(spec: TrialSpec, data: Dataset | None = None) -> Prepared:
     plan = plan_trial(spec)
     data = data if data is not None else load_dataset(spec.data)
     if plan.builds_head_only:
-        built = on_frozen_part(spec, data.num_classes, cache.shared_frozen_part(spec, data))
+        part = cache.shared_frozen_part(spec, data)
+        head = cache.shared_head(spec, data.num_classes, part) if REUSE_HEADS else None
+        built = on_frozen_part(spec, data.num_classes, part, head)
     else:
         built = create_model(spec, data.num_classes)
     if plan.uses("activations"):
@@ -213,7 +219,8 @@ def run_tracked(prepared: Prepared, run_id: str, keep: bool | Callable[[dict[str
     started = time.perf_counter()
     with epoch_logger:
         result = execute(prepared, callbacks=[epoch_logger.callback(), *callbacks], verbose=verbose)
+        curves = epoch_logger.take()  # written with the result: one write
     finish(result, keep=keep(result.metrics) if callable(keep) else keep)
     compute_s = time.perf_counter() - started - epoch_logger.seconds
-    track.log_result(result, run_id)
+    track.log_result(result, run_id, curves)
     return TrialRecord(metrics=result.metrics, model_path=result.model_path, compute_s=compute_s)

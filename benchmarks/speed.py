@@ -1,13 +1,16 @@
 """The speed goals, measured side by side in one run; writes docs/performance.md's speed section.
 
     python benchmarks/speed.py                 # every measurement (~35 min on 2 CPU cores)
-    python benchmarks/speed.py --only prefix   # one of: frozen, fit, pruning, pruning-transfer, resize, prefix
+    python benchmarks/speed.py --only prefix   # one of: frozen, marginal, fit, pruning, pruning-transfer, resize, prefix
     python benchmarks/speed.py --smoke         # tiny sizes: checks the script, numbers mean nothing
 
 1. frozen:  a 10-trial frozen-backbone sweep with the feature cache vs notebook-style (every epoch
             through the frozen backbone, images resized on the host), against the cache's limit (one
             forward pass over the data plus the heads' training), and against a 1-trial sweep (what
             one more cached trial costs).
+1b. marginal: what one more cached trial costs, all in (a 9-trial minus a 1-trial `ci` sweep, VGG16
+            frozen), and what a pruned one costs, with a fresh compiled head per trial (the old path)
+            and with the compiled head reused (now), in one run; then the profile of one cached trial.
 2. fit:     a harness trial vs a bare `model.fit` of the same model on the same arrays (training images/s).
 3. bookkeeping: the share of trial time that is not the trial's own compute (from sweep 1 and 4).
 4. pruning: a pruned vs an unpruned sweep: compute spent until each reaches the same best validation top-1.
@@ -143,12 +146,14 @@ def bookkeeping(result: sweep.SweepResult) -> dict:
             "trial_s": in_trials / len(trials)}
 
 
-def timed_sweep(spec: ExperimentSpec, backbone: str, trials: int, tag: str) -> tuple[sweep.SweepResult, float]:
-    """A sweep in a fresh store with a fresh feature cache: its result and wall time."""
+def timed_sweep(spec: ExperimentSpec, backbone: str, trials: int, tag: str,
+                quiet: bool = False) -> tuple[sweep.SweepResult, float]:
+    """A sweep in a fresh store with a fresh feature cache: its result and wall time (`quiet`:
+    its lines are not printed as it goes, which would be timed too)."""
     fresh_stores(tag)
     started = time.perf_counter()
     result = sweep.run_sweep(spec, backbone, "frozen", trials=trials, verbose=0,
-                             say=lambda line: print(f"  {tag}:", line, flush=True))
+                             say=(lambda line: None) if quiet else lambda line: print(f"  {tag}:", line, flush=True))
     return result, time.perf_counter() - started
 
 
@@ -205,6 +210,119 @@ def frozen_sweeps(args) -> list[str]:
         f"{books['per_trial_s'] * 1000:.0f} ms per trial = **{books['share']:.1%}** of a {books['trial_s']:.2f} s trial "
         "(goal <= 2%).\n",
     ]
+
+
+# ---------------------------------------------------------------- 1b: marginal cost of a cached trial
+
+
+def ci_frozen(pruner: str) -> ExperimentSpec:
+    """The `ci` experiment as CI sweeps it (synthetic images, 3 epochs), VGG16 frozen only."""
+    spec = load_experiment("ci")
+    spec.backbones, spec.strategies = ["vgg16"], {"frozen": spec.strategies["frozen"]}
+    spec.search.pruner = pruner
+    return spec
+
+
+def marginal_costs(trials: int) -> dict[str, float]:
+    """Seconds per additional trial ((`trials`-trial sweep - 1-trial sweep) / (trials - 1), no
+    pruning), the mean duration of a pruned trial (a `trials`-trial sweep with ci's median pruner),
+    and the sweeps' best values (the two paths must agree)."""
+    _, one_s = timed_sweep(ci_frozen("none"), "vgg16", 1, "1 trial", quiet=True)
+    many, many_s = timed_sweep(ci_frozen("none"), "vgg16", trials, f"{trials} trials", quiet=True)
+    pruned_sweep, _ = timed_sweep(ci_frozen("median"), "vgg16", trials, "pruned", quiet=True)
+    pruned = [t.duration.total_seconds() for t in pruned_sweep.study.trials if t.state.name == "PRUNED"]
+    complete = [t.duration.total_seconds() for t in many.study.trials[1:]]
+    done = sorted(t.datetime_complete for t in many.study.trials)
+    return {"extra_s": (many_s - one_s) / (trials - 1), "trial_s": statistics.mean(complete),
+            "within_s": (done[-1] - done[0]).total_seconds() / (trials - 1),
+            "books_s": bookkeeping(many)["per_trial_s"],
+            "pruned_s": statistics.mean(pruned) if pruned else float("nan"), "pruned": len(pruned),
+            "best": many.study.best_value, "pruned_best": pruned_sweep.study.best_value,
+            "values": [round(t.value, 6) for t in many.study.trials]}
+
+
+def profile_cached_trial(rows: int = 22) -> list[str]:
+    """cProfile of one cached trial (the third of a sweep: features cached, head compiled), all
+    in: the trial's MLflow run, training, measuring, logging; the functions by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler, calls = cProfile.Profile(), []
+    original = sweep.Objective.__call__
+
+    def profiled(objective, trial):
+        if trial.number != 2:
+            return original(objective, trial)
+        calls.append(trial.number)
+        return profiler.runcall(original, objective, trial)
+
+    sweep.Objective.__call__ = profiled
+    try:
+        timed_sweep(ci_frozen("none"), "vgg16", 3, "profile", quiet=True)
+    finally:
+        sweep.Objective.__call__ = original
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(rows)
+    table = out.getvalue()
+    total = stats.total_tt
+    return [f"cProfile of trial #2 of a 3-trial sweep (one cached trial, all in: {total:.3f} s under the profiler; "
+            "the top functions by cumulative time):\n", "```", *trimmed_profile(table), "```\n"]
+
+
+def trimmed_profile(table: str) -> list[str]:
+    """pstats' table without its header lines and with paths shortened to the package."""
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+    return [re.sub(r"\S*/(site-packages|lib/python3\.\d+)/", "", re.sub(r"\S*/benchmark/", "benchmark/", line))
+            for line in lines[start:] if line.strip()]
+
+
+def keras_arrays(x, y, batch_size: int, shuffle: bool) -> tuple:
+    """runtime.fed_once as it was: the arrays, for Keras to make an iterator of every epoch."""
+    return x, y, {"batch_size": batch_size, "shuffle": shuffle}
+
+
+def marginal(args) -> list[str]:
+    from benchmark import trial
+
+    timed_sweep(ci_frozen("none"), "vgg16", 1, "warm-up", quiet=True)  # the process's one-time costs: in neither
+    results = {}
+    fed_once = runtime.fed_once
+    for reuse in (False, True):  # the old path first: the new one must not have warmed anything for it
+        trial.REUSE_HEADS = reuse  # False: a new head per trial, compiled and traced anew
+        runtime.fed_once = fed_once if reuse else keras_arrays  # and Keras's iterator per epoch
+        results[reuse] = marginal_costs(args.marginal_trials)
+        print(f"  reuse={reuse}: {results[reuse]}", flush=True)
+    old, new = results[False], results[True]
+    same = old["values"] == new["values"]
+    lines = [
+        "### 1b. One more cached trial, all in: a fresh compiled head per trial vs one reused\n",
+        "*Before*: every trial builds, compiles and traces a new head, and Keras makes a new iterator for every "
+        "epoch (`trial.REUSE_HEADS = False`, the arrays given to `fit` as they were). *Now*: one compiled head "
+        "reset for each trial, and one repeated dataset per fit. MLflow's writes are batched on both.\n",
+        f"The `ci` experiment's VGG16 frozen (synthetic images, 32 px, 3 epochs, cached features), each sweep in a "
+        f"fresh store and feature cache, trials in the sweep's process. *Per additional trial*: the time from the first "
+        f"trial's end to the last one's in a {args.marginal_trials}-trial sweep without pruning, / {args.marginal_trials - 1}: "
+        f"everything one more trial costs (sampling, the head's fit, measuring, MLflow, Optuna, the progress line); "
+        f"*sweeps' difference*: ({args.marginal_trials}-trial sweep - 1-trial sweep) / {args.marginal_trials - 1}, the "
+        f"same with each sweep's fixed costs (data, frozen part, feature pass: seconds, and as noisy). *Pruned trial*: the mean duration of the pruned trials of a "
+        f"{args.marginal_trials}-trial sweep with ci's median pruner. *Bookkeeping*: a trial's wall time in Optuna minus its "
+        f"own compute (`compute_s`: preparing, training, measuring), the mean over the unpruned sweep's trials: "
+        f"Optuna's and MLflow's writes and reads. Both paths in this one process, the old first.\n",
+        "| | per additional trial | sweeps' difference | mean trial (2nd on) | of which bookkeeping | pruned trial (mean, n) "
+        "| best val top-1 |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {label} | {r['within_s']:.3f} s | {r['extra_s']:.3f} s | {r['trial_s']:.3f} s | {r['books_s'] * 1000:.0f} ms | "
+          f"{r['pruned_s']:.3f} s ({r['pruned']}) | {r['best']:.4f} |" for label, r in (("before: a new head per trial, an iterator per epoch", old), ("now: one compiled head, one dataset per fit", new))),
+        "",
+        f"**Per additional trial: {old['within_s'] / new['within_s']:.1f}x less** ({old['within_s']:.2f} -> "
+        f"{new['within_s']:.2f} s; goal <= 0.3 s); **a pruned trial {old['pruned_s'] / new['pruned_s']:.1f}x less** "
+        f"({old['pruned_s']:.2f} -> {new['pruned_s']:.2f} s; goal <= 0.15 s). The trials' values are "
+        f"{'identical' if same else 'NOT identical'} on both paths ({new['values'][:4]} ...).\n",
+    ]
+    return lines + profile_cached_trial()
 
 
 # ---------------------------------------------------------------- 2: harness vs bare fit
@@ -489,12 +607,13 @@ def write_doc(part: str, lines: list[str], command: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("frozen", "fit", "pruning", "pruning-transfer", "resize", "prefix"),
+    parser.add_argument("--only", choices=("frozen", "marginal", "fit", "pruning", "pruning-transfer", "resize", "prefix"),
                         action="append")
     parser.add_argument("--backbone", default="vgg16")
     parser.add_argument("--resize-backbone", default="resnet50")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--marginal-trials", type=int, default=9)
     parser.add_argument("--pruning-trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--pruning-epochs", type=int, default=6)
@@ -511,8 +630,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.trials, args.pruning_trials, args.epochs, args.repeats, args.pruning_epochs, args.fit_epochs = 2, 3, 3, 1, 2, 2
+        args.marginal_trials = 4
         args.prefix_epochs, args.prefix_image_size = 2, 64
-    parts = {"frozen": frozen_sweeps, "fit": harness_vs_fit, "pruning": pruning, "pruning-transfer": pruning_transfer,
+    parts = {"frozen": frozen_sweeps, "marginal": marginal, "fit": harness_vs_fit, "pruning": pruning, "pruning-transfer": pruning_transfer,
              "resize": resize, "prefix": prefix}
     header = f"Measured {time.strftime('%Y-%m-%d')} on {runtime.device_description()} ({os.cpu_count()} cores), " \
              f"keras {keras.__version__}.\n"

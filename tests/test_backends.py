@@ -38,6 +38,62 @@ def test_a_trial_trains_under_jax(tmp_path):
     assert metrics["params_trainable"] < metrics["params_total"]
 
 
+REUSED_HEAD_UNDER_JAX = """
+import dataclasses, json
+import keras, numpy as np
+from benchmark import cache
+from benchmark.data import load_dataset
+from benchmark.model import on_frozen_part
+from benchmark.plan import plan_trial
+from benchmark.spec import load_experiment
+from benchmark.train import Fit, train
+spec = load_experiment("ci").resolve("vgg16", "frozen")
+spec = spec.model_copy(update={"training": spec.training.model_copy(update={"optimizer": "adamw", "jit_compile": "on"})})
+data = load_dataset(spec.data)
+part = cache.shared_frozen_part(spec, data)  # built, never run: the features are made up (no slow convolutions)
+rng = np.random.default_rng(0)
+features = dataclasses.replace(data, **{f"x_{split}": rng.normal(size=(len(getattr(data, f"y_{split}")), 512)).astype("float32")
+                                        for split in ("train", "val", "test")})
+traces, curves = [], {}
+def count(layer):
+    original = layer.call
+    def call(*args, **kwargs):
+        traces[-1] += 1
+        return original(*args, **kwargs)
+    layer.call, layer.counted = call, True
+for reuse in (False, True):
+    for seed, learning_rate, weight_decay in ((0, 3e-3, 1.0), (1, 1e-2, 5.0)):
+        trial_spec = spec.with_values(learning_rate=learning_rate, weight_decay=weight_decay)
+        trial_spec = trial_spec.model_copy(update={"training": trial_spec.training.model_copy(update={"seed": seed})})
+        head = cache.shared_head(trial_spec, data.num_classes, part) if reuse else None
+        built = on_frozen_part(trial_spec, data.num_classes, part, head)
+        traces.append(0)
+        if not getattr(built.head.get_layer("logits"), "counted", False):
+            count(built.head.get_layer("logits"))
+        history = train(plan_trial(trial_spec), built, {"features": Fit(built.head, features)}, trial_spec)
+        curves[f"{reuse} {seed}"] = history.series("val_loss")
+print(json.dumps({"backend": keras.backend.backend(), "curves": curves, "traces": traces}))
+"""
+
+
+def test_a_reused_head_trains_as_a_new_one_under_jax_without_tracing_again(tmp_path):
+    """cache.shared_head and train.compile_for under JAX with XLA: the learning rate and weight
+    decay are variables of the jitted step's state, not constants of its trace."""
+    pytest.importorskip("jax", reason="pip install -e '.[test]' installs jax (CPU build)")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "BENCHMARK_STORE": str(tmp_path / "mlruns"),
+           "BENCHMARK_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", REUSED_HEAD_UNDER_JAX], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    curves = result["curves"]
+    assert result["backend"] == "jax"
+    for seed in (0, 1):
+        assert curves[f"True {seed}"] == pytest.approx(curves[f"False {seed}"], abs=1e-6)
+    assert curves["True 0"] != pytest.approx(curves["True 1"], abs=1e-3)  # two different trials
+    new_heads, reused = result["traces"][:2], result["traces"][2:]
+    assert min(new_heads) > 0 and reused[0] > 0 and reused[1] == 0  # the reused head is traced once
+
+
 WITHOUT_TENSORFLOW = """
 import json, sys
 

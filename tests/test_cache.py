@@ -12,7 +12,7 @@ import pytest
 
 from benchmark import cache, measure, mlflow_store, registry
 from benchmark.data import load_dataset
-from benchmark.model import create_model, cut_below_trainable
+from benchmark.model import create_model, cut_below_trainable, on_frozen_part
 from benchmark.plan import plan_trial
 from benchmark.spec import ExperimentSpec, load_experiment
 from benchmark.trial import Prepared, execute, prepare, run_trial
@@ -146,6 +146,56 @@ def test_a_sweeps_frozen_trials_compute_the_features_at_most_once(in_ci_store):
         statuses = group["tags.feature_cache"].tolist()
         assert set(statuses) <= {"hit", "miss"} and statuses.count("miss") <= 1, (backbone, statuses)
         assert statuses.count("hit") >= len(statuses) - 1
+
+
+def count_traces(head: keras.Model, counts: list[int]) -> None:
+    """Count each Python call of the head's logits layer into counts[-1]: a compiled function
+    calls it only while it is traced (training, validation and prediction run traced on TensorFlow)."""
+    logits = head.get_layer("logits")
+    if getattr(logits, "counted", False):
+        return
+    original = logits.call
+
+    def call(*args, **kwargs):
+        counts[-1] += 1
+        return original(*args, **kwargs)
+
+    logits.call, logits.counted = call, True
+
+
+def test_a_reused_head_trains_as_a_new_one_without_tracing_again(cache_dir):
+    """Head-only trials of a process share one head per architecture (cache.shared_head), reset
+    to the initial weights a new head gets, with the optimizer's state as built and the learning
+    rate and weight decay set as variables: the same curves and test top-1 as a new head, for
+    three seeds, learning rates and weight decays, and nothing traced after the first trial."""
+    spec = frozen_spec(training={"optimizer": "adamw", "epochs": 3})
+    data = load_dataset(spec.data)
+    part = cache.shared_frozen_part(spec, data)
+    settings = [(0, 3e-3, 1.0), (1, 1e-2, 5.0), (2, 1e-3, 0.5)]
+    runs = {}
+    for reuse in (False, True):
+        traces, heads = [], []
+        for seed, learning_rate, weight_decay in settings:
+            trial_spec = spec.with_values(learning_rate=learning_rate, weight_decay=weight_decay)
+            trial_spec = trial_spec.model_copy(update={"training": trial_spec.training.model_copy(update={"seed": seed})})
+            head = cache.shared_head(trial_spec, data.num_classes, part) if reuse else None
+            built = on_frozen_part(trial_spec, data.num_classes, part, head)
+            traces.append(0)
+            count_traces(built.head, traces)
+            result = execute(Prepared(trial_spec, plan_trial(trial_spec), data, built, 0.0))
+            heads.append(built.head)
+            runs[reuse, seed] = result
+        if reuse:
+            assert heads[0] is heads[1] is heads[2]
+            assert traces[0] > 0 and traces[1:] == [0, 0]  # traced in the first trial only
+        else:
+            assert len({id(head) for head in heads}) == 3 and min(traces) > 0  # each new head is traced
+    for seed, *_ in settings:
+        new, reused = runs[False, seed], runs[True, seed]
+        for name in ("loss", "val_loss", "val_top1"):
+            np.testing.assert_allclose(reused.history.series(name), new.history.series(name), rtol=0, atol=1e-6)
+        assert reused.metrics["test_top1"] == new.metrics["test_top1"]
+    assert len({runs[True, seed].metrics["test_top1"] for seed, *_ in settings}) == 3  # three different trials
 
 
 def two_phase_spec(feature_cache="auto", finetune_lr_scale=0.1):

@@ -28,3 +28,27 @@ def test_short_epochs_are_written_together_and_nothing_is_lost_when_training_fai
     logger = track.EpochLogger(live)
     logger(0, {"val_top1": 0.5})
     assert steps(live) == [1]  # long epochs (here: any) are written as they end
+
+
+def test_a_trials_curves_metrics_and_tags_are_one_write(store, monkeypatch):
+    """A head trial on cached features ends in well under FLUSH_S: its epochs' curves go to the
+    store with its final metrics and tags, in one log_batch, and none is lost."""
+    import mlflow
+
+    from benchmark import names
+    from benchmark.spec import load_experiment
+    from benchmark.trial import prepare, run_tracked
+
+    mlflow_store.configure()
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(mlflow_store.experiment_id("ci")).info.run_id
+    writes = []
+    log_batch = mlflow.MlflowClient.log_batch
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", lambda self, *a, **k: writes.append(k) or log_batch(self, *a, **k))
+    monkeypatch.setattr(track.EpochLogger, "FLUSH_S", 3600.0)  # however slow the machine
+    spec = load_experiment("ci").resolve("vgg16", "frozen")
+    run_tracked(prepare(spec), run_id, keep=False)
+    assert len(writes) == 1
+    assert [m.step for m in client.get_metric_history(run_id, "val_top1")] == [1, 2, 3]
+    run = client.get_run(run_id)
+    assert names.TEST_TOP1 in run.data.metrics and run.data.tags[names.TAG_FEATURE_CACHE] in ("hit", "miss")

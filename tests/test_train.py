@@ -194,3 +194,30 @@ def test_training_on_own_images_reads_batches_from_their_file(tmp_path, monkeypa
     assert max(whole_reads) <= spec.training.batch_size  # batch by batch
     predicted = built.model.predict(data.x_val, verbose=0).argmax(axis=1)
     assert np.mean(predicted == data.y_val) == pytest.approx(max(history.series("val_top1")), abs=1e-6)
+
+
+def test_arrays_fed_once_train_exactly_as_keras_fed_them_each_epoch():
+    """runtime.fed_once: one dataset for the whole fit (no iterator per epoch on TensorFlow), the
+    very batches Keras's own array feeding gives, so the curves are those of `fit` on the arrays."""
+    from benchmark import runtime
+
+    rng = np.random.default_rng(0)
+    x, x_val = rng.normal(size=(150, 8)).astype("float32"), rng.normal(size=(40, 8)).astype("float32")
+    y, y_val = (keras.utils.to_categorical(rng.integers(0, 5, n), 5) for n in (150, 40))
+
+    def fitted(feed: bool) -> dict:
+        runtime.seed_everything(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(5, kernel_initializer=keras.initializers.GlorotUniform(0))])
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+        if not feed:
+            return model.fit(x, y, batch_size=32, shuffle=True, epochs=4, validation_data=(x_val, y_val), verbose=0).history
+        train_x, train_y, batches = runtime.fed_once(x, y, 32, shuffle=True)
+        val_x, val_y, val_batches = runtime.fed_once(x_val, y_val, 32, shuffle=False)
+        if "steps" in batches:  # TensorFlow: a dataset
+            return model.fit(train_x, steps_per_epoch=batches["steps"], validation_data=val_x,
+                             validation_steps=val_batches["steps"], shuffle=False, epochs=4, verbose=0).history
+        return model.fit(train_x, train_y, **batches, validation_data=(val_x, val_y), epochs=4, verbose=0).history
+
+    arrays, fed = fitted(feed=False), fitted(feed=True)
+    assert fed["loss"] == arrays["loss"] and fed["val_loss"] == arrays["val_loss"]
+    assert len(set(fed["loss"])) == 4  # it trained
