@@ -102,7 +102,9 @@ def in_ci_store(ci_store, monkeypatch):
 
 @pytest.fixture
 def ci_store_copy(ci_store, tmp_path, monkeypatch):
-    """A private copy of the ci_store for a test that writes (artifacts stay shared: their URIs are absolute)."""
+    """A private copy of the ci_store for a test that writes: its artifacts too (the runs' and the
+    experiments' artifact URIs point into the copy), so nothing a test logs lands in the shared store
+    while other test processes read it."""
     import shutil
 
     import mlflow
@@ -111,8 +113,22 @@ def ci_store_copy(ci_store, tmp_path, monkeypatch):
 
     copy = tmp_path / "ci-store-copy"
     shutil.copytree(ci_store, copy)
+    point_artifacts_at(copy / "mlflow.db", str(ci_store), str(copy))
     monkeypatch.setenv("BENCHMARK_STORE", str(copy))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("BENCHMARK_OPTUNA_STORAGE", raising=False)
     mlflow.set_tracking_uri(mlflow_store.local_uri())
     return copy
+
+
+def point_artifacts_at(database: Path, old: str, new: str) -> None:
+    """Rewrites the artifact locations an MLflow SQLite store holds (absolute paths) from `old` to `new`."""
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                              ("logged_models", "artifact_location")):
+            if table in tables:
+                db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new))
+    db.close()

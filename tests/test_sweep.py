@@ -301,7 +301,7 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
 
     import psutil
 
-    command, env = sweep_command(store, trials=2)
+    command, env = sweep_command(store, trials=3)  # trials 1 and 2: two chances to be caught training
     command[command.index("ci")] = str(uncached_spec(store.parent))  # trials of seconds, not a fraction of one
     storage = f"sqlite:///{store / 'optuna.db'}"
     first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -320,7 +320,7 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
     study = pair_study(storage, "vgg16", "frozen")
     states = {t.number: t.state.name for t in study.trials}
     assert states[killed] == "FAIL" and states[0] in ("COMPLETE", "PRUNED")
-    assert sum(s in ("COMPLETE", "PRUNED") for s in states.values()) == 2 and "RUNNING" not in states.values()
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states.values()) == 3 and "RUNNING" not in states.values()
     mlflow.set_tracking_uri(mlflow_store.tracking_uri())
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'trial'", output_format="list")
     by_number = {int(r.data.tags["trial_number"]): r for r in runs}

@@ -4,7 +4,7 @@
     python3 benchmarks/gpu/make_wheels.py --python-version 3.11 --dest /tmp/whl311   # another Python
     python3 benchmarks/gpu/make_wheels.py --relock              # re-resolve TOP and rewrite wheels.lock
 
-The device image (/work/.library/device/KINDS.md, 'cuda', Python 3.12.3) already holds jax with its
+The device image (a CUDA image with Python 3.12.3) already holds jax with its
 CUDA 13 plugin, numpy, pandas, matplotlib, requests, rich, h5py, ml-dtypes, protobuf...; it has no
 keras, optuna, mlflow, pydantic or sqlalchemy, and no registry to fetch them from. This script
 downloads exactly the locked wheels (wheels.lock: one version of each, `--no-deps`), then checks:
