@@ -2,6 +2,7 @@
 several processes, and the best model reloads."""
 
 import errno
+import functools
 import re
 import os
 import sqlite3
@@ -302,7 +303,7 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
     import psutil
 
     command, env = sweep_command(store, trials=3)  # trials 1 and 2: two chances to be caught training
-    command[command.index("ci")] = str(uncached_spec(store.parent))  # trials of seconds, not a fraction of one
+    command[command.index("ci")] = str(uncached_spec(store.parent, epochs=5))  # trials of seconds, not a fraction of one
     storage = f"sqlite:///{store / 'optuna.db'}"
     first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_a_training_trial(first, storage)
@@ -329,10 +330,19 @@ def test_a_sigkilled_sweep_resumes_with_nothing_left_running(store):
     assert by_number[killed].info.status == "KILLED" and by_number[killed].data.tags["trial_state"] == "FAIL"
 
 
+@functools.lru_cache(maxsize=None)
+def opened_storage(url: str):
+    """The storage, opened once for a test's polling: opening it (an engine, the schema check) costs
+    more than a poll, and under load long enough to miss a trial's few seconds of training."""
+    from benchmark.storage import open_storage
+
+    return open_storage(url, heartbeat=False)
+
+
 def trials_of(storage: str) -> list:
     """The ci vgg16/frozen study's trials, as a running sweep has stored them so far."""
     try:
-        return pair_study(storage, "vgg16", "frozen").trials
+        return pair_study(opened_storage(storage), "vgg16", "frozen").trials
     except Exception:  # the storage or study does not exist yet
         return []
 
