@@ -68,14 +68,12 @@ LATEST_HELP = "experiment name in experiments/ or a .toml spec path (default: th
 def add_trial_arguments(parser: argparse.ArgumentParser, many: bool = False) -> None:
     if many:  # a sweep starts something new: its default is fixed
         parser.add_argument("--experiment", default="quick", help=EXPERIMENT_HELP)
-    else:  # the others go on from what the user last swept
-        parser.add_argument("--experiment", help=LATEST_HELP)
-    if many:
         parser.add_argument("--backbone", type=name_list,
                             help="registry name(s), e.g. vgg16 or vgg16,resnet50 (default: every backbone of the spec)")
         parser.add_argument("--strategy", type=name_list,
                             help="strategy name(s) from the spec (default: every strategy of the spec)")
-    else:
+    else:  # the others go on from what the user last swept
+        parser.add_argument("--experiment", help=LATEST_HELP)
         parser.add_argument("--backbone", required=True, help="registry name, e.g. vgg16 (see `backbones`)")
         parser.add_argument("--strategy", help="strategy name from the spec (default: its first)")
     parser.add_argument("--data-dir", help="overrides the spec's data: the folder of images of a source = \"folder\" "

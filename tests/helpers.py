@@ -24,6 +24,14 @@ CI_SWEEPS = {("vgg16", "frozen"): 3, ("resnet50", "frozen"): 2}  # what the shar
 # ---------------------------------------------------------------- test processes sharing a run
 
 
+def full_device(path: Path) -> Path:
+    """A node of the kernel's /dev/full at `path` (every write fails: no space left on the device)."""
+    import stat
+
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    return path
+
+
 def run_folder(tmp_path_factory) -> Path:
     """This run's temporary folder, shared by its test processes (each has its own inside it)."""
     own = tmp_path_factory.getbasetemp()

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import free_port, write_official
+from helpers import free_port, full_device, write_official
 
 from benchmark.cli import main
 
@@ -275,11 +275,6 @@ def split_folders(tmp: Path) -> Path:
     return tmp / "pics"
 
 
-def full_device(tmp: Path) -> None:
-    """{tmp}/full: a node of the kernel's /dev/full (every write fails: no space left on the device)."""
-    os.mknod(tmp / "full", 0o666 | stat.S_IFCHR, os.makedev(1, 7))
-
-
 def unix_socket(path: Path) -> None:
     """A socket's node at `path` (it stays after the socket is closed)."""
     with socket.socket(socket.AF_UNIX) as listening:
@@ -467,11 +462,11 @@ CASES = [
          ("cannot write the baseline {tmp}/disk: it is a block device, not a regular file", "pass a file name"),
          prepare=lambda tmp: os.mknod(tmp / "disk", 0o600 | stat.S_IFBLK, os.makedev(7, 0)), keeps=("disk", stat.S_IFBLK)),
     Case("leaderboard-output-on-dev-full", ["leaderboard", "--experiment", "ci", "--no-plots", "--output", "{tmp}/full"],
-         ("cannot write the leaderboard {tmp}/full (no space left on the device)",), prepare=full_device,
+         ("cannot write the leaderboard {tmp}/full (no space left on the device)",), prepare=lambda tmp: full_device(tmp / "full"),
          keeps=("full", stat.S_IFCHR), needs_results=True),
     Case("leaderboard-output-link-to-dev-full", ["leaderboard", "--experiment", "ci", "--no-plots", "--output", "{tmp}/link"],
          ("cannot write the leaderboard {tmp}/link (no space left on the device)",),
-         prepare=lambda tmp: full_device(tmp) or (tmp / "link").symlink_to(tmp / "full"), keeps=("link", stat.S_IFLNK),
+         prepare=lambda tmp: (tmp / "link").symlink_to(full_device(tmp / "full")), keeps=("link", stat.S_IFLNK),
          needs_results=True),
     # baselines
     Case("baseline-infinite-value", ["check", "--experiment", "ci", "--baseline", "{tmp}/bad.json"],

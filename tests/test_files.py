@@ -9,6 +9,7 @@ import sys
 import threading
 
 import pytest
+from helpers import full_device
 
 from benchmark import files
 from benchmark.errors import BenchmarkError
@@ -72,12 +73,6 @@ def test_a_full_device_is_named_and_the_old_file_survives(tmp_path):
 
 
 # ---------------------------------------------------------------- only regular files are replaced
-
-
-def full_device(path):
-    """A node of the kernel's /dev/full (every write: no space left), made where the test wants it."""
-    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
-    return path
 
 
 def kind(path) -> int:
