@@ -83,11 +83,24 @@ def trial_counts(study: optuna.Study, trials: list | None = None) -> dict[str, i
     counts = {"complete": 0, "pruned": 0, "failed": 0, "interrupted": 0}
     for t in study.trials if trials is None else trials:
         key = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(t.state)
-        if key == "failed" and t.user_attrs.get(names.ATTR_INTERRUPTED):
+        if key == "failed" and interrupted(t):
             key = "interrupted"
         if key:
             counts[key] += 1
     return counts
+
+
+def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether Ctrl-C stopped the trial (Optuna records it as FAIL, with names.ATTR_INTERRUPTED)."""
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(names.ATTR_INTERRUPTED))
+
+
+def state_tag(trial: optuna.trial.FrozenTrial | None) -> str:
+    """A finished trial's names.TAG_TRIAL_STATE: its Optuna state, or INTERRUPTED (a trial it never
+    recorded: FAIL)."""
+    if trial is None:
+        return TrialState.FAIL.name
+    return names.TRIAL_STATE_INTERRUPTED if interrupted(trial) else trial.state.name
 
 
 # ---------------------------------------------------------------- the parent run
@@ -157,7 +170,7 @@ def identity_tags(fingerprint: study_identity.Fingerprint) -> dict[str, str]:
 def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str, status: str = "KILLED") -> int:
     """Child runs left RUNNING by a killed (or interrupted) worker whose Optuna trial is over: mark
     them `status`."""
-    states = {t.number: t.state for t in study.trials}
+    trials = {t.number: t for t in study.trials}
     orphans = mlflow.search_runs(
         [experiment_id],
         filter_string=names.tags_filter(**{names.TAG_STUDY: name, names.TAG_ROLE: names.ROLE_TRIAL})
@@ -167,9 +180,9 @@ def close_orphan_runs(study: optuna.Study, name: str, experiment_id: str, status
     client = mlflow.MlflowClient()
     closed = 0
     for run in orphans:
-        number = int(run.data.tags.get(names.TAG_TRIAL_NUMBER, -1))
-        if states.get(number, TrialState.FAIL) != TrialState.RUNNING:
-            client.set_tag(run.info.run_id, names.TAG_TRIAL_STATE, states.get(number, TrialState.FAIL).name)
+        trial = trials.get(int(run.data.tags.get(names.TAG_TRIAL_NUMBER, -1)))
+        if trial is None or trial.state != TrialState.RUNNING:
+            client.set_tag(run.info.run_id, names.TAG_TRIAL_STATE, state_tag(trial))
             client.set_terminated(run.info.run_id, status=status)
             closed += 1
     return closed

@@ -562,8 +562,8 @@ class Objective:
         pruned = None
         name = names.run_name(spec.backbone.name, spec.strategy_name, trial=trial.number)
         with track.open_run(spec, names.ROLE_TRIAL, data_origin, name, tags, self.data_input) as run:
-            trial.set_user_attr(names.ATTR_RUN_ID, run.info.run_id)
-            try:
+            try:  # from the first write after the run opened: an interrupt there is this trial's too
+                trial.set_user_attr(names.ATTR_RUN_ID, run.info.run_id)
                 value = self.run_and_keep_model(trial, spec, run.info.run_id)
             except optuna.TrialPruned as e:
                 pruned = e
