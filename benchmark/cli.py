@@ -33,6 +33,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def duration(text: str) -> str:
+    from benchmark.spec import parse_duration
+
+    try:
+        parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -148,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--trials", type=positive_int, help="target number of finished trials in the study")
     sweep.add_argument("--timeout", type=positive_float, help="stop starting trials after this many seconds")
     sweep.add_argument("--storage", help="Optuna storage URL (default: $BENCHMARK_OPTUNA_STORAGE or mlruns/optuna.db)")
+    race = sweep.add_argument_group("a budget race over the pairs (instead of --trials per pair)")
+    race.add_argument("--budget", type=duration, metavar="TIME",
+                      help="trial time over all pairs, e.g. 20m, 90s, 1.5h; pairs worse than the leader or converged leave early")
+    race.add_argument("--budget-trials", type=positive_int, metavar="N", help="finished trials over all pairs")
     sweep.set_defaults(handler=command_sweep)
 
     run = add_command(
@@ -317,6 +331,8 @@ def command_sweep(args) -> int:
     experiment = specs.load_experiment(args.experiment)
     pairs = specs.pairs_of(experiment, args.backbone, args.strategy)  # names checked before TensorFlow loads
     sweep = import_training_modules()[2]
+    if racing(args, experiment):
+        return race_pairs(args, experiment, pairs)
     options = dict(trials=args.trials, timeout_s=args.timeout, storage=args.storage, data_dir=args.data_dir,
                    verbose=keras_verbosity(args), progress_bar=not args.quiet)
     if len(pairs) == 1:  # one study: its input errors are the command's (exit 2)
@@ -334,6 +350,31 @@ def command_sweep(args) -> int:
     print_leaderboard(experiment)
     print_next_steps(args.experiment, experiment.name, [pair.result for pair in results if pair.result is not None])
     return 0 if all(pair.reached for pair in results) else 1
+
+
+def racing(args, experiment) -> bool:
+    """A budget on the command line races; so does one in the spec, unless --trials asks for a grid."""
+    if args.budget is not None or args.budget_trials is not None:
+        if args.trials is not None or args.timeout is not None:
+            raise BenchmarkError("--budget/--budget-trials share one budget over the pairs; drop --trials/--timeout "
+                                 "(a pair's trials are what the race gives it)")
+        return True
+    race = experiment.search.race
+    return args.trials is None and (race.budget is not None or race.budget_trials is not None)
+
+
+def race_pairs(args, experiment, pairs) -> int:
+    from benchmark import race
+
+    budget = race.Budget.of(experiment.search.race, args.budget, args.budget_trials)
+    result = race.run_race(experiment, budget, pairs, storage=args.storage, data_dir=args.data_dir,
+                           verbose=keras_verbosity(args), progress_bar=not args.quiet)
+    print(f"experiment {experiment.name}: race over {len(pairs)} pairs ended by {result.ended_by}")
+    for pair in result.pairs:
+        print(f"  {pair.summary()} [{result.states[(pair.backbone, pair.strategy)]}]")
+    print_leaderboard(experiment)
+    print_next_steps(args.experiment, experiment.name, [pair.result for pair in result.pairs])
+    return 0 if any(pair.reached for pair in result.pairs) else 1
 
 
 def report_study(sweep, result) -> None:

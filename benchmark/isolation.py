@@ -51,6 +51,7 @@ class JobResult:
     compute_s: float  # preparing, training and measuring; not logging
     started_at: float = 0.0  # when the job began in its process (time.time())
     process_start_s: float = 0.0  # starting the trial process (Python, TensorFlow), when this job did
+    val_correct: str = ""  # which validation images the trial's model gets right (measure.pack_correct)
 
 
 class TrialFailed(RuntimeError):
@@ -110,7 +111,7 @@ def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> J
     except Exception as e:
         raise TrialFailed(f"{type(e).__name__}: {e}") from None
     return JobResult(metrics=record.metrics, model_path=str(record.model_path) if record.model_path else None,
-                     compute_s=preparing_s + record.compute_s, started_at=started_at)
+                     compute_s=preparing_s + record.compute_s, started_at=started_at, val_correct=record.val_correct)
 
 
 def start_trial_process() -> None:

@@ -36,7 +36,7 @@ COLUMNS = (
     "confirm_runs", "confirm_test_top1_mean", "confirm_test_top1_std",
     "params", "model_size_mb", "infer_images_per_sec", "train_images_per_sec",
     "learning_rate", "unfreeze",
-    "trials_complete", "trials_pruned", "trials_failed", "trials_interrupted", "compute_s",
+    "trials_complete", "trials_pruned", "trials_failed", "trials_interrupted", "compute_s", "race",
     "pareto_throughput", "pareto_size",
     "trial_number", "run_id", "study",
 )  # fmt: skip
@@ -49,7 +49,7 @@ TABLE_WIDTH = 100
 BACKBONE, STRATEGY, STUDY = tag_column(names.TAG_BACKBONE), tag_column(names.TAG_STRATEGY), tag_column(names.TAG_STUDY)
 TRIAL_NUMBER, BEST_RUN = tag_column(names.TAG_TRIAL_NUMBER), tag_column(names.TAG_BEST_RUN)
 RECIPE, CONFIRM_OF = tag_column(names.TAG_RECIPE), tag_column(names.TAG_CONFIRM_OF)
-DATA_FINGERPRINT = tag_column(names.TAG_DATA_FINGERPRINT)
+DATA_FINGERPRINT, RACE = tag_column(names.TAG_DATA_FINGERPRINT), tag_column(names.TAG_RACE)
 VAL_TOP1, VAL_TOP5 = metric_column(names.BEST_VAL_TOP1), metric_column(names.BEST_VAL_TOP5)
 TEST_TOP1, TEST_TOP5 = metric_column(names.TEST_TOP1), metric_column(names.TEST_TOP5)
 TEST_BALANCED = metric_column(names.TEST_BALANCED_ACCURACY)
@@ -61,7 +61,7 @@ PROGRESS = {k: metric_column(name) for k, name in {**names.PROGRESS_METRICS, "co
 RUN_COLUMNS = (
     VAL_TOP1, VAL_TOP5, TEST_TOP1, TEST_TOP5, TEST_BALANCED, PARAMS, MODEL_SIZE, INFER_RATE, TRAIN_RATE,
     LEARNING_RATE, OPTIMIZER, UNFREEZE, TRIAL_NUMBER, BACKBONE, STRATEGY, BEST_RUN, STUDY,
-    RECIPE, CONFIRM_OF, DATA_FINGERPRINT, "end_time", "start_time", "status", "run_id", *PROGRESS.values(),
+    RECIPE, CONFIRM_OF, DATA_FINGERPRINT, RACE, "end_time", "start_time", "status", "run_id", *PROGRESS.values(),
 )  # fmt: skip
 # What every run of a role has, as the benchmark writes it: a store without it was written by something else.
 REQUIRED = {
@@ -196,18 +196,19 @@ def candidate_runs(experiment: str | ExperimentSpec, superseded: bool = False) -
         pd.DataFrame({
             "backbone": parents[BACKBONE], "strategy": parents[STRATEGY], "kind": parents["kind"],
             "study": parents[STUDY], **{key: parents[column] for key, column in PROGRESS.items()},
+            "race": parents[RACE],
         }),
         pd.DataFrame({
             "backbone": singles[BACKBONE], "strategy": singles[STRATEGY], "kind": "run", "study": "",
             "complete": single_done.astype(float), "pruned": 0.0,
             "failed": (~singles["status"].isin(["RUNNING", "KILLED"]) & ~single_done).astype(float),
             "interrupted": (singles["status"] == "KILLED").astype(float),
-            "compute_s": (ended - started).dt.total_seconds().clip(lower=0),
+            "compute_s": (ended - started).dt.total_seconds().clip(lower=0), "race": "",
         }),
     ], ignore_index=True)  # fmt: skip
     candidates = pd.concat([best, singles[single_done].assign(kind="run", study="")], ignore_index=True)
     candidates["study"] = candidates["study"].fillna("")  # a NaN key would drop the row from groupby
-    books = books.fillna({"study": "", "complete": 0.0, "pruned": 0.0, "failed": 0.0, "interrupted": 0.0, "compute_s": 0.0})
+    books = books.fillna({"study": "", "race": "", "complete": 0.0, "pruned": 0.0, "failed": 0.0, "interrupted": 0.0, "compute_s": 0.0})
     return candidates[candidates[VAL_TOP1].notna()], books
 
 
@@ -257,12 +258,14 @@ def leaderboard(experiment: str | ExperimentSpec, intervals: bool = True, requir
             f"experiment '{spec_name(experiment)}' has no completed trial yet in {mlflow_store.display_uri()} "
             f"(only running, pruned or failed ones); let a sweep finish one"
         )
-    totals = books.groupby(["backbone", "strategy", "kind", "study"]).sum()
+    races = books.drop_duplicates("study").set_index("study")["race"]  # a budget race's state of each study's pair
+    totals = books.drop(columns="race").groupby(["backbone", "strategy", "kind", "study"]).sum()
     rows = [
         summarize_group(group, totals.loc[key])
         for key, group in candidates.groupby([BACKBONE, STRATEGY, "kind", "study"], sort=False)
     ]
     board = pd.DataFrame(rows, columns=list(COLUMNS))
+    board["race"] = board["study"].map(races).fillna("").astype(str)
     board["pareto_throughput"] = pareto_front(board["val_top1"], board["infer_images_per_sec"])
     board["pareto_size"] = pareto_front(board["val_top1"], -board["model_size_mb"])
     board["old"] = board["kind"] == "superseded"  # after every current row
@@ -537,6 +540,7 @@ def display_rows(board: pd.DataFrame) -> list[dict[str, str]]:
             "unf": str(row["unfreeze"]),
             "c/p/f": f"{row['trials_complete']}/{row['trials_pruned']}/{row['trials_failed']}",
             "time": duration(row["compute_s"]),
+            "race": str(row["race"]),
             "PF": pareto_marks(row),
         }
         for _, row in board.iterrows()
@@ -555,22 +559,30 @@ LEGEND = (
     "inf/s, trn/s: images per second. c/p/f: trials complete/pruned/failed; "
     "time: compute of all its trials. PF: on the Pareto front of accuracy vs throughput (T) or size (S)."
 )
+RACE_LEGEND = (" race: the pair in a budget race (sweep --budget): racing, budget (still in when the budget was spent), "
+               "worse p=P @N (left after N trials: worse than the leader on the validation images, McNemar, Holm), "
+               "converged @N, failed @N.")
 TERMINAL_HIDDEN = ("trn/s", "test@5", "bal@1", "MB", "params", "lr")  # to fit 100 columns; every other format has them
 TERMINAL_LEGEND = LEGEND.replace("inf/s, trn/s: images per second", "inf/s: inference images per second").replace(
     OTHER_ACCURACIES, "")
 
 
+def raced(board: pd.DataFrame) -> bool:
+    return bool((board["race"].fillna("") != "").any())
+
+
 def terminal_table(board: pd.DataFrame) -> str:
     rows = display_rows(board)
-    headers = [h for h in rows[0] if h not in TERMINAL_HIDDEN]
+    hidden = TERMINAL_HIDDEN if raced(board) else (*TERMINAL_HIDDEN, "race")
+    headers = [h for h in rows[0] if h not in hidden]
     widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in headers}
-    left = {"backbone", "strategy", "PF"}
+    left = {"backbone", "strategy", "race", "PF"}
 
     def line(cells: dict[str, str]) -> str:
         return " ".join(cells[h].ljust(widths[h]) if h in left else cells[h].rjust(widths[h]) for h in headers).rstrip()
 
     lines = [line({h: h for h in headers}), *(line(r) for r in rows)]
-    return "\n".join(lines + wrap(TERMINAL_LEGEND, TABLE_WIDTH)) + "\n"
+    return "\n".join(lines + wrap(TERMINAL_LEGEND + (RACE_LEGEND if raced(board) else ""), TABLE_WIDTH)) + "\n"
 
 
 def wrap(text: str, width: int) -> list[str]:
@@ -579,10 +591,10 @@ def wrap(text: str, width: int) -> list[str]:
 
 def markdown_table(board: pd.DataFrame) -> str:
     rows = display_rows(board)
-    headers = list(rows[0])
+    headers = [h for h in rows[0] if h != "race" or raced(board)]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(r[h].replace("|", "\\|") for h in headers) + " |" for r in rows]
-    return "\n".join(lines) + "\n\n" + LEGEND + "\n"
+    return "\n".join(lines) + "\n\n" + LEGEND + (RACE_LEGEND if raced(board) else "") + "\n"
 
 
 def write(text: str, output: Path | None) -> None:

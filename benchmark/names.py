@@ -107,6 +107,9 @@ TAG_UPDATED = "updated"  # when a report run was last rewritten
 # on the parent run of a study on own images: images identical in two splits ("0", or "N groups: <examples>")
 TAG_DUPLICATES = "duplicates_across_splits"
 TAG_PREFIX_CACHE = "prefix_cache"  # "hit"/"miss" (below <layer>) or "off: <why>" (benchmark/plan.py)
+# on a parent run: its pair's state in a budget race ("racing", "worse p=0.002 @4", "converged @6", "budget"),
+# and why it left (reason, finished trials then, p of the paired test against the leader)
+TAG_RACE, TAG_RACE_REASON, TAG_RACE_TRIALS, TAG_RACE_P = "race", "race_reason", "race_trials", "race_p"
 TAG_MODEL = "model"  # whether the run's artifacts hold its model (a sweep keeps its best search.keep_models)
 MODEL_KEPT, MODEL_NOT_KEPT, MODEL_DROPPED = "kept", "not kept", "deleted: no longer among the study's best"
 TAG_RUN_NAME = "mlflow.runName"  # MLflow's own: the name its UI shows (run_name below)
@@ -197,10 +200,12 @@ ATTR_PARENT_RUN = "mlflow_parent_run_id"  # the study's parent run, once it exis
 ATTR_OUTCOME = "outcome"  # what a finished trial recorded: TEST_TOP1 and the OUTCOME_* keys
 OUTCOME_MODEL_SAVED, OUTCOME_COMPUTE_S, OUTCOME_PROCESS_START_S = "model_saved", "compute_s", "process_start_s"
 OUTCOME_FEATURES_S = FEATURES_S  # the feature pass (or reading its cache): one-time work, not the trial's own
+OUTCOME_VAL_CORRECT = "val_correct"  # which validation images it got right (measure.pack_correct): the race's paired test
 ATTR_ERROR = "error"  # a failed trial's one-line error
 ATTR_INTERRUPTED = "interrupted"  # True on a trial Ctrl-C stopped: Optuna's FAIL state, counted apart from the failed
 ATTR_WORKER = "worker"  # the host and pid running a trial
 ATTR_WORKERS_STARTED = "workers_started"  # how many sweep processes have worked on the study
+ATTR_RACE_EXIT = "race_exit"  # why a study left a budget race: {reason, trials, p, leader, at} (benchmark/race.py)
 # what a new study records about itself: its pair, its fingerprints, its recipe
 ATTR_PAIR, ATTR_FINGERPRINT, ATTR_RECIPE_FINGERPRINT, ATTR_RECIPE = "pair", "fingerprint", "recipe_fingerprint", "recipe"
 ATTR_DATA_FINGERPRINT, ATTR_WEIGHTS_FINGERPRINT = "data_fingerprint", "weights_fingerprint"  # so the next study can say which changed

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError,
-                      create_model, model_validator)
+                      create_model, field_validator, model_validator)
 
 from benchmark import hparams, registry
 from benchmark.errors import BenchmarkError, SpecError, SpecValueError
@@ -341,6 +342,37 @@ SearchSpaceOverride = create_model(
 StrategySpec.model_rebuild()  # its `space` is defined above, after it
 
 
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)?$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '90', '90s', '20m' or '1.5h'; ValueError naming the forms otherwise."""
+    match = DURATION.match(str(text).strip().lower())
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"'{text}' is not a duration; write seconds, minutes or hours, e.g. 90s, 20m, 1.5h")
+    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
+
+
+class RaceSpec(Strict):
+    """A budget race over the experiment's pairs (sweep --budget; benchmark/race.py)."""
+
+    budget: str | None = None  # trial time over all pairs, e.g. "20m" (parse_duration)
+    budget_trials: PositiveInt | None = None  # finished trials over all pairs
+    startup: PositiveInt | None = None  # trials every pair gets before any can leave (default: search.startup_trials)
+    min_trials: PositiveInt | None = None  # a pair's finished trials before it can leave as worse (default: startup)
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05  # of the paired test, Holm-corrected over the racing pairs
+    # converged: the pair's last `patience` finished trials raised its best by no more than the
+    # validation noise (one standard error of its best validation top-1)
+    patience: PositiveInt = 3
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_is_a_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
 class SearchSpec(Strict):
     trials: PositiveInt = 10
     timeout_s: Annotated[float, Field(gt=0)] | None = None
@@ -359,6 +391,7 @@ class SearchSpec(Strict):
     keep_models: Annotated[int, Field(ge=1, le=1000)] = 1
     space: SearchSpace = SearchSpace()
     per_backbone: dict[str, SearchSpaceOverride] = {}
+    race: RaceSpec = RaceSpec()
 
 
 # ---------------------------------------------------------------- experiment

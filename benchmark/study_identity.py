@@ -29,7 +29,8 @@ from benchmark.errors import BenchmarkError
 from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec
 
 SHORT = 8  # hex digits of the fingerprint in a study's name
-NOT_RESULTS = {"trials", "timeout_s", "trials_per_process", "keep_models"}  # how long, where and what is kept, not what
+# how long, where and what is kept, and how a budget race shares trials: not what a trial gives
+NOT_RESULTS = {"trials", "timeout_s", "trials_per_process", "keep_models", "race"}
 
 
 @dataclass(frozen=True)

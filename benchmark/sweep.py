@@ -365,9 +365,10 @@ def duplicates_tag(data: Dataset) -> str:
     return text[:5000]  # MLflow's limit on a tag's value
 
 
-def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> OpenedStudy:
+def open_study(plan: Plan, storage_url: str, say: Callable[[str], None], racing: bool = False) -> OpenedStudy:
     """The study (created or resumed) and its parent run, with what dead workers left behind
-    cleaned up; says in one line where the study stands."""
+    cleaned up; says in one line where the study stands (`racing`: in a budget race, which has
+    no target per study)."""
     spec, name = plan.spec, plan.name
     mlflow_store.check_store(mlflow_store.tracking_uri())  # a damaged or foreign MLflow store: before an Optuna storage is made beside it
     with mlflow_store.store_lock():  # two processes creating one new SQLite database's tables collide
@@ -398,13 +399,14 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> Open
     counts = parent_run.trial_counts(study)
     remaining = plan.target - counts["complete"] - counts["pruned"]
     is_new = name not in {s.study_name for s in existing}
+    finished = counts["complete"] + counts["pruned"]
     say(
         f"study {name} on {redact(storage_url)}"
         + (superseded_note(existing, name, plan.recipe, plan.fingerprint) if is_new else "")
-        + f": {plan.target - remaining} of {plan.target} trials finished"
+        + (f": {finished} trials finished" if racing else f": {plan.target - remaining} of {plan.target} trials finished")
         + (f", {interrupted} interrupted trial(s) marked FAIL" if interrupted else "")
         + (f", {closed} interrupted run(s) marked KILLED" if closed else "")
-        + (f"; running {remaining} more" if remaining > 0 else "; nothing to do")
+        + ("" if racing else f"; running {remaining} more" if remaining > 0 else "; nothing to do")
     )
     return OpenedStudy(study=study, storage_url=storage_url, parent_run_id=parent, experiment_id=experiment_id,
                        remaining=remaining)
@@ -412,47 +414,66 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None]) -> Open
 
 def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str], None], progress_bar: bool = False) -> None:
     """Optuna's loop until the target is met (or the time is up), trials in a child process."""
-    study, parent = opened.study, opened.parent_run_id
-    # A linear probe has no epochs to stop between: one fit to convergence, nothing to prune.
-    prunes = plan.search.pruner != "none" and plan.spec.training.optimizer != "lbfgs"
-    pruner = study.pruner if prunes else None
-    interruption = Interruption()
-    runner = TrialRunner(trials_per_process(plan), plan.data, interrupted=lambda: interruption.seen)
-    objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url, pruner, runner, verbose,
-                          plan.search.keep_models,
-                          data_input=track.dataset(plan.spec.data, plan.data.origin, plan.fingerprint.data))
     bar = trials_bar(plan, opened, progress_bar)
-    try:
+    with TrialLoop(plan, opened, verbose) as loop:
+        try:
+            loop.run(opened.remaining * ATTEMPTS_PER_MISSING_TRIAL, [MaxTrialsCallback(plan.target, states=FINISHED),
+                                                                     Progress(plan.target, say, bar)], plan.timeout_s)
+        finally:
+            bar.close()
+
+
+class TrialLoop:
+    """A study's trial runner and objective, kept across calls of `run` (a budget race gives a
+    pair one trial at a time: its trial process and caches stay). `close` ends its trial process."""
+
+    def __init__(self, plan: Plan, opened: OpenedStudy, verbose: int):
+        self.plan, self.opened = plan, opened
+        # A linear probe has no epochs to stop between: one fit to convergence, nothing to prune.
+        prunes = plan.search.pruner != "none" and plan.spec.training.optimizer != "lbfgs"
+        self.interruption = Interruption()
+        self.runner = TrialRunner(trials_per_process(plan), plan.data, interrupted=lambda: self.interruption.seen)
+        self.objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url,
+                                   opened.study.pruner if prunes else None, self.runner, verbose,
+                                   plan.search.keep_models,
+                                   data_input=track.dataset(plan.spec.data, plan.data.origin, plan.fingerprint.data))
+
+    def __enter__(self) -> TrialLoop:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def run(self, n_trials: int, callbacks: list, timeout_s: float | None = None) -> None:
+        """Up to n_trials trials (Optuna's loop, with `callbacks` after each). Ctrl-C: what is
+        running ends interrupted, the parent run KILLED, and KeyboardInterrupt goes on up."""
+        study, parent, interruption = self.opened.study, self.opened.parent_run_id, self.interruption
         with mlflow.start_run(run_id=parent), interruption:
             try:
                 study.optimize(
-                    objective,
-                    n_trials=opened.remaining * ATTEMPTS_PER_MISSING_TRIAL,
-                    timeout=plan.timeout_s,
-                    callbacks=[
-                        MaxTrialsCallback(plan.target, states=FINISHED),
-                        parent_run.AfterEachTrial(parent, plan.name, opened.experiment_id),
-                        Progress(plan.target, say, bar),
-                        interruption.check,
-                    ],
+                    self.objective,
+                    n_trials=n_trials,
+                    timeout=timeout_s,
+                    callbacks=[parent_run.AfterEachTrial(parent, self.plan.name, self.opened.experiment_id),
+                               *callbacks, interruption.check],
                     catch=(Exception,),
-                    gc_after_trial=not runner.isolated and not builds_head_only(plan.spec),  # a head leaves little
+                    gc_after_trial=not self.runner.isolated and not builds_head_only(self.plan.spec),  # a head leaves little
                 )
                 interruption.check()
             except KeyboardInterrupt:  # Ctrl-C: the study is resumable, its parent run was not a failure
                 with interruption.held():
-                    runner.stop()  # first: no trial process writes after this
+                    self.runner.stop()  # first: no trial process writes after this
                     fail_own_running_trials(study)
                     while (active := mlflow.active_run()) and active.info.run_id != parent:
                         mlflow.end_run("KILLED")  # a trial's run, when the interrupt landed as it opened
                     # and its run when the interrupt came before the run's context could close it
-                    parent_run.close_orphan_runs(study, plan.name, opened.experiment_id, status="KILLED")
+                    parent_run.close_orphan_runs(study, self.plan.name, self.opened.experiment_id, status="KILLED")
                     parent_run.record_progress(study, parent)
                     mlflow.end_run("KILLED")
                 raise
-    finally:
-        bar.close()
-        runner.close()
 
 
 def trials_bar(plan: Plan, opened: OpenedStudy, shown: bool) -> tqdm:
@@ -600,6 +621,7 @@ class Objective:
             names.TEST_TOP1: result.metrics[names.TEST_TOP1], names.OUTCOME_MODEL_SAVED: model_saved,
             names.OUTCOME_COMPUTE_S: result.compute_s, names.OUTCOME_PROCESS_START_S: result.process_start_s,
             names.OUTCOME_FEATURES_S: result.metrics.get(names.FEATURES_S, 0.0),
+            names.OUTCOME_VAL_CORRECT: result.val_correct,
         })
         mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.COMPLETE.name)
         return value

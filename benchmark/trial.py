@@ -48,6 +48,7 @@ class TrialResult:
     history: History
     test_labels: np.ndarray
     test_predictions: np.ndarray  # top-5 class indices per test image
+    val_correct: str  # which validation images the trained model gets right (measure.pack_correct): for paired tests
     tags: dict[str, str]
     built: BuiltModel  # the trained model
     class_names: list[str]  # by class index
@@ -95,6 +96,7 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
     # Measured on what the last phase trained on: the same numbers as the full model on images.
     tested = fits[plan.test_inputs]
     test = measure.evaluate(tested.model, tested.data.x_test, data.y_test, spec.training.batch_size)
+    val = measure.evaluate(tested.model, tested.data.x_val, data.y_val, spec.training.batch_size)
     total, trainable = measure.count_params(built.features, built.head)
     metrics = {
         names.BEST_VAL_TOP1: best["val_top1"],
@@ -121,6 +123,7 @@ def execute(prepared: Prepared, callbacks=(), verbose: int = 0) -> TrialResult:
         history=history,
         test_labels=data.y_test,
         test_predictions=test["predictions"],
+        val_correct=measure.pack_correct(val["predictions"][:, 0] == data.y_val),
         tags={names.TAG_FEATURE_CACHE: features.status if features else f"off: {plan.no_features}",
               names.TAG_PREFIX_CACHE: f"{above.cached.status} (below {plan.cut})" if above else
               f"off: {plan.no_activations}"},
@@ -208,6 +211,7 @@ class TrialRecord:
     metrics: dict[str, float]
     model_path: Path | None  # the saved model, if the trial kept it (for track.log_model)
     compute_s: float  # training and measuring; not logging
+    val_correct: str = ""  # TrialResult.val_correct
 
 
 def run_tracked(prepared: Prepared, run_id: str, keep: bool | Callable[[dict[str, float]], bool],
@@ -223,4 +227,5 @@ def run_tracked(prepared: Prepared, run_id: str, keep: bool | Callable[[dict[str
     finish(result, keep=keep(result.metrics) if callable(keep) else keep)
     compute_s = time.perf_counter() - started - epoch_logger.seconds
     track.log_result(result, run_id, curves)
-    return TrialRecord(metrics=result.metrics, model_path=result.model_path, compute_s=compute_s)
+    return TrialRecord(metrics=result.metrics, model_path=result.model_path, compute_s=compute_s,
+                       val_correct=result.val_correct)
