@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Callable
 
 import mlflow
@@ -169,7 +169,8 @@ def converged(standing: Standing, patience: int, startup: int) -> bool:
         return False
     values = best_values(finished)
     best, before = values[-1], values[-1 - patience]
-    noise = math.sqrt(best * (1 - best) / len(standing.val_correct()))
+    share = min(1.0, max(0.0, best))  # a top-1; an objective outside [0, 1] has no binomial noise
+    noise = math.sqrt(share * (1 - share) / len(standing.val_correct()))
     return best - before <= noise
 
 
@@ -210,7 +211,7 @@ def mcnemar(correct: np.ndarray, leader_correct: np.ndarray) -> float:
 
 def exit_record(reason: str, standing: Standing, p: float | None = None, leader: str = "") -> dict:
     return {"reason": reason, "trials": standing.finished, "p": p, "leader": leader,
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "at": datetime.now().isoformat(timespec="milliseconds")}  # local time, as Optuna's trial times
 
 
 def state_text(exit: dict | None, ended_by_budget: bool = False) -> str:
@@ -222,13 +223,16 @@ def state_text(exit: dict | None, ended_by_budget: bool = False) -> str:
     return f"{exit['reason']}{shown} @{exit['trials']}"
 
 
-def record_exit(standing: Standing, record: dict, parent_run_id: str) -> dict:
-    """On the study (where every worker reads it; the first worker to decide wins) and on the parent run."""
+def record_exit(standing: Standing, record: dict, parent_run_id: str | None = None) -> dict:
+    """On the study (where every worker reads it; the first worker to decide wins) and on the
+    parent run. Returns the exit recorded."""
     recorded = standing.study.user_attrs.get(names.ATTR_RACE_EXIT)
     if recorded is None:
         standing.study.set_user_attr(names.ATTR_RACE_EXIT, record)
         recorded = record
     standing.exit = recorded
+    if parent_run_id is None:
+        return recorded
     tags = {names.TAG_RACE: state_text(recorded), names.TAG_RACE_REASON: recorded["reason"],
             names.TAG_RACE_TRIALS: str(recorded["trials"])}
     if recorded.get("p") is not None:
@@ -259,9 +263,6 @@ class Entrant:
     opened: sweep.OpenedStudy
     loop: sweep.TrialLoop | None = None
 
-    def standing(self) -> Standing:
-        return Standing.read(self.pair, self.opened.study)
-
 
 @dataclass
 class RaceResult:
@@ -284,6 +285,7 @@ def run_race(
     progress_bar: bool = False,
 ) -> RaceResult:
     """Race the pairs (default: every pair) for `budget`; see the module's docstring."""
+    budget = check_budget(budget)
     pairs = pairs if pairs is not None else pairs_of(experiment)
     plans = [sweep.resolve(experiment, backbone, strategy, None, None, data_dir) for backbone, strategy in pairs]
     storage_url = storage or default_storage()
@@ -298,31 +300,47 @@ def run_race(
     mark_racing(entrants)
     bar = tqdm(total=budget.trials or (budget.seconds and round(budget.seconds)), unit="trial" if budget.trials else "s",
                desc=f"race {experiment.name}", disable=None if progress_bar else True, dynamic_ncols=True, leave=False)
-    trials_run, ended_by = 0, "every pair left"
+    by_pair = {e.pair: e for e in entrants}
+
+    def leave(standing: Standing, record: dict) -> None:
+        recorded = record_exit(standing, record, by_pair[standing.pair].opened.parent_run_id)
+        if recorded is record:
+            say(f"[{standing.label}] leaves the race: {exit_sentence(recorded)}")
+
+    def run_trial(standing: Standing) -> None:
+        run_one_trial(by_pair[standing.pair], entrants, verbose, RaceLine(standing.label, say, bar))
+
     try:
-        while True:
-            standings = [e.standing() for e in entrants]
-            for standing, record in decide_exits(standings, race, experiment.search.startup_trials):
-                entrant = next(e for e in entrants if e.pair == standing.pair)
-                recorded = record_exit(standing, record, entrant.opened.parent_run_id)
-                if recorded is record:
-                    say(f"[{standing.label}] leaves the race: {exit_sentence(recorded)}")
-            show_progress(bar, budget, standings)
-            if budget.spent(standings):
-                ended_by = "budget"
-                break
-            chosen = next_pair(standings, startup)
-            if chosen is None:
-                break
-            entrant = next(e for e in entrants if e.pair == chosen.pair)
-            run_one_trial(entrant, entrants, verbose, RaceLine(chosen.label, say, bar))
-            trials_run += 1
+        ended_by, trials_run = race_loop([(e.pair, e.opened.study) for e in entrants], race,
+                                         experiment.search.startup_trials, budget, run_trial, leave,
+                                         lambda standings: show_progress(bar, budget, standings))
     finally:
         bar.close()
         for e in entrants:
             if e.loop is not None:
                 e.loop.close()
     return finish(entrants, budget, ended_by, trials_run, say)
+
+
+def race_loop(studies: list[tuple[tuple[str, str], optuna.Study]], race: RaceSpec, startup_trials: int, budget: Budget,
+              run_trial: Callable[[Standing], None], leave: Callable[[Standing, dict], None],
+              shown: Callable[[list[Standing]], None] = lambda standings: None) -> tuple[str, int]:
+    """Read the studies, let pairs leave, give the next trial, until the budget is spent or no
+    pair races. Returns why it ended ("budget" or "every pair left") and the trials it ran."""
+    startup, _ = race_defaults(race, startup_trials)
+    trials_run = 0
+    while True:
+        standings = [Standing.read(pair, study) for pair, study in studies]
+        for standing, record in decide_exits(standings, race, startup_trials):
+            leave(standing, record)
+        shown(standings)
+        if budget.spent(standings):
+            return "budget", trials_run
+        chosen = next_pair(standings, startup)
+        if chosen is None:
+            return "every pair left", trials_run
+        run_trial(chosen)
+        trials_run += 1
 
 
 def exit_sentence(exit: dict) -> str:

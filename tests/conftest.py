@@ -1,6 +1,7 @@
 import fcntl
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,45 @@ def pytest_collection_modifyitems(items):
         if STORE_OF_A_REAL_SWEEP & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
+
+
+ADMIN_URL = os.environ.get("BENCHMARK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+SECRET = "pg-s3cret-7431"
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> str:
+    import psycopg
+
+    try:
+        with psycopg.connect(ADMIN_URL, connect_timeout=3) as connection:
+            connection.execute("select 1")
+    except psycopg.Error as e:
+        message = f"PostgreSQL not reachable at {ADMIN_URL} ({e}); start it or set BENCHMARK_TEST_POSTGRES"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)  # in CI a missing service is a broken setup, never a skip
+        pytest.skip(message)
+    return ADMIN_URL
+
+
+@pytest.fixture
+def new_database(postgres_admin):
+    """Creates fresh databases; returns their URLs with a password in them. Dropped afterwards."""
+    import psycopg
+
+    created = []
+
+    def create() -> str:
+        name = f"bench_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(postgres_admin, autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        created.append(name)
+        return f"postgresql://postgres:{SECRET}@127.0.0.1:5432/{name}"
+
+    yield create
+    with psycopg.connect(postgres_admin, autocommit=True) as connection:
+        for name in created:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")

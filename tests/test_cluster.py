@@ -9,12 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import mlflow
 import optuna
-import psycopg
 import pytest
 import requests
 import yaml
@@ -28,39 +26,7 @@ from benchmark import mlflow_store
 pytestmark = pytest.mark.slow  # real PostgreSQL databases, sweeps in several processes, an mlflow server
 
 REPO = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get("BENCHMARK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-SECRET = "pg-s3cret-7431"
-
-
-@pytest.fixture(scope="module")
-def postgres_admin() -> str:
-    try:
-        with psycopg.connect(ADMIN_URL, connect_timeout=3) as connection:
-            connection.execute("select 1")
-    except psycopg.Error as e:
-        message = f"PostgreSQL not reachable at {ADMIN_URL} ({e}); start it or set BENCHMARK_TEST_POSTGRES"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)  # in CI a missing service is a broken setup, never a skip
-        pytest.skip(message)
-    return ADMIN_URL
-
-
-@pytest.fixture
-def new_database(postgres_admin):
-    """Creates fresh databases; returns their URLs with a password in them. Dropped afterwards."""
-    created = []
-
-    def create() -> str:
-        name = f"bench_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(postgres_admin, autocommit=True) as connection:
-            connection.execute(f"CREATE DATABASE {name}")
-        created.append(name)
-        return f"postgresql://postgres:{SECRET}@127.0.0.1:5432/{name}"
-
-    yield create
-    with psycopg.connect(postgres_admin, autocommit=True) as connection:
-        for name in created:
-            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+from conftest import SECRET  # noqa: E402  (the password in the new_database fixture's URLs)
 
 
 def sweep_env(store: Path, storage: str, **extra: str) -> dict[str, str]:
