@@ -39,6 +39,7 @@ The modules, in the order data flows through them:
   study_identity  a study's fingerprint: recipe, data and weights
   parent_run      a study's MLflow parent run: created once, updated after each trial, summarised at the end
   sweep           Optuna studies of an experiment's pairs, each trial tracked in MLflow
+  race            a budget race over the pairs: who gets the next trial, who leaves (worse, converged)
   leaderboard     the ranked rows, with intervals and significance against the best
   confirm         seed repeats of the top rows
   report          plots and the self-contained HTML page

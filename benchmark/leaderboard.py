@@ -568,7 +568,8 @@ TERMINAL_LEGEND = LEGEND.replace("inf/s, trn/s: images per second", "inf/s: infe
 
 
 def raced(board: pd.DataFrame) -> bool:
-    return bool((board["race"].fillna("") != "").any())
+    """Whether any row's pair was in a budget race (the `race` column has a state)."""
+    return "race" in board and bool((board["race"].fillna("") != "").any())
 
 
 def terminal_table(board: pd.DataFrame) -> str:

@@ -95,11 +95,16 @@ def build_report(experiment: str, board: pd.DataFrame, folder: Path, storage: st
             add("confusion_coarse.png", f"Confusion matrix by superclass, {label}", plot_confusion,
                 coarse[labels], coarse[predicted], CIFAR100_COARSE_LABEL_NAMES, label)
         add("test_images.png", f"Test images, {label}", plot_test_images, best["run_id"], labels, predicted, label)
+    studies = {}
     for name in study_names(board):
         study = load_study(name, storage)
         if study is None:
             report.notes.append(f"study {name}: not in the Optuna storage {redact(storage or default_storage())}")
             continue
+        studies[name] = study
+    if leaderboard.raced(board) and studies:
+        add("race.png", "The budget race: trials per pair over time", plot_race, board, studies)
+    for name, study in studies.items():
         add(f"optuna_history_{name}.png", f"Optimization history, {name}", plot_optuna, study, "history")
         add(f"optuna_importance_{name}.png", f"Parameter importances, {name}", plot_optuna, study, "importance")
     return report
@@ -210,6 +215,38 @@ def plot_pareto(board: pd.DataFrame, path: Path) -> None:
            title="Best trial per backbone x strategy (point area ~ parameters)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower left")
+    save(fig, path)
+
+
+def plot_race(board: pd.DataFrame, studies: dict[str, optuna.Study], path: Path) -> None:
+    """Each raced pair's finished trials against the time since the race's first trial, and where
+    each pair left the race (its `race` state)."""
+    from optuna.trial import TrialState
+
+    rows = board[board["study"].isin(list(studies)) & (board["race"] != "")]
+    ended = {name: sorted(t.datetime_complete for t in studies[name].trials
+                          if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_complete)
+             for name in rows["study"]}
+    starts = [times[0] for times in ended.values() if times]
+    if not starts:
+        raise SkippedPlot("no raced pair has a finished trial")
+    start = min(starts)
+    fig, ax = plt.subplots(figsize=(9, 5))
+    fig.subplots_adjust(left=0.08, right=0.7, bottom=0.11, top=0.9)
+    for _, row in rows.iterrows():
+        times = ended[row["study"]]
+        if not times:
+            continue
+        minutes = [(t - start).total_seconds() / 60 for t in times]
+        line, = ax.step([0, *minutes], range(len(minutes) + 1), where="post", label=f"{row_label(row)}: {row['race']}")
+        if not row["race"].startswith(("racing", "budget")):  # it left: where
+            ax.plot(minutes[-1], len(minutes), "x", color=line.get_color(), markersize=9)
+    ax.set(xlabel="minutes since the race's first trial ended", ylabel="finished trials",
+           title="Trials per pair in the budget race (x: the pair left)")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fit_titles(fig)
     save(fig, path)
 
 
