@@ -330,9 +330,9 @@ def command_sweep(args) -> int:
 
     experiment = specs.load_experiment(args.experiment)
     pairs = specs.pairs_of(experiment, args.backbone, args.strategy)  # names checked before TensorFlow loads
-    sweep = import_training_modules()[2]
-    if racing(args, experiment):
+    if racing(args, experiment):  # its own input errors before TensorFlow loads, too
         return race_pairs(args, experiment, pairs)
+    sweep = import_training_modules()[2]
     options = dict(trials=args.trials, timeout_s=args.timeout, storage=args.storage, data_dir=args.data_dir,
                    verbose=keras_verbosity(args), progress_bar=not args.quiet)
     if len(pairs) == 1:  # one study: its input errors are the command's (exit 2)
@@ -364,6 +364,7 @@ def racing(args, experiment) -> bool:
 
 
 def race_pairs(args, experiment, pairs) -> int:
+    import_training_modules()  # TensorFlow, quietly
     from benchmark import race
 
     budget = race.Budget.of(experiment.search.race, args.budget, args.budget_trials)

@@ -88,15 +88,21 @@ def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_
     with mlflow.start_run(
         experiment_id=mlflow_store.experiment_id(spec.experiment), run_name=run_name, nested=mlflow.active_run() is not None, tags=tags
     ) as run:
+        opened = False
         try:  # a full disk or an unreachable server while writing these is this run's error too
             mlflow.log_params(logged_params(spec))
             mlflow.log_text(spec_json(spec), names.ARTIFACT_SPEC)  # the whole spec, of pruned and failed runs too
             if data_input is not None:
                 mlflow.log_input(data_input, context=DATASET_CONTEXT)
+            opened = True
             yield run
         except BaseException as e:
-            mlflow.set_tag(names.TAG_ERROR, redact(f"{type(e).__name__}: {e}")[:5000])
-            if isinstance(e, KeyboardInterrupt):
+            interrupted = isinstance(e, KeyboardInterrupt)
+            ended = {names.TAG_ERROR: redact(f"{type(e).__name__}: {e}")[:5000]}
+            if not opened and names.TAG_TRIAL_STATE in tags:  # the caller never got the run to tag its end
+                ended[names.TAG_TRIAL_STATE] = names.TRIAL_STATE_INTERRUPTED if interrupted else "FAIL"
+            mlflow.set_tags(ended)
+            if interrupted:
                 mlflow.end_run("KILLED")  # stopped by the user, not failed
             raise
 

@@ -241,6 +241,7 @@ def test_a_race_of_the_ci_pairs_records_each_exit_and_the_leaderboard_shows_it(s
     finished = {pair: sum(t.state.name in ("COMPLETE", "PRUNED") for t in s.trials) for pair, s in studies.items()}
     assert sum(finished.values()) <= 8 and min(finished.values()) >= 2  # the budget; every pair's startup trials
     exits = {pair: s.user_attrs.get(names.ATTR_RACE_EXIT) for pair, s in studies.items()}
+    assert any(exits.values())  # random-init resnet50 sits far below vgg16 on these images
     assert_no_trial_after_its_pair_left(studies)
     lines = [line for line in done.stdout.splitlines() if "leaves the race" in line]
     assert len(lines) == sum(e is not None for e in exits.values())  # one line per exit
@@ -277,3 +278,16 @@ def test_two_race_workers_on_postgres_never_run_a_trial_for_a_pair_that_left(sto
     assert finished <= 10 + 1  # a worker may finish the trial it started as the other spent the budget
     workers_seen = {t.user_attrs["worker"]["pid"] for s in studies.values() for t in s.trials}
     assert len(workers_seen) == 2  # both raced
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget", "10m", "--trials", "3"], "drop --trials/--timeout"),
+    (["--budget", "soon"], "not a duration"),
+    (["--budget-trials", "0"], "--budget-trials"),
+])
+def test_a_bad_budget_is_one_line_and_exit_2(argv, message, store):
+    done = subprocess.run([sys.executable, "-m", "benchmark", "sweep", "--experiment", "ci", *argv],
+                          env=race_env(store), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not store.exists()  # nothing recorded
