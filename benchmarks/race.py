@@ -41,26 +41,23 @@ def sweep(folder: Path, experiment: str, strategies: list[str], extra: list[str]
 
 
 def outcome(folder: Path, experiment: str) -> dict:
-    """What a sweep's store says: trial time and trials over its studies, the leaderboard's best
-    row and its tied set."""
-    os.environ["BENCHMARK_STORE"] = str(folder / "mlruns")
-    import mlflow
-
-    from benchmark import leaderboard, mlflow_store
-
-    mlflow.set_tracking_uri(mlflow_store.tracking_uri())
-    board = leaderboard.leaderboard(experiment)
-    best = board.iloc[0]
-    tied = board[board["tied_with_best"].fillna(False).astype(bool)]
-    pairs = lambda rows: [f"{b}/{s}" for b, s in zip(rows["backbone"], rows["strategy"])]  # noqa: E731
+    """What a sweep's store says (the leaderboard command's JSON): trial time and trials over its
+    studies, the best row and its tied set, each pair's race state."""
+    env = {**os.environ, "BENCHMARK_STORE": str(folder / "mlruns")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run([sys.executable, "-m", "benchmark", "leaderboard", "--experiment", experiment, "--format", "json"],
+                          env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    rows = json.loads(done.stdout)
+    best = rows[0]
+    pair = lambda row: f"{row['backbone']}/{row['strategy']}"  # noqa: E731
     return {
-        "trial_time_s": float(board["compute_s"].sum()),
-        "trials": int((board["trials_complete"] + board["trials_pruned"]).sum()),
-        "best": f"{best['backbone']}/{best['strategy']}",
-        "best_val_top1": float(best["val_top1"]),
-        "best_test_top1": float(best["test_top1"]),
-        "tied_with_best": [pairs(board.iloc[:1])[0], *pairs(tied)],
-        "race": dict(zip(pairs(board), board["race"])),
+        "trial_time_s": sum(row["compute_s"] for row in rows),
+        "trials": sum(row["trials_complete"] + row["trials_pruned"] for row in rows),
+        "best": pair(best),
+        "best_val_top1": best["val_top1"],
+        "best_test_top1": best["test_top1"],
+        "tied_with_best": list(dict.fromkeys([pair(best), *(pair(row) for row in rows if row["tied_with_best"])])),
+        "race": {pair(row): row["race"] for row in rows},
     }
 
 
@@ -69,25 +66,26 @@ def main() -> None:
     parser.add_argument("--experiment", default="transfer-probe")
     parser.add_argument("--strategy", action="append", default=[], help="only these strategies (repeatable)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--stores", type=Path, help="read the stores of an earlier run of this script instead of sweeping")
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="benchmark-race-"))
+    root = args.stores or Path(tempfile.mkdtemp(prefix="benchmark-race-"))
     results = {}
-    wall = sweep(root / "grid", args.experiment, args.strategy, [])
+    wall = 0.0 if args.stores else sweep(root / "grid", args.experiment, args.strategy, [])
     results["grid"] = {**outcome(root / "grid", args.experiment), "wall_s": wall}
     budget = results["grid"]["trial_time_s"]
     for name, share in (("race at the grid's budget", 1.0), ("race at half of it", 0.5)):
         folder = root / name.replace(" ", "-").replace("'", "")
-        wall = sweep(folder, args.experiment, args.strategy, ["--budget", f"{budget * share:.0f}s"])
+        wall = 0.0 if args.stores else sweep(folder, args.experiment, args.strategy, ["--budget", f"{budget * share:.0f}s"])
         results[name] = {**outcome(folder, args.experiment), "wall_s": wall, "budget_s": round(budget * share)}
     grid_best = results["grid"]["best"]
     print(f"{args.experiment}: grid vs race (stores under {root})")
-    print(f"{'':28} {'trial time':>10} {'trials':>6} {'best by val':>28} {'val@1':>6} {'test@1':>6}  holds grid's best")
+    print(f"{'':28} {'trial time':>10} {'trials':>6} {'best by val':>28} {'val@1':>6} {'test@1':>6}  {'tied with best':40} holds grid's best")
     for name, r in results.items():
         holds = "-" if name == "grid" else ("yes" if grid_best in r["tied_with_best"] else "no")
         r["holds_grid_best"] = holds
         print(f"{name:28} {r['trial_time_s']:9.0f}s {r['trials']:6d} {r['best']:>28} {100 * r['best_val_top1']:6.1f} "
-              f"{100 * r['best_test_top1']:6.1f}  {holds}")
+              f"{100 * r['best_test_top1']:6.1f}  {', '.join(r['tied_with_best']):40} {holds}")
     for name, r in results.items():
         if name != "grid":
             print(f"{name}: " + ", ".join(f"{pair} {state}" for pair, state in r["race"].items()))
