@@ -468,6 +468,7 @@ class TrialLoop:
                     self.runner.stop()  # first: no trial process writes after this
                     fail_own_running_trials(study)
                     while (active := mlflow.active_run()) and active.info.run_id != parent:
+                        mlflow.set_tag(names.TAG_TRIAL_STATE, names.TRIAL_STATE_INTERRUPTED)
                         mlflow.end_run("KILLED")  # a trial's run, when the interrupt landed as it opened
                     # and its run when the interrupt came before the run's context could close it
                     parent_run.close_orphan_runs(study, self.plan.name, self.opened.experiment_id, status="KILLED")
