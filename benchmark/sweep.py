@@ -39,7 +39,7 @@ from benchmark import hparams, mlflow_store, mlflow_view, names, parent_run, pro
 from benchmark.data import Dataset, load_dataset
 from benchmark.errors import BenchmarkError
 from benchmark.isolation import TrialJob, TrialRunner
-from benchmark.plan import builds_head_only
+from benchmark.plan import builds_head_only, schedule
 from benchmark.redaction import redact
 from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec, pairs_of  # noqa: F401  (sweep.pairs_of, as before)
 from benchmark.storage import default_storage, open_storage
@@ -648,7 +648,7 @@ def pruning_of(plan: Plan, prunes: bool) -> Pruning | None:
     """The sweep's pruner as the time left sees it; None where no trial is pruned."""
     if not prunes:
         return None
-    epochs = plan.spec.training.epochs + plan.spec.strategy.head_epochs
+    epochs = sum(phase_epochs for _, _, phase_epochs in schedule(plan.spec))
     startup = plan.search.startup_trials if plan.search.pruner == "median" else 0
     return Pruning(startup_trials=startup, earliest_share=min(1.0, max(1, plan.search.pruner_warmup_epochs) / max(1, epochs)))
 

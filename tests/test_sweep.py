@@ -743,3 +743,18 @@ def test_without_a_pruner_every_trial_left_is_expected_complete():
     progress = sweep.Progress(4, lines.append)
     finished_trials(study, progress, [(optuna.trial.TrialState.COMPLETE, s) for s in (9.0, 3.0, 5.0)])
     assert [line.rsplit(", ~", 1)[1] for line in lines] == ["27s left", "6s left", "4s left"]
+
+
+def test_the_time_left_sees_the_pruner_of_the_spec():
+    from benchmark.spec import load_experiment
+
+    experiment = load_experiment("transfer")
+
+    def pruning(strategy, prunes=True):
+        plan = sweep.Plan(spec=experiment.resolve("efficientnetlite0", strategy), space=None, search=experiment.search,
+                          target=4, timeout_s=None, data=None, fingerprint=None, name="", recipe={})
+        return sweep.pruning_of(plan, prunes)
+
+    assert pruning("frozen") == sweep.Pruning(startup_trials=3, earliest_share=10 / 60)  # 60 epochs, warm-up 10
+    assert pruning("two_phase") == sweep.Pruning(startup_trials=3, earliest_share=10 / 33)  # 30 head epochs + 3
+    assert pruning("frozen", prunes=False) is None
