@@ -102,6 +102,7 @@ def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> J
         trial_id = storage.get_trial_id_from_study_id_trial_number(
             storage.get_study_id_from_name(job.study_name), job.trial_number)
         callbacks.append(KerasPruningCallback(optuna.Trial(study, trial_id), MONITOR))
+    progress.take_one_time_s()  # what a pruned or failed trial left there is not this one's
     started = time.perf_counter()
     try:
         with progress.hidden_unless(job.progress):

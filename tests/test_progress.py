@@ -67,3 +67,12 @@ def test_in_a_trials_process_a_bar_goes_below_the_sweeps_bar(monkeypatch):
     with progress.bar(10, "features", "img", delay=0) as meter:
         meter.update(10)
     assert terminal.getvalue().startswith("\n")  # one line down first (tqdm's position=1), then back up
+
+
+def test_one_time_work_is_told_once():
+    progress.take_one_time_s()
+    with progress.once_per_process():
+        time.sleep(0.05)
+    with progress.once_per_process():
+        time.sleep(0.05)
+    assert 0.1 <= progress.take_one_time_s() < 5 and progress.take_one_time_s() == 0.0
