@@ -560,11 +560,11 @@ def show_optuna_tracebacks() -> None:
 def main(argv: list[str] | None = None) -> int:
     redact_log_records()
     args = build_parser().parse_args(argv)
-    progress.hide(getattr(args, "quiet", False))  # the bars of one-time work too (decoding images, the feature pass)
     if args.debug:
         show_optuna_tracebacks()
     try:
-        return args.handler(args)
+        with progress.hidden_unless(not getattr(args, "quiet", False)):  # --quiet: no bar of one-time work either
+            return args.handler(args)
     except BenchmarkError as e:
         if args.debug:
             raise

@@ -147,3 +147,13 @@ def test_run_and_confirm_default_to_a_spec_swept_from_outside_experiments(store,
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     roles = sorted(r.data.tags[names.TAG_ROLE] for r in runs if r.data.tags.get(names.TAG_EXPERIMENT) == "mine")
     assert roles == sorted([names.ROLE_SWEEP, names.ROLE_TRIAL, names.ROLE_RUN, names.ROLE_CONFIRM])
+
+
+def test_quiet_hides_the_bars_of_one_command_only(monkeypatch):
+    from benchmark import cli, progress
+
+    seen, real = [], cli.command_run
+    monkeypatch.setattr(cli, "command_run", lambda args: seen.append(progress._hidden) or real(args))
+    assert cli.main(["run", "--backbone", "nope", "--quiet"]) == 2  # an unknown backbone: refused at once
+    assert cli.main(["run", "--backbone", "nope"]) == 2
+    assert seen == [True, False] and progress._hidden is False
