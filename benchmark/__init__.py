@@ -47,6 +47,7 @@ The modules, in the order data flows through them:
   errors          one-line errors and quiet native start-up
   redaction       no password or token in any message, log line or recorded value
   files           all-or-nothing writes of every file (and cache folder) the package writes
+  progress        the bars of long one-time work (tqdm, terminal only), and the time a process spends on it
   cli             the command line over all of the above
 """
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmark import files, measure
+from benchmark import files, measure, progress
 from benchmark.files import cache_dir  # defined there: benchmark.data needs it without Keras
 from benchmark.data import Dataset
 from benchmark.errors import BenchmarkError
@@ -112,7 +112,7 @@ def pooled_features(spec: TrialSpec, built: BuiltModel, data: Dataset) -> Cached
     def compute() -> dict[str, np.ndarray]:
         train = [AugmentedView(spec, data.x_train, v) for v in range(views)] if views else [data.x_train]
         return predict_splits(built.features, [*train, data.x_val, data.x_test], spec.training.batch_size,
-                              np.float32, views)
+                              np.float32, views, desc=f"{spec.backbone.name}: computing features (once)")
 
     cached = cached_arrays(folder_of(spec, built, data), data, views, compute)
     if shared is not None:
@@ -126,7 +126,8 @@ def above_cut(spec: TrialSpec, built: BuiltModel, data: Dataset, cut: str) -> Ab
     dtype = np.float32 if keras.config.dtype_policy().compute_dtype == "float32" else np.float16
     images = [getattr(data, f"x_{split}") for split in SPLITS]
     cached = cached_arrays(folder_of(spec, built, data, cut), data, 0,
-                           lambda: predict_splits(prefix, images, spec.training.batch_size, dtype))
+                           lambda: predict_splits(prefix, images, spec.training.batch_size, dtype,
+                                                  desc=f"{spec.backbone.name}: activations below {cut} (once)"))
     return Above(top=top, cached=cached)
 
 
@@ -144,12 +145,13 @@ def cached_arrays(folder: Path, data: Dataset, views: int, compute) -> Cached:
                   train_views=train_views)
 
 
-def predict_splits(model: keras.Model, images: list, batch_size: int, dtype, views: int = 0) -> dict:
+def predict_splits(model: keras.Model, images: list, batch_size: int, dtype, views: int = 0,
+                   desc: str | None = None) -> dict:
     """One forward pass over all splits, as over their concatenation (one traced function, not one
     per split's shapes), read and predicted a chunk at a time (measure.predict: the images are
     never all in memory): the training images (V views of them, with `views`), then validation,
-    then test."""
-    out = measure.predict(model, images, batch_size, dtype)
+    then test. `desc` names measure.predict's progress bar."""
+    out = measure.predict(model, images, batch_size, dtype, desc=desc)
     ends = np.cumsum([len(x) for x in images])
     train = out[:ends[-3]]
     if views:
@@ -241,7 +243,8 @@ def shared_frozen_part(spec: TrialSpec, data: Dataset) -> FrozenPart:
     shared = _shared.get(key)
     if shared is None or shared.data is not data:
         _shared.clear()
-        shared = _shared[key] = SharedPart(part=create_frozen_part(spec), data=data)
+        with progress.once_per_process():
+            shared = _shared[key] = SharedPart(part=create_frozen_part(spec), data=data)
     return shared.part
 
 

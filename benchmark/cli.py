@@ -12,7 +12,7 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per artifact read buries the output
 
-from benchmark import names  # noqa: E402
+from benchmark import names, progress  # noqa: E402
 from benchmark.errors import BenchmarkError, quiet_tensorflow_by_default, tensorflow_start_up_silenced  # noqa: E402
 from benchmark.redaction import redact, redact_log_records  # noqa: E402
 
@@ -252,17 +252,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def experiment_or_latest(args) -> str:
+def experiment_or_latest(args, needs_spec: bool = False) -> str:
     """--experiment, or the experiment of the store's most recent sweep, said in one line (stderr:
-    stdout may be a table)."""
+    stdout may be a table): its name, or the spec file it was swept from where that name finds
+    another spec or none (a sweep of `--experiment path/to/spec.toml`). A command that `needs_spec`
+    (run, confirm) is refused in one line when neither is there any more."""
     if args.experiment is not None:
         return args.experiment
     from benchmark import leaderboard, mlflow_store
 
     mlflow_store.configure_for_reading()
-    args.experiment = leaderboard.latest_swept_experiment()
-    print(f"experiment {args.experiment} (the most recent sweep's; --experiment NAME for another)", file=sys.stderr)
+    name, spec_file = leaderboard.latest_sweep()
+    args.experiment = swept_spec(name, spec_file)
+    if needs_spec and args.experiment == name and not spec_found(name):
+        raise BenchmarkError(f"the most recent sweep's experiment {name} has no spec file here (it was swept from "
+                             f"{spec_file or 'a file not recorded'}, which is gone or now names another experiment); "
+                             f"pass --experiment with the spec's path")
+    where = "" if args.experiment == name else f" from {args.experiment}"
+    print(f"experiment {name}{where} (the most recent sweep's; --experiment NAME for another)", file=sys.stderr)
     return args.experiment
+
+
+def swept_spec(name: str, spec_file: str | None) -> str:
+    """The name, unless the spec file a sweep recorded still holds the spec of that name and the
+    name alone would find another file (or none): then the file."""
+    from benchmark import spec as specs
+
+    if not spec_file or not Path(spec_file).is_file():
+        return name
+    if spec_found(name) and specs.find_experiment(name).resolve() == Path(spec_file).resolve():
+        return name
+    try:
+        return spec_file if specs.load_experiment(spec_file).name == name else name
+    except BenchmarkError:  # edited since into something else: the store's runs alone
+        return name
+
+
+def spec_found(name: str) -> bool:
+    from benchmark import spec as specs
+
+    try:
+        specs.find_experiment(name)
+        return True
+    except BenchmarkError:
+        return False
 
 
 def command_run(args) -> int:
@@ -271,7 +304,7 @@ def command_run(args) -> int:
     from benchmark import registry, spec as specs
 
     registry.get_backbone(args.backbone)  # a typo'd name is refused at once, before the store or TensorFlow load
-    experiment = specs.load_experiment(experiment_or_latest(args))  # before TensorFlow loads: a bad spec is reported at once
+    experiment = specs.load_experiment(experiment_or_latest(args, needs_spec=True))  # before TensorFlow loads: a bad spec is reported at once
     spec = experiment.resolve(args.backbone, args.strategy, args.data_dir)
     from benchmark import mlflow_store, study_identity
 
@@ -491,7 +524,7 @@ def command_check(args) -> int:
 def command_confirm(args) -> int:
     from benchmark import spec as specs
 
-    experiment = specs.load_experiment(experiment_or_latest(args))
+    experiment = specs.load_experiment(experiment_or_latest(args, needs_spec=True))
     import_training_modules()  # TensorFlow's start-up lines, silenced
     from benchmark import confirm, mlflow_store
 
@@ -572,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.debug:
         show_optuna_tracebacks()
     try:
-        return args.handler(args)
+        with progress.hidden_unless(not getattr(args, "quiet", False)):  # --quiet: no bar of one-time work either
+            return args.handler(args)
     except BenchmarkError as e:
         if args.debug:
             raise

@@ -9,7 +9,7 @@
   export_official_as_folder(...)  CIFAR-style arrays -> root/train|test/<class>/<i>.png
 
 Every problem with the user's files is a one-line BenchmarkError naming the file or folder and
-the fix. numpy and Pillow only: nothing here imports Keras.
+the fix. numpy, Pillow and tqdm only: nothing here imports Keras.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import sys
 import time
 import unicodedata
 import warnings
@@ -37,6 +36,7 @@ from PIL import Image, ImageOps
 
 from benchmark import files
 from benchmark.errors import BenchmarkError
+from benchmark.progress import bar
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -386,7 +386,7 @@ def store_images(index: ImageIndex, size: int, cache_root: str | os.PathLike, wo
     memory-mapped file, so memory stays bounded whatever N is; workers=1 decodes in this process.
     (Spawned workers import the caller's main script: a script must call this under
     `if __name__ == "__main__":`, as the CLI does.)
-    `progress` writes one updating line to stderr. The folder is written whole or not at all: a
+    `progress`: a bar on a terminal's stderr when decoding lasts (benchmark.progress). The folder is written whole or not at all: a
     file that fails to decode raises its BenchmarkError and leaves nothing in cache_root.
     `cache_root` is e.g. benchmark.cache.cache_dir().
     """
@@ -446,12 +446,11 @@ def _decode_into(folder: Path, paths: list[Path], size: int, workers: int, progr
     np.lib.format.open_memmap(images_file, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3)).flush()
     hashes = np.zeros(len(paths), dtype=f"S{PIXEL_HASH_BYTES}")
     chunks = [(start, paths[start:start + IMAGES_PER_TASK]) for start in range(0, len(paths), IMAGES_PER_TASK)]
-    meter = Progress(len(paths)) if progress else None
-    with contextlib.closing(_decoded_chunks(images_file, chunks, size, min(workers, len(chunks)))) as decoded:
+    with contextlib.closing(_decoded_chunks(images_file, chunks, size, min(workers, len(chunks)))) as decoded, \
+            bar(len(paths), "decoding images (once)", "img", shown=progress) as meter:
         for start, chunk_hashes in decoded:  # closing: a failure here still stops the workers first
             hashes[start:start + len(chunk_hashes)] = chunk_hashes
-            if meter:
-                meter.advance(len(chunk_hashes))
+            meter.update(len(chunk_hashes))
     np.save(folder / HASHES_FILE, hashes)
 
 
@@ -503,40 +502,6 @@ def _raise_failure(result: tuple[int, np.ndarray | str]) -> np.ndarray:
 
 def pixel_hash(pixels: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=PIXEL_HASH_BYTES).digest()
-
-
-class Progress:
-    """`decoding 1,234/20,000 images  410 img/s  ETA 38 s` on `stream`: rewritten in place on a
-    terminal; elsewhere (a log file) a new line per further 10% done, at most one per 5 s, and the last."""
-
-    LOG_EVERY_S = 5.0
-    LOG_EVERY_FRACTION = 0.1
-
-    def __init__(self, total: int, stream: TextIO | None = None, clock=time.perf_counter):
-        self.total, self.done = total, 0
-        self.stream = stream or sys.stderr
-        self.terminal = self.stream.isatty()
-        self.clock = clock
-        self.started = self.last_shown = clock()
-        self.last_shown_done = 0
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        now = self.clock()
-        finished = self.done >= self.total
-        if self.terminal:
-            self.stream.write(f"\r{self.line(now)}" + ("\n" if finished else ""))
-        elif finished or (now - self.last_shown >= self.LOG_EVERY_S
-                          and self.done - self.last_shown_done >= self.LOG_EVERY_FRACTION * self.total):
-            self.stream.write(self.line(now) + "\n")
-            self.last_shown, self.last_shown_done = now, self.done
-        self.stream.flush()
-
-    def line(self, now: float) -> str:
-        rate = self.done / max(now - self.started, 1e-9)
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
-        eta = f"{left:.0f} s" if left < 60 else f"{left / 60:.0f} min"
-        return f"decoding {self.done:,}/{self.total:,} images  {rate:,.0f} img/s  ETA {eta}"
 
 
 # ---------------------------------------------------------------- leakage between splits

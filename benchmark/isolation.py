@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 import optuna
 
-from benchmark import mlflow_store, names
+from benchmark import mlflow_store, names, progress
 from benchmark.data import Dataset, load_dataset
 from benchmark.errors import quiet_tensorflow_by_default, tensorflow_start_up_silenced
 from benchmark.spec import DataSpec, TrialSpec
@@ -42,6 +42,7 @@ class TrialJob:
     pruner: optuna.pruners.BasePruner | None  # None: no pruning
     verbose: int
     keep_above: float | None = None  # the trial keeps its model if its value beats this (None: any value)
+    progress: bool = True  # bars of its one-time work on a terminal (benchmark.progress); False: --quiet
 
 
 @dataclass
@@ -52,6 +53,7 @@ class JobResult:
     started_at: float = 0.0  # when the job began in its process (time.time())
     process_start_s: float = 0.0  # starting the trial process (Python, TensorFlow), when this job did
     val_correct: str = ""  # which validation images the trial's model gets right (measure.pack_correct)
+    one_time_s: float = 0.0  # work its process does once for all its trials (progress.once_per_process)
 
 
 class TrialFailed(RuntimeError):
@@ -65,7 +67,8 @@ def dataset_for(spec: DataSpec) -> Dataset:
     key = spec.model_dump_json()
     if key not in _datasets:
         _datasets.clear()
-        _datasets[key] = load_dataset(spec)
+        with progress.once_per_process():
+            _datasets[key] = load_dataset(spec)
     return _datasets[key]
 
 
@@ -100,18 +103,21 @@ def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> J
         trial_id = storage.get_trial_id_from_study_id_trial_number(
             storage.get_study_id_from_name(job.study_name), job.trial_number)
         callbacks.append(KerasPruningCallback(optuna.Trial(study, trial_id), MONITOR))
+    progress.take_one_time_s()  # what a pruned or failed trial left there is not this one's
     started = time.perf_counter()
     try:
-        prepared = prepare(job.spec, data or dataset_for(job.spec.data))
-        preparing_s = time.perf_counter() - started
-        record = run_tracked(prepared, job.run_id, keep=lambda metrics: job.keep_above is None or
-                             metrics[names.OBJECTIVE] > job.keep_above, callbacks=callbacks, verbose=job.verbose)
+        with progress.hidden_unless(job.progress):
+            prepared = prepare(job.spec, data or dataset_for(job.spec.data))
+            preparing_s = time.perf_counter() - started
+            record = run_tracked(prepared, job.run_id, keep=lambda metrics: job.keep_above is None or
+                                 metrics[names.OBJECTIVE] > job.keep_above, callbacks=callbacks, verbose=job.verbose)
     except optuna.TrialPruned:
         raise
     except Exception as e:
         raise TrialFailed(f"{type(e).__name__}: {e}") from None
     return JobResult(metrics=record.metrics, model_path=str(record.model_path) if record.model_path else None,
-                     compute_s=preparing_s + record.compute_s, started_at=started_at, val_correct=record.val_correct)
+                     compute_s=preparing_s + record.compute_s, started_at=started_at, val_correct=record.val_correct,
+                     one_time_s=record.one_time_s)
 
 
 def start_trial_process() -> None:
@@ -124,6 +130,7 @@ def start_trial_process() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: a killed sweep's trial process ends when its queue closes
         pass
+    progress.below_the_sweeps_bar()
     quiet_tensorflow_by_default()
     with tensorflow_start_up_silenced():
         import keras  # noqa: F401  (loads TensorFlow once, quietly, for all of this process's trials)

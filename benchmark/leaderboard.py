@@ -105,16 +105,24 @@ def experiment_id_of(experiment: str) -> str:
 def latest_swept_experiment() -> str:
     """The spec name of the store's most recent sweep: the experiment of its newest trial (or study,
     before its first trial), so that a resumed sweep counts when it ran, not when it began."""
+    return latest_sweep()[0]
+
+
+def latest_sweep() -> tuple[str, str | None]:
+    """(spec name, spec file) of the store's most recent sweep (latest_swept_experiment); the file
+    is the absolute path the sweep read its spec from, None for runs from before it was recorded."""
     newest = []
     for role in (names.ROLE_TRIAL, names.ROLE_SWEEP):
         runs = mlflow.search_runs(search_all_experiments=True, filter_string=names.tags_filter(**{names.TAG_ROLE: role}),
                                   order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
-        newest += [(run.info.start_time, run.data.tags.get(names.TAG_EXPERIMENT)) for run in runs]
-    if not any(name for _, name in newest):
+        newest += [(run.info.start_time, run.data.tags.get(names.TAG_EXPERIMENT), run.data.tags.get(names.TAG_SPEC_FILE))
+                   for run in runs]
+    if not any(name for _, name, _ in newest):
         raise BenchmarkError(
             f"no sweep in the MLflow store {mlflow_store.display_uri()} yet, so no experiment to default to; pass "
             f"--experiment NAME, or run a sweep first (the README's first command)")
-    return max((when, name) for when, name in newest if name)[1]
+    _, name, spec_file = max((item for item in newest if item[1]), key=lambda item: item[0])
+    return name, spec_file
 
 
 # ---------------------------------------------------------------- which studies are current

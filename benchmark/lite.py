@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from benchmark import checkpoint, files, keras_cache
+from benchmark import checkpoint, files, keras_cache, progress
 from benchmark.errors import BenchmarkError
 
 if TYPE_CHECKING:
@@ -183,12 +183,17 @@ def load_checkpoint(base: "keras.Model", name: str, path: Path) -> None:
             return
         except Exception:  # a damaged conversion: convert again below and overwrite it
             pass
-    assign(base, checkpoint.read_state_dict(path), name, str(path), with_top=False)
-    save_atomically(base, converted)
+    layers = sum(1 for layer in base.layers if layer.weights) + 1  # and the saving
+    with progress.bar(layers, f"{name}: converting the ImageNet weights (once)", "layer") as meter:
+        assign(base, checkpoint.read_state_dict(path), name, str(path), with_top=False, meter=meter)
+        save_atomically(base, converted)
+        meter.update()
 
 
-def assign(model: "keras.Model", state: dict[str, np.ndarray], name: str, source: str, with_top: bool) -> None:
-    """Every weighted layer gets its tensors; the first missing, misshapen or left-over tensor is an error."""
+def assign(model: "keras.Model", state: dict[str, np.ndarray], name: str, source: str, with_top: bool,
+           meter=None) -> None:
+    """Every weighted layer gets its tensors; the first missing, misshapen or left-over tensor is an
+    error. `meter` (a progress bar) advances by one per layer."""
     values, used = [], set()
     for layer in model.layers:
         if not layer.weights:
@@ -212,6 +217,8 @@ def assign(model: "keras.Model", state: dict[str, np.ndarray], name: str, source
         raise mismatch(source, name, f"it has tensor {extra[0]}, which {name} does not have")
     for layer, arrays in values:
         layer.set_weights(arrays)
+        if meter is not None:
+            meter.update()
 
 
 def torch_prefix(layer_name: str) -> str:

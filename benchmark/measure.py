@@ -8,6 +8,8 @@ import time
 import keras
 import numpy as np
 
+from benchmark import progress
+
 
 def pack_correct(correct: np.ndarray) -> str:
     """Per-example right/wrong as 'N:hex' (a bit each: 5,000 validation images in 1,250 characters),
@@ -105,7 +107,7 @@ def predict_batch_size(batch_size: int, shape: tuple[int, ...]) -> int:
     return batch_size
 
 
-def predict(model: keras.Model, sources: list, batch_size: int, dtype=np.float32) -> np.ndarray:
+def predict(model: keras.Model, sources: list, batch_size: int, dtype=np.float32, desc: str | None = None) -> np.ndarray:
     """model.predict over `sources` one after another, as over their concatenation, without
     concatenating them: chunks of whole batches (PREDICT_CHUNK_BYTES of input at most) are read,
     predicted and written into one preallocated output, so memory holds one chunk of input whatever
@@ -114,20 +116,35 @@ def predict(model: keras.Model, sources: list, batch_size: int, dtype=np.float32
     batch_size images but for images above PREDICT_BATCH_PIXELS a batch (predict_batch_size).
 
     A source is an array, a data.Rows, or anything with `shape` and `blocks()` (consecutive rows,
-    in order: cache.AugmentedView)."""
+    in order: cache.AugmentedView). With `desc`, a bar of the images predicted (benchmark.progress),
+    advanced batch by batch."""
     total = sum(len(source) for source in sources)
     batch_size = min(predict_batch_size(batch_size, tuple(source.shape)) for source in sources)
     row_bytes = max(int(np.prod(source.shape[1:])) * np.dtype(getattr(source, "dtype", np.uint8)).itemsize
                     for source in sources)
     rows = batch_size * max(1, PREDICT_CHUNK_BYTES // (batch_size * max(row_bytes, 1)))
     out, position = None, 0
-    for chunk in chunks(sources, rows):
-        predicted = np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0))
-        if out is None:
-            out = np.empty((total, *predicted.shape[1:]), dtype)
-        out[position:position + len(predicted)] = predicted
-        position += len(predicted)
+    with progress.bar(total, desc or "", "img", shown=desc is not None) as meter:
+        for chunk in chunks(sources, rows):
+            counted = BatchesCounted(meter, batch_size, len(chunk))
+            predicted = np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0, callbacks=[counted]))
+            if out is None:
+                out = np.empty((total, *predicted.shape[1:]), dtype)
+            out[position:position + len(predicted)] = predicted
+            position += len(predicted)
     return out if out is not None else np.empty((0,), dtype)
+
+
+class BatchesCounted(keras.callbacks.Callback):
+    """Advances a bar by each batch's images as `predict` goes through `rows` images (Keras's own
+    progress bar draws a line per call: one per chunk)."""
+
+    def __init__(self, meter, batch_size: int, rows: int):
+        super().__init__()
+        self.meter, self.batch_size, self.rows = meter, batch_size, rows
+
+    def on_predict_batch_end(self, batch: int, logs=None) -> None:
+        self.meter.update(min(self.batch_size, self.rows - batch * self.batch_size))
 
 
 def chunks(sources: list, rows: int):

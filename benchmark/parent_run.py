@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def trial_record(trial: optuna.trial.FrozenTrial) -> dict:
     """What a finished trial recorded in its study (user attr names.ATTR_OUTCOME): test_top1,
-    model_saved, compute_s, process_start_s, features_s."""
+    model_saved, compute_s, process_start_s, features_s, one_time_s."""
     return trial.user_attrs.get(names.ATTR_OUTCOME, {})
 
 

@@ -33,7 +33,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from benchmark import names, parent_run, sweep
+from benchmark import names, parent_run, progress, sweep
 from benchmark.errors import BenchmarkError
 from benchmark.measure import unpack_correct
 from benchmark.spec import ExperimentSpec, RaceSpec, pairs_of, parse_duration
@@ -298,8 +298,8 @@ def run_race(
     say(f"race over {len(entrants)} pairs for {budget}: {startup} startup trial(s) each, then rounds; "
         f"a pair leaves when worse than the leader (McNemar, Holm, alpha {race.alpha}) or converged")
     mark_racing(entrants)
-    bar = tqdm(total=budget.trials or (budget.seconds and round(budget.seconds)), unit="trial" if budget.trials else "s",
-               desc=f"race {experiment.name}", disable=None if progress_bar else True, dynamic_ncols=True, leave=False)
+    bar = progress.bar(budget.trials or round(budget.seconds or 0), f"race {experiment.name}",
+                       "trial" if budget.trials else "s", progress_bar, delay=0)
     by_pair = {e.pair: e for e in entrants}
 
     def leave(standing: Standing, record: dict) -> None:
@@ -308,7 +308,7 @@ def run_race(
             say(f"[{standing.label}] leaves the race: {exit_sentence(recorded)}")
 
     def run_trial(standing: Standing) -> None:
-        run_one_trial(by_pair[standing.pair], entrants, verbose, RaceLine(standing.label, say, bar))
+        run_one_trial(by_pair[standing.pair], entrants, verbose, RaceLine(standing.label, say, bar), progress_bar)
 
     try:
         ended_by, trials_run = race_loop([(e.pair, e.opened.study) for e in entrants], race,
@@ -367,7 +367,7 @@ def show_progress(bar: tqdm, budget: Budget, standings: list[Standing]) -> None:
     bar.set_postfix_str(f"{sum(s.exit is None for s in standings)} racing", refresh=True)
 
 
-def run_one_trial(entrant: Entrant, entrants: list[Entrant], verbose: int, line: RaceLine) -> None:
+def run_one_trial(entrant: Entrant, entrants: list[Entrant], verbose: int, line: RaceLine, progress_bars: bool = False) -> None:
     """One trial of the pair's study. A pair's trial process is kept while it races; another
     pair's is ended first, so the race holds one trial process at a time."""
     for other in entrants:
@@ -375,7 +375,7 @@ def run_one_trial(entrant: Entrant, entrants: list[Entrant], verbose: int, line:
             other.loop.close()
             other.loop = None
     if entrant.loop is None:
-        entrant.loop = sweep.TrialLoop(entrant.plan, entrant.opened, verbose)
+        entrant.loop = sweep.TrialLoop(entrant.plan, entrant.opened, verbose, progress_bars)
     entrant.loop.run(1, [line])
 
 

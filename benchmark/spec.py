@@ -409,6 +409,12 @@ class ExperimentSpec(Strict):
     training: TrainingSpec = TrainingSpec()
     search: SearchSpec = SearchSpec()
     _file: str | None = PrivateAttr(default=None)  # the spec file it was read from, for messages
+    _path: Path | None = PrivateAttr(default=None)  # the same, absolute: a sweep records it (names.TAG_SPEC_FILE)
+
+    @property
+    def source_file(self) -> str | None:
+        """The spec file it was read from, as an absolute path (None: not read from a file)."""
+        return str(self._path) if self._path is not None else None
 
     @contextlib.contextmanager
     def naming_its_file(self):
@@ -661,7 +667,7 @@ def load_experiment(name_or_path: str | Path) -> ExperimentSpec:
         spec = parse_experiment(raw, source=str(path))
     except RecursionError:
         raise SpecError(str(path), [TOO_DEEP]) from None
-    spec._file = shown_path(path)
+    spec._file, spec._path = shown_path(path), path.resolve()
     for field in ("dir", "labels"):  # relative to the spec file, not the cwd
         value = getattr(spec.data, field)
         if value is not None and not value.expanduser().is_absolute():

@@ -35,11 +35,11 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from benchmark import hparams, mlflow_store, mlflow_view, names, parent_run, registry, study_identity, track
+from benchmark import hparams, mlflow_store, mlflow_view, names, parent_run, progress, registry, study_identity, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.errors import BenchmarkError
 from benchmark.isolation import TrialJob, TrialRunner
-from benchmark.plan import builds_head_only
+from benchmark.plan import builds_head_only, schedule
 from benchmark.redaction import redact
 from benchmark.spec import ExperimentSpec, SearchSpace, SearchSpec, TrialSpec, pairs_of  # noqa: F401  (sweep.pairs_of, as before)
 from benchmark.storage import default_storage, open_storage
@@ -302,6 +302,7 @@ class Plan:
     fingerprint: study_identity.Fingerprint
     name: str  # the study's
     recipe: dict
+    spec_file: str | None = None  # the spec file's absolute path, recorded on the runs (names.TAG_SPEC_FILE)
 
 
 @dataclass
@@ -350,7 +351,8 @@ def resolve(experiment: ExperimentSpec, backbone: str, strategy: str | None, tri
     return Plan(spec=spec, space=space, search=experiment.search,
                 target=trials or spec.strategy.trials or experiment.search.trials,
                 timeout_s=timeout_s or experiment.search.timeout_s, data=data, fingerprint=fingerprint,
-                name=study_name(spec, fingerprint), recipe=study_identity.recipe(spec, space, experiment.search))
+                name=study_name(spec, fingerprint), recipe=study_identity.recipe(spec, space, experiment.search),
+                spec_file=experiment.source_file)
 
 
 def duplicates_tag(data: Dataset) -> str:
@@ -391,6 +393,8 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None], racing:
     optuna.storages.fail_stale_trials(study)  # dead workers elsewhere: after the heartbeat's grace period
     experiment_id = mlflow_store.experiment_id(spec.experiment)
     identity = parent_run.identity_tags(plan.fingerprint)
+    if plan.spec_file:
+        identity[names.TAG_SPEC_FILE] = plan.spec_file
     if plan.data.content_key is not None:  # own images: what the leakage check found
         identity[names.TAG_DUPLICATES] = duplicates_tag(plan.data)
     parent = parent_run.find_or_create(study, created, spec, plan.space, identity, experiment_id)
@@ -415,10 +419,11 @@ def open_study(plan: Plan, storage_url: str, say: Callable[[str], None], racing:
 def optimise(plan: Plan, opened: OpenedStudy, verbose: int, say: Callable[[str], None], progress_bar: bool = False) -> None:
     """Optuna's loop until the target is met (or the time is up), trials in a child process."""
     bar = trials_bar(plan, opened, progress_bar)
-    with TrialLoop(plan, opened, verbose) as loop:
+    with TrialLoop(plan, opened, verbose, progress_bar) as loop:
         try:
-            loop.run(opened.remaining * ATTEMPTS_PER_MISSING_TRIAL, [MaxTrialsCallback(plan.target, states=FINISHED),
-                                                                     Progress(plan.target, say, bar)], plan.timeout_s)
+            loop.run(opened.remaining * ATTEMPTS_PER_MISSING_TRIAL,
+                     [MaxTrialsCallback(plan.target, states=FINISHED),
+                      Progress(plan.target, say, bar, pruning_of(plan, loop.prunes))], plan.timeout_s)
         finally:
             bar.close()
 
@@ -427,16 +432,17 @@ class TrialLoop:
     """A study's trial runner and objective, kept across calls of `run` (a budget race gives a
     pair one trial at a time: its trial process and caches stay). `close` ends its trial process."""
 
-    def __init__(self, plan: Plan, opened: OpenedStudy, verbose: int):
+    def __init__(self, plan: Plan, opened: OpenedStudy, verbose: int, progress_bars: bool = False):
         self.plan, self.opened = plan, opened
         # A linear probe has no epochs to stop between: one fit to convergence, nothing to prune.
-        prunes = plan.search.pruner != "none" and plan.spec.training.optimizer != "lbfgs"
+        self.prunes = plan.search.pruner != "none" and plan.spec.training.optimizer != "lbfgs"
         self.interruption = Interruption()
         self.runner = TrialRunner(trials_per_process(plan), plan.data, interrupted=lambda: self.interruption.seen)
         self.objective = Objective(plan.spec, plan.space, plan.name, opened.storage_url,
-                                   opened.study.pruner if prunes else None, self.runner, verbose,
+                                   opened.study.pruner if self.prunes else None, self.runner, verbose,
                                    plan.search.keep_models,
-                                   data_input=track.dataset(plan.spec.data, plan.data.origin, plan.fingerprint.data))
+                                   data_input=track.dataset(plan.spec.data, plan.data.origin, plan.fingerprint.data),
+                                   progress_bars=progress_bars, spec_file=plan.spec_file)
 
     def __enter__(self) -> TrialLoop:
         return self
@@ -478,10 +484,11 @@ class TrialLoop:
 
 
 def trials_bar(plan: Plan, opened: OpenedStudy, shown: bool) -> tqdm:
-    """The study's trials done of its target, the best so far and tqdm's estimate of the time
-    left, on stderr; only on a terminal (tqdm's own test), and never when not `shown` (--quiet)."""
-    return tqdm(total=plan.target, initial=plan.target - opened.remaining, unit="trial", desc=plan.name,
-                disable=None if shown else True, dynamic_ncols=True, leave=False)
+    """The study's trials done of its target, the time so far, the best so far and the time left
+    (Progress's estimate: tqdm's own, from the rate so far, would count the first trial's one-time
+    work in every trial), on stderr; only on a terminal, and never when not `shown` (--quiet)."""
+    return progress.bar(plan.target, plan.name, "trial", shown, delay=0, initial=plan.target - opened.remaining,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
 
 
 CHILD_TRIALS = 10  # trials per child process under trials_per_process = "auto"
@@ -562,11 +569,13 @@ class Objective:
 
     def __init__(self, spec: TrialSpec, space: SearchSpace, name: str, storage_url: str,
                  pruner: optuna.pruners.BasePruner | None, runner: TrialRunner, verbose: int, keep_models: int,
-                 data_input=None):
+                 data_input=None, progress_bars: bool = False, spec_file: str | None = None):
         self.spec, self.space, self.name, self.storage_url = spec, space, name, storage_url
         self.pruner, self.runner, self.verbose, self.keep_models = pruner, runner, verbose, keep_models
         self.dropped: set[str] = set()  # run ids whose model this sweep deleted
         self.data_input = data_input  # the trials' dataset in MLflow (track.dataset)
+        self.progress_bars = progress_bars  # of a trial's one-time work (the feature pass), as of the trials
+        self.spec_file = spec_file  # tagged on each trial's run: what `run` and `confirm` default to
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -580,6 +589,8 @@ class Objective:
         spec = self.spec.with_values(**suggest(trial, self.spec, self.space))
         tags = {names.TAG_STUDY: self.name, names.TAG_TRIAL_NUMBER: str(trial.number), names.TAG_TRIAL_STATE: "RUNNING",
                 names.TAG_FULL_NAME: names.trial_full_name(self.name, trial.number)}
+        if self.spec_file:
+            tags[names.TAG_SPEC_FILE] = self.spec_file
         data_origin = self.runner.data.origin
         pruned = None
         name = names.run_name(spec.backbone.name, spec.strategy_name, trial=trial.number)
@@ -609,7 +620,7 @@ class Objective:
         job = TrialJob(
             spec=spec, run_id=run_id, tracking_uri=mlflow_store.tracking_uri(), storage_url=self.storage_url,
             study_name=self.name, trial_number=trial.number, pruner=self.pruner, verbose=self.verbose,
-            keep_above=parent_run.keep_threshold(trial.study, self.keep_models),
+            keep_above=parent_run.keep_threshold(trial.study, self.keep_models), progress=self.progress_bars,
         )
         result = self.runner.run(job)
         value = result.metrics[names.OBJECTIVE]
@@ -623,6 +634,7 @@ class Objective:
             names.OUTCOME_COMPUTE_S: result.compute_s, names.OUTCOME_PROCESS_START_S: result.process_start_s,
             names.OUTCOME_FEATURES_S: result.metrics.get(names.FEATURES_S, 0.0),
             names.OUTCOME_VAL_CORRECT: result.val_correct,
+            names.OUTCOME_ONE_TIME_S: result.one_time_s,
         })
         mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.COMPLETE.name)
         return value
@@ -640,26 +652,44 @@ def format_params(params: dict) -> str:
 
 
 def own_work(trial: optuna.trial.FrozenTrial) -> float:
-    """A trial's time less the one-time work it measured: starting its process and the feature
-    pass (computed once, then read from the cache)."""
+    """A trial's time less the one-time work it measured: starting its process, the feature pass
+    (computed once, then read from the cache) and what its process does once for all its trials."""
     outcome = trial.user_attrs.get(names.ATTR_OUTCOME, {})
-    one_time = outcome.get(names.OUTCOME_PROCESS_START_S, 0.0) + outcome.get(names.OUTCOME_FEATURES_S, 0.0)
+    one_time = sum(outcome.get(key, 0.0) for key in (names.OUTCOME_PROCESS_START_S, names.OUTCOME_FEATURES_S,
+                                                      names.OUTCOME_ONE_TIME_S))
     return max(0.0, trial.duration.total_seconds() - one_time)
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """What the time left needs to know of a study's pruner."""
+
+    startup_trials: int  # complete trials before it stops any (the median pruner's; 0 for the others)
+    earliest_share: float  # the least share of a trial's epochs that a pruned trial has run (its warm-up)
+
+
+def pruning_of(plan: Plan, prunes: bool) -> Pruning | None:
+    """The sweep's pruner as the time left sees it; None where no trial is pruned."""
+    if not prunes:
+        return None
+    epochs = sum(phase_epochs for _, _, phase_epochs in schedule(plan.spec))
+    startup = plan.search.startup_trials if plan.search.pruner == "median" else 0
+    return Pruning(startup_trials=startup, earliest_share=min(1.0, max(1, plan.search.pruner_warmup_epochs) / max(1, epochs)))
 
 
 class Progress:
     """One line per trial: i/N, state, params, val top-1, best so far, time left; and the bar."""
 
-    def __init__(self, target: int, say: Callable[[str], None], bar: tqdm | None = None):
-        self.target, self.say, self.started, self.bar = target, say, time.perf_counter(), bar
+    def __init__(self, target: int, say: Callable[[str], None], bar: tqdm | None = None, pruning: Pruning | None = None):
+        self.target, self.say, self.started, self.bar, self.pruning = target, say, time.perf_counter(), bar, pruning
         self.own_work: dict[TrialState, list[float]] = {}  # by state, each trial's time less its one-time work
         self.first_state: TrialState | None = None  # the state of the sweep's first finished trial
+        self.prunable = self.pruned = 0  # finished trials the pruner could have stopped, and those it did
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         finished = sum(t.state in FINISHED for t in study.trials)
         if trial.duration and trial.state in FINISHED:
-            self.first_state = self.first_state or trial.state
-            self.own_work.setdefault(trial.state, []).append(own_work(trial))
+            self.count(study, trial)
         params = format_params(trial.params)
         value = f"val_top1={trial.value:.4f}" if trial.value is not None else ""
         if trial.state == TrialState.PRUNED and trial.intermediate_values:
@@ -668,27 +698,53 @@ class Progress:
             best = f"best={study.best_value:.4f} (#{study.best_trial.number})"
         except ValueError:  # nothing completed yet
             best = "best=-"
-        left = max(0, self.target - finished) * self.next_trial_s()
+        complete = sum(t.state == TrialState.COMPLETE for t in study.trials)
+        left = f"~{self.time_left_s(max(0, self.target - finished), complete):.0f}s left"
         took = trial.duration.total_seconds() if trial.duration else 0.0
-        line = (f"trial {finished}/{self.target} #{trial.number} {trial.state.name} {params} {value} {best} "
-                f"{took:.1f}s, ~{left:.0f}s left")
+        line = f"trial {finished}/{self.target} #{trial.number} {trial.state.name} {params} {value} {best} {took:.1f}s, {left}"
         if self.bar is None or self.bar.disable:
             self.say(line)
             return
         with tqdm.external_write_mode():  # the line above the bar, not through it
             self.say(line)
-        self.bar.set_postfix_str(best, refresh=False)
+        self.bar.set_postfix_str(f"{best}, {left}", refresh=False)
         self.bar.update(min(finished, self.target) - self.bar.n)
         self.bar.refresh()  # now, whatever tqdm's minimum interval between redraws
 
-    def next_trial_s(self) -> float:
-        """What a trial still to run should take: the finished trials' own time, each state's mean
-        (a pruned trial stops early) weighted by how often it came. The sweep's first trial also
-        paid for work no later trial repeats and none measured (building and tracing the first
-        model), so it counts only while its state has no other trial."""
-        means, counts = {}, {}
-        for state, seconds in self.own_work.items():
-            later = seconds[1:] if state == self.first_state and len(seconds) > 1 else seconds
-            means[state], counts[state] = statistics.fmean(later), len(seconds)
-        total = sum(counts.values())
-        return sum(means[state] * counts[state] / total for state in means) if total else 0.0
+    def count(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.first_state = self.first_state or trial.state
+        self.own_work.setdefault(trial.state, []).append(own_work(trial))
+        if self.pruning is not None:
+            complete_before = sum(t.state == TrialState.COMPLETE for t in study.trials) - (trial.state == TrialState.COMPLETE)
+            if complete_before >= self.pruning.startup_trials:
+                self.prunable += 1
+                self.pruned += trial.state == TrialState.PRUNED
+
+    def typical_s(self, state: TrialState) -> float | None:
+        """The mean own time of this sweep's trials that ended in `state`. The sweep's first trial
+        also paid for work no later trial repeats and none measured (tracing the first model's
+        functions), so it counts only while its state has no other trial."""
+        seconds = self.own_work.get(state)
+        if not seconds:
+            return None
+        return statistics.fmean(seconds[1:] if state == self.first_state and len(seconds) > 1 else seconds)
+
+    def time_left_s(self, left: int, complete: int) -> float:
+        """What the `left` trials still to run should take, with `complete` trials complete so far.
+        Without a pruner, each as a complete trial (or as the trials seen, all pruned so far). With
+        one, the trials it cannot stop yet (its startup trials) as complete ones, the others as
+        pruned with the chance Laplace's rule gives from the trials it could have stopped (1/2
+        before any), a pruned trial taking what the pruned ones took or, before any, its warm-up
+        share of a complete one."""
+        complete_s, pruned_s = self.typical_s(TrialState.COMPLETE), self.typical_s(TrialState.PRUNED)
+        if complete_s is None and pruned_s is None:
+            return 0.0
+        if complete_s is None:
+            complete_s = pruned_s
+        if self.pruning is None:
+            return left * complete_s
+        if pruned_s is None:
+            pruned_s = complete_s * self.pruning.earliest_share
+        unprunable = min(left, max(0, self.pruning.startup_trials - complete))
+        chance = (self.pruned + 1) / (self.prunable + 2)
+        return unprunable * complete_s + (left - unprunable) * (chance * pruned_s + (1 - chance) * complete_s)

@@ -21,7 +21,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from benchmark import cache, measure, names, runtime, track
+from benchmark import cache, measure, names, progress, runtime, track
 from benchmark.data import Dataset, load_dataset
 from benchmark.model import BuiltModel, create_model, cut_below_trainable, inference_model, on_frozen_part
 from benchmark.plan import TrialPlan, plan_trial
@@ -149,7 +149,7 @@ def finish(result: TrialResult, keep: bool, directory: Path | None = None) -> Tr
         result.model_path = Path(directory or tempfile.mkdtemp(prefix="benchmark-trial-")) / names.ARTIFACT_MODEL_DIR
         _model_sizes[key] = save_model(result.built.model, result.model_path)
     elif key not in _model_sizes:
-        with tempfile.TemporaryDirectory(prefix="benchmark-size-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="benchmark-size-") as tmp, progress.once_per_process():
             _model_sizes[key] = save_model(result.built.model, Path(tmp) / names.ARTIFACT_MODEL_DIR)
     result.metrics[names.MODEL_SIZE_MB] = _model_sizes[key]
     result.tags[names.TAG_MODEL] = names.MODEL_KEPT if keep else names.MODEL_NOT_KEPT
@@ -188,7 +188,8 @@ def inference_rate(spec: TrialSpec, built: BuiltModel) -> float:
     """measure.inference_throughput, once per process for each architecture and setting."""
     key = json.dumps([architecture_key(spec, built), spec.training.batch_size, spec.training.jit_compile])
     if key not in _inference_rates:
-        _inference_rates[key] = measure.inference_throughput(built.model, spec.training.batch_size)
+        with progress.once_per_process():
+            _inference_rates[key] = measure.inference_throughput(built.model, spec.training.batch_size)
     return _inference_rates[key]
 
 
@@ -212,6 +213,7 @@ class TrialRecord:
     model_path: Path | None  # the saved model, if the trial kept it (for track.log_model)
     compute_s: float  # training and measuring; not logging
     val_correct: str = ""  # TrialResult.val_correct
+    one_time_s: float = 0.0  # of it and of preparing, the work done once for all of this process's trials
 
 
 def run_tracked(prepared: Prepared, run_id: str, keep: bool | Callable[[dict[str, float]], bool],
@@ -228,4 +230,4 @@ def run_tracked(prepared: Prepared, run_id: str, keep: bool | Callable[[dict[str
     compute_s = time.perf_counter() - started - epoch_logger.seconds
     track.log_result(result, run_id, curves)
     return TrialRecord(metrics=result.metrics, model_path=result.model_path, compute_s=compute_s,
-                       val_correct=result.val_correct)
+                       val_correct=result.val_correct, one_time_s=progress.take_one_time_s())

@@ -9,8 +9,9 @@
     weights from the package, linear head on cached pooled features) at data.image_size px, in a
     fresh store and a fresh cache (decoding and the feature pass included), while sampling the
     resident memory of the sweep's process tree (psutil, every 0.2 s, children summed);
-(c) prints the decoding rate (images/s), the sweep's wall time and the peak resident memory, per
-    stage (decoding, then the rest), and with --docs writes them to docs/performance.md.
+(c) prints the decoding rate (images/s: from when the image cache's partial folder appears to when
+    the finished one takes its place, as polled), the sweep's wall time and the peak resident memory,
+    per stage (decoding, then the rest), and with --docs writes them to docs/performance.md.
 
 At 224 px the stored images take N x 150,528 bytes (3.0 GB for 20,000): the goal is a peak under
 2.5 GB, so the images must never be in memory whole (benchmark.data.Rows, measure.predict).
@@ -140,25 +141,30 @@ def run_sweep(spec_file: Path, work: Path) -> dict:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    process, samples = psutil.Process(child.pid), []
+    process, samples, decoding_span = psutil.Process(child.pid), [], [None, None]
+    images_cache = work / "cache" / "images"
     while child.poll() is None:
-        samples.append((time.perf_counter() - started, tree_rss(process)))
+        now = time.perf_counter() - started
+        samples.append((now, tree_rss(process)))
+        if decoding_span[0] is None and any(images_cache.glob(".images-*.partial")):
+            decoding_span[0] = now
+        if decoding_span[1] is None and any(images_cache.glob("images-*")):
+            decoding_span[1] = now
         time.sleep(SAMPLE_EVERY_S)
     wall = time.perf_counter() - started
     reader.join(timeout=10)
     if child.returncode != 0:
         raise SystemExit(f"the sweep failed (exit {child.returncode}); its output is above")
-    return {"wall_s": wall, "samples": samples, "lines": lines}
+    return {"wall_s": wall, "samples": samples, "lines": lines, "decoding_span": decoding_span}
 
 
-def decoding(lines: list[tuple[float, str]]) -> tuple[float, float]:
-    """(images/s, seconds from the sweep's start until decoding ended) from the last progress line."""
-    done = [(t, line) for t, line in lines if line.startswith("decoding ")]
-    if not done:
-        return float("nan"), 0.0
-    t, line = done[-1]
-    rate = float(re.search(r"([\d,]+) img/s", line).group(1).replace(",", ""))
-    return rate, t
+def decoding(span: list, images: int) -> tuple[float, float]:
+    """(images/s, seconds from the sweep's start until decoding ended) from when the image cache's
+    partial folder appeared and its finished folder did (the bar of decoding is terminal-only)."""
+    began, ended = span
+    if began is None or ended is None or ended <= began:
+        return float("nan"), ended or 0.0
+    return images / (ended - began), ended
 
 
 def write_docs(command: str, result: dict) -> None:
@@ -194,7 +200,7 @@ def main() -> None:
         spec_file.write_text(SPEC.format(images=args.images, size=args.image_size, folder=folder.as_posix(),
                                          trials=args.trials, epochs=args.epochs))
         result = run_sweep(spec_file, work)
-    rate, decoded_at = decoding(result["lines"])
+    rate, decoded_at = decoding(result["decoding_span"], args.images)
     samples = result["samples"]
     peak = max(rss for _, rss in samples)
     peak_decoding = max((rss for t, rss in samples if t <= decoded_at), default=0)

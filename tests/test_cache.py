@@ -2,7 +2,9 @@
 boundary, gives the results of training through the frozen layers; keyed by everything that
 determines the arrays, robust to a damaged or unwritable cache; the saved model is the whole network."""
 
+import io
 import logging
+import sys
 
 import keras
 import mlflow
@@ -10,7 +12,7 @@ import mlflow.keras
 import numpy as np
 import pytest
 
-from benchmark import cache, measure, mlflow_store, registry
+from benchmark import cache, measure, mlflow_store, progress, registry
 from benchmark.data import load_dataset
 from benchmark.model import create_model, cut_below_trainable, on_frozen_part
 from benchmark.plan import plan_trial
@@ -393,3 +395,36 @@ def test_the_chunked_feature_pass_equals_one_predict_over_the_concatenated_split
     on_array = measure.evaluate(head, np.array(stored[splits["test"]]), labels, batch_size=8)
     np.testing.assert_array_equal(on_rows["predictions"], on_array["predictions"])
     assert on_rows["top1"] == on_array["top1"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_feature_pass_counts_every_image_batch_by_batch_on_one_bar(tmp_path, monkeypatch):
+    """One bar over all splits and chunks, advanced by each batch (the last one partial), drawn on a
+    terminal once the pass has lasted progress.DELAY_S (0 here), with the values of a pass without it."""
+    monkeypatch.setattr(measure, "PREDICT_CHUNK_BYTES", 3 * 8 * 8 * 8 * 3)  # 3 batches of 8 images a chunk
+    monkeypatch.setattr(progress, "DELAY_S", 0)
+    made, steps, bar = [], [], progress.bar
+
+    def recorded(*args, **options):
+        made.append(bar(*args, **options))
+        update = made[-1].update
+        made[-1].update = lambda n=1: steps.append(n) or update(n)
+        return made[-1]
+
+    monkeypatch.setattr(progress, "bar", recorded)
+    model, stored = small_convnet(), image_file(tmp_path / "images.npy", 100)
+    sources = [np.array(stored[:50]), np.array(stored[50:70]), np.array(stored[70:])]
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    features = cache.predict_splits(model, sources, batch_size=8, dtype=np.float32, desc="vgg16: computing features (once)")
+    drawn = sys.stderr.getvalue()
+    assert [(b.total, b.n) for b in made] == [(100, 100)] and steps == [8] * 12 + [4]
+    assert "vgg16: computing features (once):" in drawn and drawn.endswith("\r")  # cleared at the end
+    whole = model.predict(np.concatenate(sources), batch_size=8, verbose=0)
+    np.testing.assert_array_equal(np.concatenate([features[split] for split in cache.SPLITS]), whole)
+    made.clear()
+    cache.predict_splits(model, sources, batch_size=8, dtype=np.float32)  # no description: no bar
+    assert [b.n for b in made] == [0]

@@ -76,3 +76,84 @@ def test_errors_from_the_real_process_are_one_line_and_debug_shows_the_traceback
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr and "BenchmarkError: unknown backbone 'resnet5'" in debug.stderr
     assert not (tmp_path / "mlruns").exists()
+
+
+# ---------------------------------------------------------------- the experiment a command defaults to
+
+
+def spec_named(name: str, path: Path, epochs: int = 3) -> Path:
+    """experiments/ci.toml as another experiment, in a file outside experiments/."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (REPO / "experiments" / "ci.toml").read_text()
+    path.write_text(text.replace('name = "ci"', f'name = "{name}"').replace("epochs = 3", f"epochs = {epochs}"))
+    return path
+
+
+def a_trial_run_of(experiment: str, spec_file: Path) -> None:
+    """A sweep's newest trial run, with the tags a sweep gives it (test_run_and_confirm_default_...: it does)."""
+    import mlflow
+
+    from benchmark import mlflow_store, names
+
+    mlflow_store.configure()
+    client = mlflow.MlflowClient()
+    client.create_run(client.create_experiment(names.experiment_name(experiment)), tags={
+        names.TAG_ROLE: names.ROLE_TRIAL, names.TAG_EXPERIMENT: experiment, names.TAG_SPEC_FILE: str(spec_file)})
+
+
+def test_the_default_is_the_name_where_it_finds_the_swept_file_else_the_file(tmp_path):
+    from benchmark import cli
+
+    in_tree = REPO / "experiments" / "ci.toml"
+    assert cli.swept_spec("ci", str(in_tree)) == "ci"
+    assert cli.swept_spec("ci", None) == "ci"  # runs from before the file was recorded
+    elsewhere = spec_named("ci", tmp_path / "copy" / "ci.toml")  # a file of the same name elsewhere: it was swept
+    assert cli.swept_spec("ci", str(elsewhere)) == str(elsewhere)
+    mine = spec_named("mine", tmp_path / "specs" / "mine.toml")
+    assert cli.swept_spec("mine", str(mine)) == str(mine)
+    assert cli.swept_spec("other", str(mine)) == "other"  # the file names another experiment now
+    assert cli.swept_spec("mine", str(tmp_path / "gone.toml")) == "mine"
+
+
+def test_run_and_confirm_refuse_in_one_line_when_the_swept_spec_file_is_gone(store, tmp_path, capsys):
+    from benchmark import cli
+
+    gone = tmp_path / "specs" / "mine.toml"
+    a_trial_run_of("mine", gone)
+    for command in (["run", "--backbone", "vgg16"], ["confirm"]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: the most recent sweep's experiment mine has no spec file here (it was swept "
+                              f"from {gone}, which is gone") and "pass --experiment" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_run_and_confirm_default_to_a_spec_swept_from_outside_experiments(store, tmp_path, capsys):
+    import mlflow
+
+    from benchmark import cli, leaderboard, names
+
+    spec_file = spec_named("mine", tmp_path / "elsewhere" / "mine.toml", epochs=1)
+    assert cli.main(["sweep", "--experiment", str(spec_file), "--backbone", "vgg16", "--strategy", "frozen",
+                     "--trials", "1", "--quiet"]) == 0
+    assert leaderboard.latest_sweep() == ("mine", str(spec_file))  # what the sweep recorded
+    capsys.readouterr()
+    said = f"experiment mine from {spec_file} (the most recent sweep's; --experiment NAME for another)"
+    assert cli.main(["run", "--backbone", "vgg16", "--quiet"]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == said
+    assert cli.main(["confirm", "--top", "1", "--seeds", "1", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0] == said and f"leaderboard --experiment {spec_file}" in out
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    roles = sorted(r.data.tags[names.TAG_ROLE] for r in runs if r.data.tags.get(names.TAG_EXPERIMENT) == "mine")
+    assert roles == sorted([names.ROLE_SWEEP, names.ROLE_TRIAL, names.ROLE_RUN, names.ROLE_CONFIRM])
+
+
+def test_quiet_hides_the_bars_of_one_command_only(monkeypatch):
+    from benchmark import cli, progress
+
+    seen, real = [], cli.command_run
+    monkeypatch.setattr(cli, "command_run", lambda args: seen.append(progress._hidden) or real(args))
+    assert cli.main(["run", "--backbone", "nope", "--quiet"]) == 2  # an unknown backbone: refused at once
+    assert cli.main(["run", "--backbone", "nope"]) == 2
+    assert seen == [True, False] and progress._hidden is False

@@ -4,6 +4,7 @@ one-line error naming the file, and a failed store leaves nothing in the cache."
 import io
 import os
 import struct
+import sys
 import warnings
 import zlib
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark import images
+from benchmark import images, progress
 from benchmark.errors import BenchmarkError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -438,7 +439,7 @@ def test_store_images_decodes_once_then_hits(tmp_path, capsys):
     for i, path in enumerate(index.paths):
         assert (first.images[i] == images.decode(path, 12)).all()
         assert first.pixel_hashes[i] == np.array([images.pixel_hash(images.decode(path, 12))], dtype="S16")[0]
-    assert "decoding 7/7 images" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""  # not a terminal: no bar in a log
     second = images.store_images(index, 12, cache_root, workers=1)
     assert second.status == "hit" and second.key == first.key and isinstance(second.images, np.memmap)
     assert (np.asarray(second.images) == np.asarray(first.images)).all()
@@ -518,29 +519,46 @@ def test_an_unreadable_cache_is_decoded_again(tmp_path):
     assert images.store_images(index, 8, tmp_path / "cache").status == "hit"
 
 
-def test_progress_on_a_terminal_rewrites_one_line():
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    stream = Terminal()
-    meter = images.Progress(20_000, stream)
-    meter.advance(1_234)
-    meter.advance(18_766)
-    text = stream.getvalue()
-    assert text.startswith("\rdecoding 1,234/20,000 images  ") and " img/s  ETA " in text
-    assert "\rdecoding 20,000/20,000 images" in text and text.endswith(" s\n") and text.count("\n") == 1
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
 
 
-def test_progress_in_a_log_is_a_few_lines():
-    seconds = iter(range(10_000))
-    stream = io.StringIO()
-    meter = images.Progress(1000, stream, clock=lambda: float(next(seconds)))
-    for _ in range(1000):
-        meter.advance(1)  # one second per image
-    lines = stream.getvalue().splitlines()
-    assert 2 <= len(lines) <= 11 and lines[-1].startswith("decoding 1,000/1,000 images  1 img/s  ETA 0 s")
-    assert "\r" not in stream.getvalue()
+@pytest.fixture
+def bars_made(monkeypatch):
+    """The progress bars store_images makes (the real ones), kept to be looked at."""
+    made = []
+
+    def recorded(*args, **options):
+        made.append(progress.bar(*args, **options))
+        return made[-1]
+
+    monkeypatch.setattr(images, "bar", recorded)
+    return made
+
+
+def test_decoding_counts_every_image_on_a_bar_drawn_on_a_terminal_once_it_lasts(tmp_path, monkeypatch, bars_made):
+    index = images.index_folder(two_class_folder(tmp_path / "photos", per_class=70))  # 140 images: 3 chunks
+    monkeypatch.setattr("sys.stderr", Terminal())
+    images.store_images(index, 8, tmp_path / "quick", workers=1)
+    assert [(b.total, b.n) for b in bars_made] == [(140, 140)]  # (a disabled bar counts nothing)
+    assert sys.stderr.getvalue() == ""  # done within DELAY_S: nothing drawn
+    monkeypatch.setattr(progress, "DELAY_S", 0)
+    images.store_images(index, 8, tmp_path / "drawn", workers=1)
+    assert "decoding images (once)" in sys.stderr.getvalue() and bars_made[-1].n == 140
+
+
+def test_decoding_draws_nothing_in_a_log_with_progress_off_or_hidden(tmp_path, monkeypatch, bars_made, capsys):
+    index = images.index_folder(two_class_folder(tmp_path / "photos"))
+    monkeypatch.setattr(progress, "DELAY_S", 0)
+    images.store_images(index, 8, tmp_path / "log", workers=1)  # capsys: stderr is not a terminal
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr("sys.stderr", Terminal())
+    images.store_images(index, 8, tmp_path / "off", workers=1, progress=False)
+    with progress.hidden_unless(False):
+        images.store_images(index, 8, tmp_path / "hidden", workers=1)
+    assert [(b.total, b.n) for b in bars_made] == [(len(index), 0)] * 3  # disabled: counts nothing
+    assert sys.stderr.getvalue() == ""
 
 
 # ---------------------------------------------------------------- duplicates across splits

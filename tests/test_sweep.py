@@ -690,7 +690,7 @@ def test_quiet_by_default_epoch_lines_with_v_and_no_bar_with_quiet():
 
 
 def test_the_time_left_leaves_out_the_one_time_work_of_the_first_trial():
-    """The first trial paid for its process and the feature pass (35 of its 40 s): after it, the
+    """The first trial paid for its process, the feature pass and its frozen part (35 of its 40 s): after it, the
     estimate is the 5 s left of it a trial, not 40 s; once a second trial has run, the first
     (which also paid for work nothing measured) no longer counts."""
     import datetime
@@ -698,7 +698,7 @@ def test_the_time_left_leaves_out_the_one_time_work_of_the_first_trial():
     study, lines = optuna.create_study(direction="maximize"), []
     progress = sweep.Progress(10, lines.append)
     start = datetime.datetime(2026, 1, 1)
-    for number, (seconds, outcome) in enumerate([(40.0, {"process_start_s": 5.0, "features_s": 30.0}),
+    for number, (seconds, outcome) in enumerate([(40.0, {"process_start_s": 5.0, "features_s": 20.0, "one_time_s": 10.0}),
                                                  (4.0, {"process_start_s": 0.0, "features_s": 0.01})]):
         study.add_trial(optuna.trial.FrozenTrial(
             number=number, state=optuna.trial.TrialState.COMPLETE, value=0.5, datetime_start=start,
@@ -708,18 +708,53 @@ def test_the_time_left_leaves_out_the_one_time_work_of_the_first_trial():
     assert [line.rsplit(", ", 1)[1] for line in lines] == ["~45s left", "~32s left"]  # 9 x 5 s, then 8 x 4 s
 
 
-def test_the_time_left_weighs_pruned_and_complete_trials_by_how_often_they_came():
+def finished_trials(study, progress, trials):
+    """(state, seconds) trials added to `study` one by one, each followed by the Progress callback."""
     import datetime
 
-    study, lines = optuna.create_study(direction="maximize"), []
-    progress = sweep.Progress(10, lines.append)
     start = datetime.datetime(2026, 1, 1)
-    complete, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
-    for number, (state, seconds) in enumerate([(complete, 30.0), (complete, 10.0), (pruned, 2.0), (complete, 14.0)]):
+    complete = optuna.trial.TrialState.COMPLETE
+    for state, seconds in trials:
+        number = len(study.trials)
         study.add_trial(optuna.trial.FrozenTrial(
             number=number, state=state, value=0.5 if state == complete else None, datetime_start=start,
             datetime_complete=start + datetime.timedelta(seconds=seconds), params={}, distributions={},
             user_attrs={}, system_attrs={}, intermediate_values={0: 0.1}, trial_id=number))
         progress(study, study.trials[-1])
-    # complete: 12 s (10 and 14: the first trial left out), pruned 2 s, in 3 of 4 and 1 of 4 trials
-    assert lines[-1].endswith(f", ~{6 * (0.75 * 12 + 0.25 * 2):.0f}s left")
+
+
+def test_the_time_left_expects_pruned_trials_once_the_pruner_may_prune():
+    """The pruner stops no trial before 2 complete ones, then at 1/4 of the epochs at the earliest."""
+    study, lines = optuna.create_study(direction="maximize"), []
+    progress = sweep.Progress(10, lines.append, pruning=sweep.Pruning(startup_trials=2, earliest_share=0.25))
+    complete, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+    finished_trials(study, progress, [(complete, 30.0), (complete, 10.0), (complete, 14.0), (pruned, 2.0), (complete, 12.0)])
+    assert [line.rsplit(", ~", 1)[1] for line in lines] == [
+        "180s left",  # 1 more trial it cannot prune (30 s), 8 pruned at 1/2 odds (7.5 s) or complete (30 s)
+        "50s left",  # the first trial no longer counts: 8 x (1/2 x 2.5 + 1/2 x 10)
+        "63s left",  # complete 12 s; 1 trial it could have pruned, not pruned: odds 1/3; 7 x (1/3 x 3 + 2/3 x 12)
+        "42s left",  # a pruned one, 2 s: odds 2/4; 6 x (1/2 x 2 + 1/2 x 12)
+        "40s left",  # 1 pruned of 3 it could have: odds 2/5; 5 x (2/5 x 2 + 3/5 x 12)
+    ]
+
+
+def test_without_a_pruner_every_trial_left_is_expected_complete():
+    study, lines = optuna.create_study(direction="maximize"), []
+    progress = sweep.Progress(4, lines.append)
+    finished_trials(study, progress, [(optuna.trial.TrialState.COMPLETE, s) for s in (9.0, 3.0, 5.0)])
+    assert [line.rsplit(", ~", 1)[1] for line in lines] == ["27s left", "6s left", "4s left"]
+
+
+def test_the_time_left_sees_the_pruner_of_the_spec():
+    from benchmark.spec import load_experiment
+
+    experiment = load_experiment("transfer")
+
+    def pruning(strategy, prunes=True):
+        plan = sweep.Plan(spec=experiment.resolve("efficientnetlite0", strategy), space=None, search=experiment.search,
+                          target=4, timeout_s=None, data=None, fingerprint=None, name="", recipe={})
+        return sweep.pruning_of(plan, prunes)
+
+    assert pruning("frozen") == sweep.Pruning(startup_trials=3, earliest_share=10 / 60)  # 60 epochs, warm-up 10
+    assert pruning("two_phase") == sweep.Pruning(startup_trials=3, earliest_share=10 / 33)  # 30 head epochs + 3
+    assert pruning("frozen", prunes=False) is None

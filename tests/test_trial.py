@@ -158,3 +158,25 @@ def test_a_four_class_trial_logs_balanced_accuracy_and_a_per_class_table_but_no_
         assert int(row["predicted"]) == (predicted == index).sum()
         recall = int(row["correct"]) / mine.sum() if mine.any() else None
         assert (float(row["recall"]) if row["recall"] else None) == pytest.approx(recall)
+
+
+@pytest.mark.slow
+def test_a_trial_says_how_long_it_spent_on_what_its_process_does_once(store, monkeypatch):
+    """The first head-only trial of a process builds the frozen part and measures the model's size
+    and speed for all the others (progress.once_per_process): its record says how long that took,
+    the next trial's says nothing (what a sweep's estimate of the time left leaves out)."""
+    from benchmark import cache, trial
+    from benchmark.data import load_dataset
+
+    for shared in ("_model_sizes", "_inference_rates"):
+        monkeypatch.setattr(trial, shared, {})
+    monkeypatch.setattr(cache, "_shared", {})
+    spec = ci_trial("vgg16", "frozen")
+    data = load_dataset(spec.data)
+    mlflow_store.configure()
+    client, records = mlflow.MlflowClient(), []
+    for _ in range(2):
+        run_id = client.create_run(mlflow_store.experiment_id(spec.experiment)).info.run_id
+        records.append(run_tracked(prepare(spec, data), run_id, keep=False))
+    first, second = records
+    assert 0 < first.one_time_s and second.one_time_s == 0.0
