@@ -33,6 +33,7 @@ import psutil
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 WINDOW = 10  # trials per time sample: the median of the WINDOW trials ending at a checkpoint
+BASE = 20  # memory growth is counted from this trial: the first ones build, trace and fill caches
 
 
 def fresh_stores() -> None:
@@ -118,21 +119,21 @@ def window_median(seconds: list[float], trial: int) -> float:
 
 
 def checkpoints(trials: int) -> list[int]:
-    return [t for t in [10, *range(50, trials + 1, 50)] if t <= trials]
+    return [t for t in [10, BASE, *range(50, trials + 1, 50), trials] if t <= trials and (t == trials or t % 10 == 0)]
 
 
 def report(recorder: Recorder, trials: int) -> list[str]:
     rss, wall, cpu = recorder.rss_mib, recorder.seconds, recorder.cpu_seconds
-    lines = ["| trial | RSS (MiB) | RSS growth since trial 10 (MiB/trial) | CPU s per trial | wall s per trial |",
+    lines = [f"| trial | RSS (MiB) | RSS growth since trial {BASE} (MiB/trial) | CPU s per trial | wall s per trial |",
              "|---|---|---|---|---|"]
     for t in checkpoints(trials):
-        growth = f"{(rss[t - 1] - rss[9]) / (t - 10):+.3f}" if t > 10 else ""
+        growth = f"{(rss[t - 1] - rss[BASE - 1]) / (t - BASE):+.3f}" if t > BASE else ""
         lines.append(f"| {t} | {rss[t - 1]:.0f} | {growth} | {window_median(cpu, t):.3f} | {window_median(wall, t):.3f} |")
     late = checkpoints(trials)[-1]
     lines += ["", f"(per trial: the median of the {WINDOW} trials up to the one named; CPU s: the sweep process's "
                   "user + system time, all its threads)", "",
-              f"RSS {rss[9]:.0f} -> {rss[late - 1]:.0f} MiB from trial 10 to {late}: "
-              f"**{(rss[late - 1] - rss[9]) / (late - 10):+.3f} MiB per trial** (goal <= 1); CPU time per trial "
+              f"RSS {rss[BASE - 1]:.0f} -> {rss[late - 1]:.0f} MiB from trial {BASE} to {late}: "
+              f"**{(rss[late - 1] - rss[BASE - 1]) / (late - BASE):+.3f} MiB per trial** (goal <= 1); CPU time per trial "
               f"{window_median(cpu, 10):.3f} -> {window_median(cpu, late):.3f} s: "
               f"**{window_median(cpu, late) / window_median(cpu, 10):.2f}x** (goal within 10%); wall time "
               f"{window_median(wall, 10):.3f} -> {window_median(wall, late):.3f} s."]
@@ -215,12 +216,22 @@ def main() -> None:
     parser.add_argument("--diff", type=int, nargs=2, metavar=("A", "B"), help="tracemalloc/gc diff of trials A and B")
     parser.add_argument("--plot", type=Path, help="a PNG of RSS and time per trial")
     parser.add_argument("--save", type=Path, help="the per-trial series as JSON")
+    parser.add_argument("--from-json", type=Path, help="report (and --plot) the series a --save wrote, without running")
     parser.add_argument("--reopen-cost", action="store_true", help="only the pruner's study: reopened vs kept open")
     parser.add_argument("--fresh-heads", action="store_true",
                         help="a new compiled head per trial (trial.REUSE_HEADS = False), for comparison")
     args = parser.parse_args()
     if args.reopen_cost:
         print("\n".join(reopen_cost()))
+        return
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        recorder = Recorder()
+        recorder.rss_mib, recorder.seconds, recorder.cpu_seconds = saved["rss_mib"], saved["wall_s"], saved["cpu_s"]
+        trials = len(recorder.rss_mib)
+        print("\n".join(report(recorder, trials)))
+        if args.plot:
+            plot(recorder, args.plot, f"{trials} in-process `ci` head-only trials (VGG16 frozen, pruner {args.pruner})")
         return
     fresh_stores()
     if args.diff:
