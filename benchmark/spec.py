@@ -383,7 +383,7 @@ class SearchSpec(Strict):
     # Trials run in a child process replaced after this many trials (memory stays bounded, a crash
     # fails one trial); 0 runs them in the sweep's own process. auto: head-only trials on cached
     # features in the sweep's process (they build only a head on a frozen part built once, so no
-    # process start is paid and memory grows ~5 MiB a trial instead of ~70), every other trial in a
+    # process start is paid and memory grows ~1 MiB a trial instead of ~70), every other trial in a
     # child replaced every 10.
     trials_per_process: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     # A study keeps the full models of its best keep_models trials; the others keep their curves,
