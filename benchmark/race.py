@@ -23,11 +23,13 @@ tag on the pair's parent run), so several `sweep --budget` workers on one storag
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime
 from typing import Callable
 
 import mlflow
+from mlflow.entities import RunTag
 import numpy as np
 import optuna
 from optuna.trial import TrialState
@@ -110,7 +112,7 @@ class Standing:
         return sum(((t.datetime_complete or now) - t.datetime_start).total_seconds()
                    for t in self.trials if t.datetime_start is not None)
 
-    @property
+    @cached_property  # read once: `trials` is a snapshot
     def best(self) -> optuna.trial.FrozenTrial | None:
         """The best completed trial that recorded its validation answers (ties: the earliest)."""
         done = [t for t in self.trials if t.state == TrialState.COMPLETE and t.value is not None
@@ -193,10 +195,11 @@ def decide_exits(standings: list[Standing], race: RaceSpec, startup_trials: int)
     ranked = [s for s in standings if s.best is not None]
     if ranked:
         leader = max(ranked, key=lambda s: s.promise)
-        contenders = [(i, s) for i, s in enumerate(racing) if i not in leaving and s is not leader
-                      and s.best is not None and s.finished >= min_trials and s.data == leader.data
-                      and len(s.val_correct()) == len(leader.val_correct())]
-        p_values = [mcnemar(s.val_correct(), leader.val_correct()) for _, s in contenders]
+        leader_correct = leader.val_correct()
+        answers = {i: s.val_correct() for i, s in enumerate(racing) if i not in leaving and s is not leader
+                   and s.best is not None and s.finished >= min_trials and s.data == leader.data}
+        contenders = [(i, racing[i]) for i, correct in answers.items() if len(correct) == len(leader_correct)]
+        p_values = [mcnemar(answers[i], leader_correct) for i, _ in contenders]
         for (i, s), p, rejected in zip(contenders, p_values, holm_rejected(p_values, race.alpha)):
             if rejected and s.promise < leader.promise:
                 leaving[i] = exit_record("worse", s, p=p, leader=leader.label)
@@ -237,9 +240,7 @@ def record_exit(standing: Standing, record: dict, parent_run_id: str | None = No
             names.TAG_RACE_TRIALS: str(recorded["trials"])}
     if recorded.get("p") is not None:
         tags[names.TAG_RACE_P] = f"{recorded['p']:.6g}"
-    client = mlflow.MlflowClient()
-    for key, value in tags.items():
-        client.set_tag(parent_run_id, key, value)
+    mlflow.MlflowClient().log_batch(parent_run_id, tags=[RunTag(key, value) for key, value in tags.items()])  # one write
     return recorded
 
 
@@ -271,7 +272,6 @@ class RaceResult:
     budget: Budget
     ended_by: str  # "budget" or "every pair left"
     trials_run: int = 0  # by this worker
-    lines: list[str] = field(default_factory=list)
 
 
 def run_race(
