@@ -339,13 +339,23 @@ def test_a_trial_on_a_cuts_activations_equals_training_through_the_backbone_and_
 
     assert through.tags["prefix_cache"] == "off: training.feature_cache = off"
     assert cached.tags["prefix_cache"].startswith("miss (below ") and again.tags["prefix_cache"].startswith("hit (below ")
-    for name in ("loss", "val_loss", "val_top1", "top1"):
+    data = load_dataset(cached.spec.data)
+    # The cut's activations are computed in other batches than training draws, and a CPU's kernels
+    # may sum in another order for another batch: losses agree to 1e-3, accuracies to two examples
+    # of their split (one flipped validation image, 0.195 vs 0.200, was seen on one machine).
+    def two_examples(split: str) -> float:
+        return 2 / len(getattr(data, f"y_{split}")) + 1e-6
+
+    for name in ("loss", "val_loss"):
         np.testing.assert_allclose(cached.history.series(name), through.history.series(name), rtol=1e-3, atol=1e-3)
-    for name in ("best_val_top1", "test_top1", "test_top5", "params_total", "params_trainable"):
-        assert cached.metrics[name] == pytest.approx(through.metrics[name], abs=2e-3), name
+    for name, split in (("top1", "train"), ("val_top1", "val")):
+        np.testing.assert_allclose(cached.history.series(name), through.history.series(name), rtol=0, atol=two_examples(split))
+    for name, split in (("best_val_top1", "val"), ("test_top1", "test"), ("test_top5", "test")):
+        assert cached.metrics[name] == pytest.approx(through.metrics[name], abs=two_examples(split)), name
+    for name in ("params_total", "params_trainable"):
+        assert cached.metrics[name] == through.metrics[name], name
     np.testing.assert_allclose(again.history.series("loss"), cached.history.series("loss"), rtol=1e-5)
 
-    data = load_dataset(cached.spec.data)
     registry.register_custom_layers()
     saved = mlflow.keras.load_model(str(cached.model_path))
     assert saved.count_params() == cached.metrics["params_total"]
