@@ -1,6 +1,7 @@
 """The grid vs the budget race, side by side in one run, on one experiment.
 
     python benchmarks/race.py --experiment transfer-probe [--strategy frozen] [--out docs/race-transfer-probe.json]
+    python benchmarks/race.py --experiment transfer --stores DIR --shares 0.5   # DIR's finished sweeps read, not rerun
 
 Three sweeps, each into its own fresh store and feature cache (each pays its own feature passes):
 1. the grid: every pair its spec's trials (`sweep --experiment X`);
@@ -37,7 +38,18 @@ def sweep(folder: Path, experiment: str, strategies: list[str], extra: list[str]
     if done.returncode not in (0, 1):
         sys.exit(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
     (folder / "sweep.log").write_text(done.stdout + done.stderr)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    (folder / "wall_s").write_text(f"{wall:.1f}\n")
+    return wall
+
+
+def swept(folder: Path, experiment: str, strategies: list[str], extra: list[str]) -> float:
+    """A sweep into `folder`, or the wall seconds of the one an earlier run finished there."""
+    if (folder / "wall_s").exists():
+        return float((folder / "wall_s").read_text())
+    if (folder / "sweep.log").exists():  # finished before this script recorded wall times
+        return 0.0
+    return sweep(folder, experiment, strategies, extra)
 
 
 def outcome(folder: Path, experiment: str) -> dict:
@@ -66,17 +78,21 @@ def main() -> None:
     parser.add_argument("--experiment", default="transfer-probe")
     parser.add_argument("--strategy", action="append", default=[], help="only these strategies (repeatable)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--stores", type=Path, help="read the stores of an earlier run of this script instead of sweeping")
+    parser.add_argument("--stores", type=Path,
+                        help="the folder of an earlier run of this script: its finished sweeps are read, the others run")
+    parser.add_argument("--shares", default="1,0.5", help="the races' budgets as shares of the grid's (default 1,0.5)")
     args = parser.parse_args()
 
     root = args.stores or Path(tempfile.mkdtemp(prefix="benchmark-race-"))
     results = {}
-    wall = 0.0 if args.stores else sweep(root / "grid", args.experiment, args.strategy, [])
+    wall = swept(root / "grid", args.experiment, args.strategy, [])
     results["grid"] = {**outcome(root / "grid", args.experiment), "wall_s": wall}
     budget = results["grid"]["trial_time_s"]
-    for name, share in (("race at the grid's budget", 1.0), ("race at half of it", 0.5)):
+    races = {1.0: "race at the grid's budget", 0.5: "race at half of it"}
+    for share in (float(text) for text in args.shares.split(",")):
+        name = races.get(share, f"race at {share:g} of it")
         folder = root / name.replace(" ", "-").replace("'", "")
-        wall = 0.0 if args.stores else sweep(folder, args.experiment, args.strategy, ["--budget", f"{budget * share:.0f}s"])
+        wall = swept(folder, args.experiment, args.strategy, ["--budget", f"{budget * share:.0f}s"])
         results[name] = {**outcome(folder, args.experiment), "wall_s": wall, "budget_s": round(budget * share)}
     grid_best = results["grid"]["best"]
     print(f"{args.experiment}: grid vs race (stores under {root})")
