@@ -1,7 +1,7 @@
 """A budget race over an experiment's backbone x strategy pairs (`sweep --budget 20m`).
 
 Every pair is its own study, as in a grid sweep; the race decides which study gets the next
-trial. Each pair first gets `race.startup` trials; then the racing pair with the fewest trials gets
+trial. Each pair first gets `race.startup` trials, in rounds; then the racing pair with the fewest trials gets
 one (ties: the most promising first), so the pairs still racing advance in rounds. Before every
 trial the race reads the studies and lets pairs leave, on validation results only:
 
@@ -245,12 +245,14 @@ def record_exit(standing: Standing, record: dict, parent_run_id: str | None = No
 
 
 def next_pair(standings: list[Standing], startup: int) -> Standing | None:
-    """The pair that gets the next trial: one still short of its startup trials (in the
-    experiment's order), else the racing pair with the fewest trials, the most promising first."""
+    """The pair that gets the next trial: of the pairs short of their startup trials, the one with
+    the fewest (in the experiment's order: startup goes in rounds, so a budget that ends during it
+    leaves no pair untried); after startup, the racing pair with the fewest trials, the most
+    promising first."""
     racing = [s for s in standings if s.exit is None]
-    for s in racing:
-        if s.finished + s.running < startup:
-            return s
+    starting = [s for s in racing if s.finished + s.running < startup]
+    if starting:
+        return min(starting, key=lambda s: s.finished + s.running)  # min keeps the first of equals
     return min(racing, key=lambda s: (s.finished + s.running, -s.promise), default=None)
 
 

@@ -134,7 +134,7 @@ def test_a_race_drops_the_worse_pair_after_min_trials_stops_the_converged_one_an
     (ended_by, trials_run), order, exits = run_made_up_race(studies, race.Budget(trials=20), SPEC)
 
     assert ended_by == "budget" and trials_run == 20
-    assert order[:6] == [("a", "frozen")] * 2 + [("b", "frozen")] * 2 + [("c", "frozen")] * 2  # startup, in order
+    assert order[:6] == [("a", "frozen"), ("b", "frozen"), ("c", "frozen")] * 2  # startup, in rounds in spec order
     assert order[6:9] == [("a", "frozen"), ("c", "frozen"), ("b", "frozen")]  # a round: the most promising first
     left = dict(exits)
     assert set(left) == {("b", "frozen"), ("c", "frozen")}
@@ -146,6 +146,13 @@ def test_a_race_drops_the_worse_pair_after_min_trials_stops_the_converged_one_an
     assert counts == {("a", "frozen"): 9, ("b", "frozen"): 6, ("c", "frozen"): 5}  # the rest went to the leader
     for pair, study in studies:  # the state is in the studies, for every worker and a rerun
         assert study.user_attrs.get(names.ATTR_RACE_EXIT) == left.get(pair)
+
+
+def test_a_budget_that_ends_during_startup_has_tried_every_pair():
+    studies = made_up_studies(optuna.storages.InMemoryStorage())
+    (ended_by, trials_run), order, exits = run_made_up_race(studies, race.Budget(trials=4), SPEC)
+    assert (ended_by, trials_run) == ("budget", 4) and exits == []
+    assert order == [("a", "frozen"), ("b", "frozen"), ("c", "frozen"), ("a", "frozen")]
 
 
 def test_a_resumed_race_continues_where_it_stopped(tmp_path):
