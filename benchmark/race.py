@@ -68,7 +68,7 @@ class Budget:
 
     def spent(self, standings: list[Standing]) -> bool:
         """Whether another trial would exceed the budget (trials running elsewhere count as spent)."""
-        if self.trials is not None and sum(s.finished + s.running for s in standings) >= self.trials:
+        if self.trials is not None and sum(s.given for s in standings) >= self.trials:
             return True
         return self.seconds is not None and sum(s.seconds for s in standings) >= self.seconds
 
@@ -104,6 +104,11 @@ class Standing:
     @property
     def running(self) -> int:
         return sum(t.state == TrialState.RUNNING for t in self.trials)
+
+    @property
+    def given(self) -> int:
+        """Trials the race has given this pair: finished or running."""
+        return self.finished + self.running
 
     @property
     def seconds(self) -> float:
@@ -250,10 +255,10 @@ def next_pair(standings: list[Standing], startup: int) -> Standing | None:
     leaves no pair untried); after startup, the racing pair with the fewest trials, the most
     promising first."""
     racing = [s for s in standings if s.exit is None]
-    starting = [s for s in racing if s.finished + s.running < startup]
+    starting = [s for s in racing if s.given < startup]
     if starting:
-        return min(starting, key=lambda s: s.finished + s.running)  # min keeps the first of equals
-    return min(racing, key=lambda s: (s.finished + s.running, -s.promise), default=None)
+        return min(starting, key=lambda s: s.given)  # min keeps the first of equals
+    return min(racing, key=lambda s: (s.given, -s.promise), default=None)
 
 
 # ---------------------------------------------------------------- the race

@@ -47,8 +47,6 @@ def swept(folder: Path, experiment: str, strategies: list[str], extra: list[str]
     """A sweep into `folder`, or the wall seconds of the one an earlier run finished there."""
     if (folder / "wall_s").exists():
         return float((folder / "wall_s").read_text())
-    if (folder / "sweep.log").exists():  # finished before this script recorded wall times
-        return 0.0
     return sweep(folder, experiment, strategies, extra)
 
 
