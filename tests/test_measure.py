@@ -88,21 +88,35 @@ def test_per_class_rows_of_a_three_class_toy():
 
 
 class FixedLogits:
-    """A stand-in for a Keras model: predict returns the same logits whatever it is given."""
+    """A stand-in for a Keras model whose images are row numbers into fixed logits."""
 
     def __init__(self, logits: np.ndarray):
         self.logits = logits
 
-    def predict(self, images, batch_size, verbose):
-        return self.logits
+    def predict_on_batch(self, rows):
+        return self.logits[rows[:, 0]]
 
 
 def test_evaluate_on_three_classes_gives_balanced_accuracy_and_top1_first():
     logits = np.eye(3)[TOY_PREDICTED] + 0.1 * np.arange(3)  # the predicted class is the largest
-    result = evaluate(FixedLogits(logits), np.zeros((10, 1)), TOY_LABELS, batch_size=4)
+    result = evaluate(FixedLogits(logits), np.arange(10).reshape(10, 1), TOY_LABELS, batch_size=4)
     assert result["top1"] == pytest.approx(0.6) and result["top5"] == 1.0  # the trial drops top-5 here
     assert result["balanced_accuracy"] == pytest.approx(0.5833333)
     assert result["predictions"].shape == (10, 3) and (result["predictions"][:, 0] == TOY_PREDICTED).all()
+
+
+def test_predicting_in_memory_batch_by_batch_gives_what_predict_gives_to_the_last_bit():
+    import keras
+
+    from benchmark.measure import predict_in_memory
+
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, keras.layers.Dense(7)(keras.layers.Dropout(0.5)(inputs)))
+    x = np.random.default_rng(0).normal(size=(23, 16)).astype(np.float32)  # 5 batches of 5, the last of 3
+    ours = predict_in_memory(model, x, batch_size=5)
+    assert ours.dtype == np.float32 and ours.shape == (23, 7)
+    np.testing.assert_array_equal(ours, model.predict(x, batch_size=5, verbose=0))  # dropout off: inference
+    assert predict_in_memory(model, x[:0], batch_size=5).shape == (0, 7)
 
 
 def test_the_prediction_batch_shrinks_only_for_large_images():
