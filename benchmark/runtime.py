@@ -58,13 +58,28 @@ def use_jit(setting: str) -> bool:
     return accelerator() == "gpu" if setting == "auto" else setting == "on"
 
 
-def seed_everything(seed: int) -> None:
-    """Python, numpy and backend seeds; deterministic kernels on TensorFlow."""
-    keras.utils.set_random_seed(seed)
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+def seed_everything(seed: int, keep_kernels: bool = False) -> None:
+    """Python, numpy and backend seeds; deterministic kernels on TensorFlow.
 
-        tf.config.experimental.enable_op_determinism()
+    `keep_kernels`: TensorFlow's seed is set without clearing its cache of kernels, which
+    tf.random.set_seed clears so that stateful random ops start over. Instantiating a compiled
+    function's kernels again then costs ~30 ms at its next call, more than a whole epoch of a head
+    on cached features. Only for models whose random ops are stateless (Keras 3's layers draw from
+    their own seed generators): their results do not depend on that cache."""
+    if keras.backend.backend() != "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    import tensorflow as tf
+    from tensorflow.python import pywrap_tfe
+
+    clear_caches = pywrap_tfe.TFE_ContextClearCaches
+    if keep_kernels:
+        pywrap_tfe.TFE_ContextClearCaches = lambda handle: None
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        pywrap_tfe.TFE_ContextClearCaches = clear_caches
+    tf.config.experimental.enable_op_determinism()
 
 
 def fed_once(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool) -> tuple:
@@ -84,6 +99,13 @@ def fed_once(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool) -> tu
     x_all, y_all = tf.constant(x), tf.constant(y, dtype=keras.backend.floatx())
     batches = rows.cache().repeat().map(lambda *batch: (tf.gather(x_all, batch[0]), tf.gather(y_all, batch[0])))
     return batches.prefetch(tf.data.AUTOTUNE), None, {"steps": math.ceil(len(x) / batch_size)}
+
+
+def steps_per_execution(steps_per_epoch: int) -> int:
+    """Training steps per call of the compiled step, for a fit on arrays fed once (fed_once): a
+    whole epoch on TensorFlow, where each call costs ~3 ms besides its step (a head's step on cached
+    features takes a fraction of that); 1 elsewhere, where a call runs its steps one by one anyway."""
+    return steps_per_epoch if keras.backend.backend() == "tensorflow" else 1
 
 
 @functools.cache

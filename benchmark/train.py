@@ -56,6 +56,10 @@ class EpochRecorder(keras.callbacks.Callback):
         self._train_end = None
 
     def on_test_begin(self, logs=None):
+        self.training_ended()
+
+    def training_ended(self) -> None:
+        """The epoch's training is over: validation, which follows, is not timed."""
         if getattr(self, "_train_end", None) is None and hasattr(self, "_start"):
             # JAX dispatches steps asynchronously: reading the step counter waits for the last one.
             keras.ops.convert_to_numpy(self.model.optimizer.iterations)
@@ -81,12 +85,29 @@ class SeededAtTrainBegin(keras.callbacks.Callback):
     before (a shared head) would see other shuffles than a new one. TensorFlow's shuffles were
     seeded when `fit` made its dataset, before this."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, keep_kernels: bool = False):
         super().__init__()
-        self.seed = seed
+        self.seed, self.keep_kernels = seed, keep_kernels
 
     def on_train_begin(self, logs=None):
-        runtime.seed_everything(self.seed)
+        runtime.seed_everything(self.seed, keep_kernels=self.keep_kernels)
+
+
+class ValidatedAtEpochEnd(keras.callbacks.Callback):
+    """Validation of a head on cached features: at each epoch's end, the whole validation split in
+    one batch through the compiled test step (`test_on_batch`), its logs added as val_*, as fit's
+    own validation adds them. That sets up an evaluation every epoch (~25 ms on TensorFlow, where
+    the head validates in ~2 ms). The first of fit's callbacks: those after it read its logs."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, recorder: EpochRecorder):
+        super().__init__()
+        self.x, self.y, self.recorder = x, y, recorder
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.recorder.training_ended()
+        results = self.model.test_on_batch(self.x, self.y, return_dict=True)
+        if logs is not None:
+            logs.update({f"val_{name}": float(value) for name, value in results.items()})
 
 
 class KeepBestWeights(keras.callbacks.Callback):
@@ -120,7 +141,7 @@ def make_optimizer(training: TrainingSpec, learning_rate: float) -> keras.optimi
     return keras.optimizers.Adam(learning_rate, weight_decay=decay)
 
 
-def compile_model(model: keras.Model, spec: TrialSpec, learning_rate: float) -> None:
+def compile_model(model: keras.Model, spec: TrialSpec, learning_rate: float, steps_per_execution: int = 1) -> None:
     model.compile(
         optimizer=make_optimizer(spec.training, learning_rate),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=spec.training.label_smoothing),
@@ -129,6 +150,7 @@ def compile_model(model: keras.Model, spec: TrialSpec, learning_rate: float) -> 
             keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"),
         ],
         jit_compile=runtime.use_jit(spec.training.jit_compile),
+        steps_per_execution=steps_per_execution,
     )
 
 
@@ -141,30 +163,31 @@ class Compiled:
 _compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> Compiled, for compile_for(reuse=True)
 
 
-def compile_key(model: keras.Model, spec: TrialSpec) -> str:
+def compile_key(model: keras.Model, spec: TrialSpec, steps_per_execution: int = 1) -> str:
     """What a model's compiled (traced) functions depend on; learning rate and weight decay are
     variables they read, not part of it."""
     training = spec.training
     return json.dumps([training.optimizer, training.momentum, bool(training.weight_decay) or training.optimizer == "adamw",
-                       training.label_smoothing, runtime.use_jit(training.jit_compile),
+                       training.label_smoothing, runtime.use_jit(training.jit_compile), steps_per_execution,
                        [v.path for v in model.trainable_variables]])
 
 
-def compile_for(model: keras.Model, spec: TrialSpec, learning_rate: float, reuse: bool = False) -> None:
+def compile_for(model: keras.Model, spec: TrialSpec, learning_rate: float, reuse: bool = False,
+                steps_per_execution: int = 1) -> None:
     """Compile `model` for a phase. With `reuse`, a model compiled earlier with the same settings
     (compile_key: a shared head, cache.shared_head) keeps its compiled functions, so training does
     not trace them again: its optimizer's variables go back to their values as built (step count,
     moments) and the learning rate and weight decay, variables the traced step reads, are set.
     It then trains as it would after a new compile, to the last digit."""
     if not reuse:
-        compile_model(model, spec, learning_rate)
+        compile_model(model, spec, learning_rate, steps_per_execution)
         return
-    key, compiled = compile_key(model, spec), _compiled.get(model)
+    key, compiled = compile_key(model, spec, steps_per_execution), _compiled.get(model)
     if compiled is not None and compiled.key == key:
         for variable, value in zip(model.optimizer.variables, compiled.initial, strict=True):
             variable.assign(value)
     else:
-        compile_model(model, spec, learning_rate)
+        compile_model(model, spec, learning_rate, steps_per_execution)
         optimizer = model.optimizer
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             return  # its loss scale's state is its own; compiled anew each time
@@ -217,7 +240,9 @@ def train(
         probe = fits["features"]
         return fit_linear_probe(probe.model, spec, probe.data, callbacks, probe.views)
     history = History()
-    runtime.seed_everything(spec.training.seed)  # the same shuffles whatever was built before
+    # The same shuffles whatever was built before; a head's compiled steps are kept (Keras layers only).
+    keep_kernels = plan.builds_head_only
+    runtime.seed_everything(spec.training.seed, keep_kernels=keep_kernels)
     best = KeepBestWeights(built.model if plan.trains_backbone else built.head)
     num_classes = len(next(iter(fits.values())).data.class_names)
     epoch = 0
@@ -225,19 +250,23 @@ def train(
         set_trainable(built, phase.unfreeze, spec.strategy.train_batchnorm, spec.backbone.name)
         fit = fits[phase.inputs]
         y_train = keras.utils.to_categorical(fit.data.y_train, num_classes)
-        # Trainable weights are fixed at compile time; a shared head's compiled training is reused.
-        compile_for(fit.model, spec, phase.learning_rate, reuse=plan.builds_head_only)
-        before, started = len(history.epochs), time.perf_counter()
         x, batches = fit.data.x_train, {"batch_size": spec.training.batch_size, "shuffle": True}
         validation = (fit.data.x_val, keras.utils.to_categorical(fit.data.y_val, num_classes))
+        # A head's epochs on cached features take milliseconds: nothing set up per epoch or per batch.
+        fed = phase.inputs == "features" and fit.views is None and not isinstance(x, Rows)
+        steps = runtime.steps_per_execution(math.ceil(len(x) / spec.training.batch_size)) if fed else 1
+        # Trainable weights are fixed at compile time; a shared head's compiled training is reused.
+        compile_for(fit.model, spec, phase.learning_rate, reuse=plan.builds_head_only, steps_per_execution=steps)
+        before, started = len(history.epochs), time.perf_counter()
+        recorder, validating = EpochRecorder(history), []
         if fit.views is not None:
             x, batches = ViewEpochs(fit.views, y_train, spec.training.batch_size, spec.training.seed, epoch), {}
         elif isinstance(x, Rows):  # own images, read from their file a batch at a time
             x, batches = ImageBatches(x, y_train, spec.training.batch_size, spec.training.seed, epoch), {"shuffle": False}
             validation = ImageBatches(*validation, spec.training.batch_size)
-        elif phase.inputs == "features":  # a head's epochs take milliseconds: no setup per epoch
-            x, y_train, batches, validation = fed_features(fit.data, num_classes, spec.training.batch_size,
-                                                           spec.training.seed)
+        elif fed:
+            x, y_train, batches = fed_features(fit.data, num_classes, spec.training.batch_size, spec.training.seed)
+            validating, validation = [ValidatedAtEpochEnd(*validation, recorder)], None
         fit.model.fit(
             x,
             None if isinstance(x, keras.utils.PyDataset) else y_train,
@@ -246,7 +275,7 @@ def train(
             initial_epoch=epoch,
             epochs=epoch + phase.epochs,
             verbose=verbose,
-            callbacks=[SeededAtTrainBegin(spec.training.seed), EpochRecorder(history), best,
+            callbacks=[*validating, SeededAtTrainBegin(spec.training.seed, keep_kernels), recorder, best,
                        *schedule_callbacks(spec.training), *callbacks],
         )
         epoch += len(history.epochs) - before
@@ -259,23 +288,18 @@ _fed: list = []  # [(the arrays, settings, fed_features' answer)]: the last cach
 
 
 def fed_features(data: Dataset, num_classes: int, batch_size: int, seed: int) -> tuple:
-    """x, y, fit's batching arguments and validation_data for cached features, fed so that no
-    epoch sets anything up (runtime.fed_once): the same batches as the arrays themselves. The
-    trials of a sweep fit the same cached arrays: one fed dataset serves them all (made anew for
-    each fit, its traced function and its copies of the arrays stayed in memory, ~1 MiB a trial).
-    Made right after seeding with `seed`, so its shuffle is the one a new dataset would draw."""
-    arrays, settings = (data.x_train, data.y_train, data.x_val, data.y_val), (num_classes, batch_size, seed)
+    """x, y and fit's batching arguments for cached training features, fed so that no epoch sets
+    anything up (runtime.fed_once): the same batches as the arrays themselves. The trials of a
+    sweep fit the same cached arrays: one fed dataset serves them all (made anew for each fit,
+    its traced function and its copies of the arrays stayed in memory, ~1 MiB a trial). Made
+    right after seeding with `seed`, so its shuffle is the one a new dataset would draw."""
+    arrays, settings = (data.x_train, data.y_train), (num_classes, batch_size, seed)
     if _fed and all(a is b for a, b in zip(_fed[0][0], arrays)) and _fed[0][1] == settings:
         return _fed[0][2]
     runtime.seed_everything(seed)
-    y = keras.utils.to_categorical(data.y_train, num_classes)
-    validation = (data.x_val, keras.utils.to_categorical(data.y_val, num_classes))
-    x, y, batches = runtime.fed_once(data.x_train, y, batch_size, shuffle=True)
-    val_x, val_y, val_batches = runtime.fed_once(*validation, batch_size, shuffle=False)
-    if "steps" not in batches:
-        fed = x, y, batches, (val_x, val_y)
-    else:
-        fed = x, y, {"steps_per_epoch": batches["steps"], "validation_steps": val_batches["steps"], "shuffle": False}, val_x
+    x, y, batches = runtime.fed_once(data.x_train, keras.utils.to_categorical(data.y_train, num_classes), batch_size,
+                                     shuffle=True)
+    fed = (x, y, batches) if "steps" not in batches else (x, y, {"steps_per_epoch": batches["steps"], "shuffle": False})
     _fed[:] = [(arrays, settings, fed)]
     return fed
 

@@ -221,3 +221,43 @@ def test_arrays_fed_once_train_exactly_as_keras_fed_them_each_epoch():
     arrays, fed = fitted(feed=False), fitted(feed=True)
     assert fed["loss"] == arrays["loss"] and fed["val_loss"] == arrays["val_loss"]
     assert len(set(fed["loss"])) == 4  # it trained
+
+
+def test_a_head_on_cached_features_trains_and_validates_as_a_plain_fit_does():
+    """The fed path of a head (train.fed_features: one call of the compiled step per epoch on
+    TensorFlow, runtime.steps_per_execution; validation in one batch at each epoch's end,
+    ValidatedAtEpochEnd) against `fit` on the arrays with validation_data, batch by batch: the same
+    training curves and weights to the last bit, the same validation accuracies, the validation
+    loss to float rounding (one batch's mean instead of a mean of batch means)."""
+    from benchmark import runtime
+    from benchmark.train import EpochRecorder, ValidatedAtEpochEnd, fed_features
+
+    spec = ci_spec()
+    rng = np.random.default_rng(0)
+    data = type(load_dataset(spec.data))(
+        x_train=rng.normal(size=(150, 8)).astype("float32"), y_train=rng.integers(0, 5, 150),
+        x_val=rng.normal(size=(40, 8)).astype("float32"), y_val=rng.integers(0, 5, 40),
+        x_test=np.zeros((0, 8), "float32"), y_test=np.zeros(0, int), class_names=[str(i) for i in range(5)], origin="test")
+
+    def fitted(fed: bool) -> tuple[dict, list]:
+        runtime.seed_everything(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(5, kernel_initializer=keras.initializers.GlorotUniform(0))])
+        steps = runtime.steps_per_execution(5) if fed else 1  # 150 rows in batches of 32
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.CategoricalAccuracy(name="top1")], steps_per_execution=steps)
+        y_val = keras.utils.to_categorical(data.y_val, 5)
+        if not fed:
+            history = model.fit(data.x_train, keras.utils.to_categorical(data.y_train, 5), batch_size=32, shuffle=True,
+                                epochs=4, validation_data=(data.x_val, y_val), verbose=0).history
+            return history, model.get_weights()
+        x, y, batches = fed_features(data, 5, 32, seed=0)
+        history = History()
+        model.fit(x, y, **batches, epochs=4, verbose=0,
+                  callbacks=[ValidatedAtEpochEnd(data.x_val, y_val, EpochRecorder(history)), EpochRecorder(history)])
+        return {key: history.series(key) for key in ("loss", "top1", "val_loss", "val_top1")}, model.get_weights()
+
+    (plain, plain_weights), (fed, fed_weights) = fitted(fed=False), fitted(fed=True)
+    assert fed["loss"] == plain["loss"] and fed["top1"] == plain["top1"] and len(set(fed["loss"])) == 4
+    assert all(np.array_equal(a, b) for a, b in zip(fed_weights, plain_weights))
+    assert fed["val_top1"] == plain["val_top1"]
+    assert fed["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-6)
