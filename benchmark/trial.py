@@ -29,7 +29,7 @@ from benchmark.spec import TrialSpec
 from benchmark.train import Fit, History, train
 
 
-REUSE_HEADS = True  # False: every head-only trial builds and compiles a new head (benchmarks/speed.py compares)
+REUSE_HEADS = True  # False: every head-only trial builds and compiles a new head (benchmarks/memory_growth.py compares)
 
 
 @dataclass

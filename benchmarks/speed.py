@@ -8,9 +8,9 @@
             through the frozen backbone, images resized on the host), against the cache's limit (one
             forward pass over the data plus the heads' training), and against a 1-trial sweep (what
             one more cached trial costs).
-1b. marginal: what one more cached trial costs, all in (a 9-trial minus a 1-trial `ci` sweep, VGG16
-            frozen), and what a pruned one costs, with a fresh compiled head per trial (the old path)
-            and with the compiled head reused (now), in one run; then the profile of one cached trial.
+1b. marginal: what one more cached trial costs, all in (in a 9-trial `ci` sweep, VGG16 frozen), and
+            what a pruned one costs, on the code of an earlier revision (`--marginal-before`, a git
+            worktree) and on this checkout, alternated in one run; then the profile of one cached trial.
 2. fit:     a harness trial vs a bare `model.fit` of the same model on the same arrays (training images/s).
 3. bookkeeping: the share of trial time that is not the trial's own compute (from sweep 1 and 4).
 4. pruning: a pruned vs an unpruned sweep: compute spent until each reaches the same best validation top-1.
@@ -25,9 +25,11 @@ does not depend on them), pruning-transfer and prefix the ImageNet weights.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -279,48 +281,73 @@ def trimmed_profile(table: str) -> list[str]:
             for line in lines[start:] if line.strip()]
 
 
-def keras_arrays(x, y, batch_size: int, shuffle: bool) -> tuple:
-    """runtime.fed_once as it was: the arrays, for Keras to make an iterator of every epoch."""
-    return x, y, {"batch_size": batch_size, "shuffle": shuffle}
+MARGINAL_IN_TREE = """
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/benchmarks"]
+import speed
+speed.timed_sweep(speed.ci_frozen("none"), "vgg16", 1, "warm-up", quiet=True)  # one-time costs: in neither
+print("RESULT " + json.dumps(speed.marginal_costs(int(sys.argv[2]))))
+"""
+
+
+def marginal_in(tree: Path, trials: int) -> dict:
+    """marginal_costs in a new process running the code of `tree` (a checkout of this repository)."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, "-c", MARGINAL_IN_TREE, str(tree), str(trials)], env=env, cwd=tree,
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+
+
+def checkout_of(revision: str) -> Path:
+    """A detached worktree of `revision` in a new temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="benchmark-speed-tree-")) / "tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(folder), revision], check=True)
+    return folder
 
 
 def marginal(args) -> list[str]:
-    from benchmark import trial
-
-    timed_sweep(ci_frozen("none"), "vgg16", 1, "warm-up", quiet=True)  # the process's one-time costs: in neither
-    results = {}
-    fed_once = runtime.fed_once
-    for reuse in (False, True):  # the old path first: the new one must not have warmed anything for it
-        trial.REUSE_HEADS = reuse  # False: a new head per trial, compiled and traced anew
-        runtime.fed_once = fed_once if reuse else keras_arrays  # and Keras's iterator per epoch
-        results[reuse] = marginal_costs(args.marginal_trials)
-        print(f"  reuse={reuse}: {results[reuse]}", flush=True)
-    old, new = results[False], results[True]
-    same = old["values"] == new["values"]
+    before = checkout_of(args.marginal_before)
+    commit = subprocess.run(["git", "-C", str(before), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    rounds: dict[str, list[dict]] = {"before": [], "now": []}
+    try:
+        for _ in range(args.repeats):  # alternated: the machine's drift falls on both
+            for label, tree in (("before", before), ("now", REPO)):
+                rounds[label].append(marginal_in(tree, args.marginal_trials))
+                print(f"  {label}: {rounds[label][-1]}", flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(before)], check=False)
+    mean = {label: {key: statistics.mean(r[key] for r in runs) for key in ("within_s", "extra_s", "trial_s", "books_s", "pruned_s")}
+            for label, runs in rounds.items()}
+    old, new = mean["before"], mean["now"]
+    same = all(r["values"] == rounds["now"][0]["values"] for r in rounds["before"] + rounds["now"])
+    n = args.marginal_trials
     lines = [
-        "### 1b. One more cached trial, all in: a fresh compiled head per trial vs one reused\n",
-        "*Before*: every trial builds, compiles and traces a new head, and Keras makes a new iterator for every "
-        "epoch (`trial.REUSE_HEADS = False`, the arrays given to `fit` as they were). *Now*: one compiled head "
-        "reset for each trial, and one repeated dataset per fit. MLflow's writes are batched on both.\n",
+        "### 1b. One more cached trial, all in: before and after\n",
+        f"*Before*: the code of commit {commit} (one compiled head per architecture, reset for each trial; Keras's "
+        "own validation each epoch; `predict` for the test and validation splits; TensorFlow's kernel cache cleared by "
+        "each seeding). *Now*: a head's epoch runs in one call of its compiled step, validation in one batch, the "
+        "splits predicted batch by batch through the traced step, TensorFlow's kernels kept between trials.\n",
         f"The `ci` experiment's VGG16 frozen (synthetic images, 32 px, 3 epochs, cached features), each sweep in a "
-        f"fresh store and feature cache, trials in the sweep's process. *Per additional trial*: the time from the first "
-        f"trial's end to the last one's in a {args.marginal_trials}-trial sweep without pruning, / {args.marginal_trials - 1}: "
-        f"everything one more trial costs (sampling, the head's fit, measuring, MLflow, Optuna, the progress line); "
-        f"*sweeps' difference*: ({args.marginal_trials}-trial sweep - 1-trial sweep) / {args.marginal_trials - 1}, the "
-        f"same with each sweep's fixed costs (data, frozen part, feature pass: seconds, and as noisy). *Pruned trial*: the mean duration of the pruned trials of a "
-        f"{args.marginal_trials}-trial sweep with ci's median pruner. *Bookkeeping*: a trial's wall time in Optuna minus its "
-        f"own compute (`compute_s`: preparing, training, measuring), the mean over the unpruned sweep's trials: "
-        f"Optuna's and MLflow's writes and reads. Both paths in this one process, the old first.\n",
-        "| | per additional trial | sweeps' difference | mean trial (2nd on) | of which bookkeeping | pruned trial (mean, n) "
-        "| best val top-1 |",
-        "|---|---|---|---|---|---|---|",
+        f"fresh store and feature cache, trials in the sweep's process, each code in its own process, alternated, "
+        f"over {args.repeats} rounds (the means). *Per additional trial*: the time from the first trial's end to the last "
+        f"one's in a {n}-trial sweep without pruning, / {n - 1}: everything one more trial costs (sampling, the head's "
+        f"fit, measuring, MLflow, Optuna, the progress line); *sweeps' difference*: ({n}-trial sweep - 1-trial sweep) / "
+        f"{n - 1}, the same with each sweep's fixed costs (data, frozen part, feature pass: seconds, and as noisy). "
+        f"*Pruned trial*: the mean duration of the pruned trials of a {n}-trial sweep with ci's median pruner. "
+        "*Bookkeeping*: a trial's wall time in Optuna minus its own compute (`compute_s`: preparing, training, "
+        "measuring), the mean over the unpruned sweep's trials: Optuna's and MLflow's writes and reads.\n",
+        "| | per additional trial | sweeps' difference | mean trial (2nd on) | of which bookkeeping | pruned trial (mean) |",
+        "|---|---|---|---|---|---|",
         *(f"| {label} | {r['within_s']:.3f} s | {r['extra_s']:.3f} s | {r['trial_s']:.3f} s | {r['books_s'] * 1000:.0f} ms | "
-          f"{r['pruned_s']:.3f} s ({r['pruned']}) | {r['best']:.4f} |" for label, r in (("before: a new head per trial, an iterator per epoch", old), ("now: one compiled head, one dataset per fit", new))),
+          f"{r['pruned_s']:.3f} s |" for label, r in ((f"before ({commit})", old), ("now", new))),
         "",
         f"**Per additional trial: {old['within_s'] / new['within_s']:.1f}x less** ({old['within_s']:.2f} -> "
         f"{new['within_s']:.2f} s; goal <= 0.3 s); **a pruned trial {old['pruned_s'] / new['pruned_s']:.1f}x less** "
-        f"({old['pruned_s']:.2f} -> {new['pruned_s']:.2f} s; goal <= 0.15 s). The trials' values are "
-        f"{'identical' if same else 'NOT identical'} on both paths ({new['values'][:4]} ...).\n",
+        f"({old['pruned_s']:.2f} -> {new['pruned_s']:.2f} s; goal <= 0.15 s); bookkeeping {old['books_s'] * 1000:.0f} -> "
+        f"{new['books_s'] * 1000:.0f} ms (goal <= 50 ms). The trials' values are "
+        f"{'identical' if same else 'NOT identical'} in every run ({rounds['now'][0]['values'][:4]} ...), best "
+        f"validation top-1 {rounds['now'][0]['best']:.4f}.\n",
     ]
     return lines + profile_cached_trial()
 
@@ -614,6 +641,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--marginal-trials", type=int, default=9)
+    parser.add_argument("--marginal-before", default="HEAD", help="the revision marginal compares this checkout with")
     parser.add_argument("--pruning-trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--pruning-epochs", type=int, default=6)
