@@ -641,7 +641,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--marginal-trials", type=int, default=9)
-    parser.add_argument("--marginal-before", default="HEAD", help="the revision marginal compares this checkout with")
+    parser.add_argument("--marginal-before", default="30297f0",
+                        help="the revision marginal compares this checkout with (default: the code before the changes "
+                             "its text describes)")
     parser.add_argument("--pruning-trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--pruning-epochs", type=int, default=6)
