@@ -106,8 +106,7 @@ def stop_when_interrupted(interrupted: Callable[[], bool]):
 
 def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> JobResult:
     """Prepare, then run the trial tracked in its run (trial.run_tracked). Runs in the child (or in-process)."""
-    from optuna_integration import KerasPruningCallback
-
+    from benchmark.pruning import BatchedPruningCallback
     from benchmark.train import MONITOR
     from benchmark.trial import prepare, run_tracked
 
@@ -117,7 +116,7 @@ def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> J
     if job.pruner is not None:
         study = study_of(job)
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, job.trial_number)
-        callbacks.append(KerasPruningCallback(optuna.Trial(study, trial_id), MONITOR))
+        callbacks.append(BatchedPruningCallback(study, trial_id, MONITOR))
     progress.take_one_time_s()  # what a pruned or failed trial left there is not this one's
     started = time.perf_counter()
     try:
