@@ -43,6 +43,7 @@ class TrialJob:
     verbose: int
     keep_above: float | None = None  # the trial keeps its model if its value beats this (None: any value)
     progress: bool = True  # bars of its one-time work on a terminal (benchmark.progress); False: --quiet
+    end_tags: dict[str, str] | None = None  # written with the trial's result (trial.run_tracked)
 
 
 @dataclass
@@ -124,7 +125,8 @@ def run_job(job: TrialJob, data: Dataset | None = None, extra_callbacks=()) -> J
             prepared = prepare(job.spec, data or dataset_for(job.spec.data))
             preparing_s = time.perf_counter() - started
             record = run_tracked(prepared, job.run_id, keep=lambda metrics: job.keep_above is None or
-                                 metrics[names.OBJECTIVE] > job.keep_above, callbacks=callbacks, verbose=job.verbose)
+                                 metrics[names.OBJECTIVE] > job.keep_above, callbacks=callbacks, verbose=job.verbose,
+                                 end_tags=job.end_tags)
     except optuna.TrialPruned:
         raise
     except Exception as e:

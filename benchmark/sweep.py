@@ -30,7 +30,6 @@ from typing import Callable, Iterator
 
 import mlflow
 import optuna
-from mlflow.entities import Metric, RunTag
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from tqdm import tqdm
@@ -442,7 +441,8 @@ class TrialLoop:
                                    opened.study.pruner if self.prunes else None, self.runner, verbose,
                                    plan.search.keep_models,
                                    data_input=track.dataset(plan.spec.data, plan.data.origin, plan.fingerprint.data),
-                                   progress_bars=progress_bars, spec_file=plan.spec_file)
+                                   progress_bars=progress_bars, spec_file=plan.spec_file,
+                                   experiment_id=opened.experiment_id)
 
     def __enter__(self) -> TrialLoop:
         return self
@@ -569,13 +569,15 @@ class Objective:
 
     def __init__(self, spec: TrialSpec, space: SearchSpace, name: str, storage_url: str,
                  pruner: optuna.pruners.BasePruner | None, runner: TrialRunner, verbose: int, keep_models: int,
-                 data_input=None, progress_bars: bool = False, spec_file: str | None = None):
+                 data_input=None, progress_bars: bool = False, spec_file: str | None = None,
+                 experiment_id: str | None = None):
         self.spec, self.space, self.name, self.storage_url = spec, space, name, storage_url
         self.pruner, self.runner, self.verbose, self.keep_models = pruner, runner, verbose, keep_models
         self.dropped: set[str] = set()  # run ids whose model this sweep deleted
         self.data_input = data_input  # the trials' dataset in MLflow (track.dataset)
         self.progress_bars = progress_bars  # of a trial's one-time work (the feature pass), as of the trials
         self.spec_file = spec_file  # tagged on each trial's run: what `run` and `confirm` default to
+        self.experiment_id = experiment_id  # of the trials' runs (None: the spec's experiment, looked up)
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -594,16 +596,12 @@ class Objective:
         data_origin = self.runner.data.origin
         pruned = None
         name = names.run_name(spec.backbone.name, spec.strategy_name, trial=trial.number)
-        with track.open_run(spec, names.ROLE_TRIAL, data_origin, name, tags, self.data_input) as run:
+        with track.open_run(spec, names.ROLE_TRIAL, data_origin, name, tags, self.data_input, self.experiment_id) as run:
             try:  # from the first write after the run opened: an interrupt there is this trial's too
                 trial.set_user_attr(names.ATTR_RUN_ID, run.info.run_id)
                 value = self.run_and_keep_model(trial, spec, run.info.run_id)
-            except optuna.TrialPruned as e:
+            except optuna.TrialPruned as e:  # its run has its end already (trial.run_tracked)
                 pruned = e
-                best = max(reported_values(trial), default=float("nan"))
-                mlflow.MlflowClient().log_batch(  # one write
-                    run.info.run_id, metrics=[Metric(names.OBJECTIVE, best, int(time.time() * 1000), 0)],
-                    tags=[RunTag(names.TAG_TRIAL_STATE, TrialState.PRUNED.name)])
             except BaseException as e:
                 interrupted = isinstance(e, KeyboardInterrupt)
                 mlflow.set_tag(names.TAG_TRIAL_STATE, names.TRIAL_STATE_INTERRUPTED if interrupted else TrialState.FAIL.name)
@@ -621,6 +619,7 @@ class Objective:
             spec=spec, run_id=run_id, tracking_uri=mlflow_store.tracking_uri(), storage_url=self.storage_url,
             study_name=self.name, trial_number=trial.number, pruner=self.pruner, verbose=self.verbose,
             keep_above=parent_run.keep_threshold(trial.study, self.keep_models), progress=self.progress_bars,
+            end_tags={names.TAG_TRIAL_STATE: TrialState.COMPLETE.name},
         )
         result = self.runner.run(job)
         value = result.metrics[names.OBJECTIVE]
@@ -636,14 +635,7 @@ class Objective:
             names.OUTCOME_VAL_CORRECT: result.val_correct,
             names.OUTCOME_ONE_TIME_S: result.one_time_s,
         })
-        mlflow.set_tag(names.TAG_TRIAL_STATE, TrialState.COMPLETE.name)
         return value
-
-
-def reported_values(trial: optuna.Trial) -> list[float]:
-    """The validation top-1 a trial reported to its pruner, epoch by epoch (its frozen record)."""
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    return list(frozen.intermediate_values.values())
 
 
 def format_params(params: dict) -> str:

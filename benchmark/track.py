@@ -18,7 +18,8 @@ from typing import Iterator
 
 import mlflow
 import numpy as np
-from mlflow.entities import RunTag
+from mlflow.entities import Param, RunTag
+from optuna.trial import TrialState
 
 from benchmark import hparams, mlflow_store, names
 from benchmark.redaction import redact
@@ -78,19 +79,40 @@ def dataset(data_spec, origin: str, fingerprint: str):
     return MetaDataset(CodeDatasetSource({names.TAG_DATA_ORIGIN: origin}), name=name, digest=fingerprint[:DIGEST_LENGTH])
 
 
+def params_with_result(spec: TrialSpec) -> bool:
+    """Whether a run's params are written with its end (its result, or why it ended) rather than
+    as it opens: for a head on cached features, whose run lasts a fraction of a second, one store
+    write fewer. A longer trial shows them while it trains."""
+    from benchmark.errors import BenchmarkError
+    from benchmark.plan import builds_head_only
+
+    try:
+        return builds_head_only(spec)
+    except BenchmarkError:  # a plan that cannot be made fails the trial later, as its error
+        return False
+
+
+def end_params(spec: TrialSpec) -> list[Param]:
+    """The params a run's last write carries: logged_params where params_with_result, else none."""
+    return [Param(k, v) for k, v in logged_params(spec).items()] if params_with_result(spec) else []
+
+
 @contextmanager
 def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_tags: dict | None = None,
-             data_input=None) -> Iterator:
-    """A run (nested under the active one, if any) with its params (logged_params), its whole spec
-    (names.ARTIFACT_SPEC: reports reload its data from it), the standard tags and its dataset
-    (`data_input`, from dataset()). An exception marks it FAILED (Ctrl-C: KILLED) with the error recorded, and propagates."""
+             data_input=None, experiment_id: str | None = None) -> Iterator:
+    """A run (nested under the active one, if any) with its params (logged_params; or with its end,
+    end_params), its whole spec (names.ARTIFACT_SPEC: reports reload its data from it), the
+    standard tags and its dataset (`data_input`, from dataset()); in `experiment_id`, else the
+    spec's experiment. An exception marks it FAILED (Ctrl-C: KILLED) with the error recorded, and propagates."""
     tags = {**trial_tags(spec, role, data_origin), **(extra_tags or {})}
+    experiment_id = experiment_id or mlflow_store.experiment_id(spec.experiment)
     with mlflow.start_run(
-        experiment_id=mlflow_store.experiment_id(spec.experiment), run_name=run_name, nested=mlflow.active_run() is not None, tags=tags
+        experiment_id=experiment_id, run_name=run_name, nested=mlflow.active_run() is not None, tags=tags
     ) as run:
         opened = False
         try:  # a full disk or an unreachable server while writing these is this run's error too
-            mlflow.log_params(logged_params(spec))
+            if not params_with_result(spec):
+                mlflow.log_params(logged_params(spec))
             mlflow.log_text(spec_json(spec), names.ARTIFACT_SPEC)  # the whole spec, of pruned and failed runs too
             if data_input is not None:
                 mlflow.log_input(data_input, context=DATASET_CONTEXT)
@@ -101,10 +123,23 @@ def open_run(spec: TrialSpec, role: str, data_origin: str, run_name: str, extra_
             ended = {names.TAG_ERROR: redact(f"{type(e).__name__}: {e}")[:5000]}
             if not opened and names.TAG_TRIAL_STATE in tags:  # the caller never got the run to tag its end
                 ended[names.TAG_TRIAL_STATE] = names.TRIAL_STATE_INTERRUPTED if interrupted else "FAIL"
-            mlflow.set_tags(ended)
+            write_end(run.info.run_id, spec, [RunTag(k, v) for k, v in ended.items()])
             if interrupted:
                 mlflow.end_run("KILLED")  # stopped by the user, not failed
             raise
+
+
+def write_end(run_id: str, spec: TrialSpec, tags: list[RunTag], metrics: list = ()) -> None:
+    """Why a run ended (tags, metrics) in one write, with end_params; without them if they are what
+    failed (a value the store refuses), so the reason is recorded all the same."""
+    client = mlflow.MlflowClient()
+    params = end_params(spec)
+    try:
+        client.log_batch(run_id, metrics=list(metrics), params=params, tags=tags)
+    except Exception:
+        if not params:
+            raise
+        client.log_batch(run_id, metrics=list(metrics), tags=tags)
 
 
 class EpochLogger:
@@ -124,10 +159,14 @@ class EpochLogger:
         self.seconds = 0.0  # time spent logging, for the bookkeeping benchmark
         self.pending: list = []
         self.flushed = time.perf_counter()
+        self.best_val_top1 = float("nan")  # over the epochs so far: a pruned trial's objective
 
     def __call__(self, epoch: int, logs: dict | None = None) -> None:
         now_ms = int(time.time() * 1000)
         logs = logs or {}
+        score = float(logs.get("val_top1", np.nan))  # what the pruner is given (train.MONITOR)
+        if np.isfinite(score) and (np.isnan(self.best_val_top1) or score > self.best_val_top1):
+            self.best_val_top1 = score
         self.pending += [mlflow.entities.Metric(k, float(logs[k]), now_ms, epoch + 1)  # Keras passes 0-based epochs
                          for k in self.metrics if k in logs and np.isfinite(float(logs[k]))]
         if time.perf_counter() - self.flushed >= self.FLUSH_S:
@@ -158,15 +197,15 @@ class EpochLogger:
         return keras.callbacks.LambdaCallback(on_epoch_end=self)
 
 
-def log_result(result, run_id: str, curves: list = ()) -> None:
+def log_result(result, run_id: str, curves: list = (), tags: dict[str, str] | None = None) -> None:
     """Final metrics and artifacts of a finished trial (benchmark.trial.TrialResult), with the
-    epochs' `curves` not written yet (EpochLogger.take), in one write. By run id, not the active
-    run: trial processes log into a run their parent process owns."""
+    epochs' `curves` not written yet (EpochLogger.take), its end_params and `tags`, in one write.
+    By run id, not the active run: trial processes log into a run their parent process owns."""
     client = mlflow.MlflowClient()
     now = int(time.time() * 1000)
     metrics = [mlflow.entities.Metric(k, v, now, 0) for k, v in result.metrics.items() if np.isfinite(v)]
-    tags = [RunTag(k, v) for k, v in result.tags.items()]
-    client.log_batch(run_id, metrics=[*curves, *metrics], tags=tags)
+    ended = [RunTag(k, v) for k, v in {**result.tags, **(tags or {})}.items()]
+    client.log_batch(run_id, metrics=[*curves, *metrics], params=end_params(result.spec), tags=ended)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if result.model_path is not None:  # a picture for the runs people open; every run has its metrics' charts
@@ -176,6 +215,13 @@ def log_result(result, run_id: str, curves: list = ()) -> None:
         write_per_class(result.per_class, tmp / names.ARTIFACT_PER_CLASS)
         (tmp / names.ARTIFACT_HISTORY).write_text(json.dumps(result.history.epochs, indent=1))
         client.log_artifacts(run_id, str(tmp))
+
+
+def log_pruned(run_id: str, spec: TrialSpec, curves: list, objective: float) -> None:
+    """A pruned trial's end in one write: its epochs' `curves` not written yet, its objective (the
+    best validation top-1 it reached), its state and end_params."""
+    metrics = [*curves, mlflow.entities.Metric(names.OBJECTIVE, objective, int(time.time() * 1000), 0)]
+    write_end(run_id, spec, [RunTag(names.TAG_TRIAL_STATE, TrialState.PRUNED.name)], metrics)
 
 
 def log_model(folder: str | Path, run_id: str) -> None:

@@ -20,6 +20,7 @@ from typing import Callable
 
 import keras
 import numpy as np
+import optuna
 
 from benchmark import cache, measure, names, progress, runtime, track
 from benchmark.data import Dataset, load_dataset
@@ -217,17 +218,22 @@ class TrialRecord:
 
 
 def run_tracked(prepared: Prepared, run_id: str, keep: bool | Callable[[dict[str, float]], bool],
-                callbacks=(), verbose: int = 0) -> TrialRecord:
+                callbacks=(), verbose: int = 0, end_tags: dict[str, str] | None = None) -> TrialRecord:
     """Execute a prepared trial inside the MLflow run `run_id` (by id: a trial process logs into
     a run its parent owns): its curves as it trains (also when it is pruned or fails), then its
-    metrics, tags and artifacts. `keep` says whether it saves its model, or decides from its metrics."""
+    metrics, tags (and `end_tags`) and artifacts. `keep` says whether it saves its model, or decides
+    from its metrics. A pruned trial's end is one write too (track.log_pruned)."""
     epoch_logger = track.EpochLogger(run_id, epoch_metrics(prepared.data.num_classes))
     started = time.perf_counter()
     with epoch_logger:
-        result = execute(prepared, callbacks=[epoch_logger.callback(), *callbacks], verbose=verbose)
+        try:
+            result = execute(prepared, callbacks=[epoch_logger.callback(), *callbacks], verbose=verbose)
+        except optuna.TrialPruned:
+            track.log_pruned(run_id, prepared.spec, epoch_logger.take(), epoch_logger.best_val_top1)
+            raise
         curves = epoch_logger.take()  # written with the result: one write
     finish(result, keep=keep(result.metrics) if callable(keep) else keep)
     compute_s = time.perf_counter() - started - epoch_logger.seconds
-    track.log_result(result, run_id, curves)
+    track.log_result(result, run_id, curves, end_tags)
     return TrialRecord(metrics=result.metrics, model_path=result.model_path, compute_s=compute_s,
                        val_correct=result.val_correct, one_time_s=progress.take_one_time_s())
