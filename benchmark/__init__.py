@@ -36,6 +36,7 @@ The modules, in the order data flows through them:
   trial           one trial: prepare, train, measure; run_tracked runs it inside its MLflow run
   isolation       trials in a child process, replaced every few trials
   storage         Optuna storage URLs: open, time out
+  pruning         epoch reports to Optuna's pruner, written in batches (KerasPruningCallback over a BatchedTrial)
   study_identity  a study's fingerprint: recipe, data and weights
   parent_run      a study's MLflow parent run: created once, updated after each trial, summarised at the end
   sweep           Optuna studies of an experiment's pairs, each trial tracked in MLflow
