@@ -9,8 +9,8 @@
             forward pass over the data plus the heads' training), and against a 1-trial sweep (what
             one more cached trial costs).
 1b. marginal: what one more cached trial costs, all in (in a 9-trial `ci` sweep, VGG16 frozen), and
-            what a pruned one costs, on the code of an earlier revision (`--marginal-before`, a git
-            worktree) and on this checkout, alternated in one run; then the profile of one cached trial.
+            what a pruned one costs, on the code of earlier revisions (`--marginal-before`, comma-separated,
+            each a git worktree) and on this checkout, alternated in one run; then the profile of one cached trial.
 2. fit:     a harness trial vs a bare `model.fit` of the same model on the same arrays (training images/s).
 3. bookkeeping: the share of trial time that is not the trial's own compute (from sweep 1 and 4).
 4. pruning: a pruned vs an unpruned sweep: compute spent until each reaches the same best validation top-1.
@@ -305,29 +305,40 @@ def checkout_of(revision: str) -> Path:
     return folder
 
 
+REVISIONS = {  # what the code of each revision `marginal` compares did to a cached trial
+    "30297f0": "one compiled head per architecture, reset for each trial; Keras's own validation each epoch; `predict` "
+               "for the test and validation splits; TensorFlow's kernel cache cleared by each seeding",
+    "214385d": "a head's epoch in one call of its compiled step, validation in one batch, the splits predicted batch by "
+               "batch through the traced step, TensorFlow's kernels kept between trials; the pruner's report written "
+               "to the storage every epoch; a run's params, its COMPLETE state and a pruned run's curves each a write "
+               "of their own, its experiment looked up by name",
+}
+NOW = ("as 214385d, with the pruner's reports written together (at most every 2 s, when pruned, when training ends) and "
+       "a run's params (for a head on cached features), its state and a pruned trial's curves in its last write")
+
+
 def marginal(args) -> list[str]:
-    before = checkout_of(args.marginal_before)
-    commit = subprocess.run(["git", "-C", str(before), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    rounds: dict[str, list[dict]] = {"before": [], "now": []}
+    revisions = args.marginal_before.split(",")
+    trees = {revision: checkout_of(revision) for revision in revisions}
+    rounds: dict[str, list[dict]] = {**{revision: [] for revision in revisions}, "now": []}
     try:
-        for _ in range(args.repeats):  # alternated: the machine's drift falls on both
-            for label, tree in (("before", before), ("now", REPO)):
+        for _ in range(args.repeats):  # alternated: the machine's drift falls on all
+            for label, tree in (*trees.items(), ("now", REPO)):
                 rounds[label].append(marginal_in(tree, args.marginal_trials))
                 print(f"  {label}: {rounds[label][-1]}", flush=True)
     finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(before)], check=False)
+        for tree in trees.values():
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
     mean = {label: {key: statistics.mean(r[key] for r in runs) for key in ("within_s", "extra_s", "trial_s", "books_s", "pruned_s")}
             for label, runs in rounds.items()}
-    old, new = mean["before"], mean["now"]
-    same = all(r["values"] == rounds["now"][0]["values"] for r in rounds["before"] + rounds["now"])
+    old, new = mean[revisions[0]], mean["now"]
+    last = mean[revisions[-1]]
+    same = all(r["values"] == rounds["now"][0]["values"] for runs in rounds.values() for r in runs)
     n = args.marginal_trials
     lines = [
         "### 1b. One more cached trial, all in: before and after\n",
-        f"*Before*: the code of commit {commit} (one compiled head per architecture, reset for each trial; Keras's "
-        "own validation each epoch; `predict` for the test and validation splits; TensorFlow's kernel cache cleared by "
-        "each seeding). *Now*: a head's epoch runs in one call of its compiled step, validation in one batch, the "
-        "splits predicted batch by batch through the traced step, TensorFlow's kernels kept between trials.\n",
+        *(f"*{revision}*: {REVISIONS.get(revision, 'an earlier revision')}. " for revision in revisions),
+        f"*Now*: {NOW}.\n",
         f"The `ci` experiment's VGG16 frozen (synthetic images, 32 px, 3 epochs, cached features), each sweep in a "
         f"fresh store and feature cache, trials in the sweep's process, each code in its own process, alternated, "
         f"over {args.repeats} rounds (the means). *Per additional trial*: the time from the first trial's end to the last "
@@ -336,16 +347,16 @@ def marginal(args) -> list[str]:
         f"{n - 1}, the same with each sweep's fixed costs (data, frozen part, feature pass: seconds, and as noisy). "
         f"*Pruned trial*: the mean duration of the pruned trials of a {n}-trial sweep with ci's median pruner. "
         "*Bookkeeping*: a trial's wall time in Optuna minus its own compute (`compute_s`: preparing, training, "
-        "measuring), the mean over the unpruned sweep's trials: Optuna's and MLflow's writes and reads.\n",
+        "measuring), the mean over the unpruned sweep's trials: Optuna's and MLflow's writes and reads, and sampling.\n",
         "| | per additional trial | sweeps' difference | mean trial (2nd on) | of which bookkeeping | pruned trial (mean) |",
         "|---|---|---|---|---|---|",
         *(f"| {label} | {r['within_s']:.3f} s | {r['extra_s']:.3f} s | {r['trial_s']:.3f} s | {r['books_s'] * 1000:.0f} ms | "
-          f"{r['pruned_s']:.3f} s |" for label, r in ((f"before ({commit})", old), ("now", new))),
+          f"{r['pruned_s']:.3f} s |" for label, r in mean.items()),
         "",
-        f"**Per additional trial: {old['within_s'] / new['within_s']:.1f}x less** ({old['within_s']:.2f} -> "
+        f"**Per additional trial: {old['within_s'] / new['within_s']:.1f}x less** than {revisions[0]} ({old['within_s']:.2f} -> "
         f"{new['within_s']:.2f} s; goal <= 0.3 s); **a pruned trial {old['pruned_s'] / new['pruned_s']:.1f}x less** "
-        f"({old['pruned_s']:.2f} -> {new['pruned_s']:.2f} s; goal <= 0.15 s); bookkeeping {old['books_s'] * 1000:.0f} -> "
-        f"{new['books_s'] * 1000:.0f} ms (goal <= 50 ms). The trials' values are "
+        f"({old['pruned_s']:.2f} -> {new['pruned_s']:.2f} s; goal <= 0.15 s); bookkeeping {last['books_s'] * 1000:.0f} -> "
+        f"{new['books_s'] * 1000:.0f} ms since {revisions[-1]} (goal <= 50 ms). The trials' values are "
         f"{'identical' if same else 'NOT identical'} in every run ({rounds['now'][0]['values'][:4]} ...), best "
         f"validation top-1 {rounds['now'][0]['best']:.4f}.\n",
     ]
@@ -641,7 +652,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--marginal-trials", type=int, default=9)
-    parser.add_argument("--marginal-before", default="30297f0",
+    parser.add_argument("--marginal-before", default="30297f0,214385d",
                         help="the revision marginal compares this checkout with (default: the code before the changes "
                              "its text describes)")
     parser.add_argument("--pruning-trials", type=int, default=12)
